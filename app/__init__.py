@@ -1,0 +1,1 @@
+"""Courier: a background-task service on Celery and RabbitMQ where nothing accepted is ever silently lost."""

@@ -1,0 +1,92 @@
+"""API keys: create, revoke, and authenticate with a short in-process cache off the database hot path."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.access.exceptions import DuplicateKeyName, UnknownKey
+from app.access.models import ApiKey, Role
+from app.db import utcnow
+
+KEY_PREFIX = "ck_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, name and role."""
+
+    key_id: int
+    name: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        """True for the admin role."""
+        return self.role is Role.admin
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of a key. Keys carry 256 bits of randomness, so a fast hash is the right one."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create(*, session: Session, name: str, role: Role) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the plain key, which is never stored."""
+    if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
+        raise DuplicateKeyName(name)
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, role=role, prefix=plain[:10], key_hash=hash_key(plain))
+    session.add(row)
+    session.flush()
+    return row, plain
+
+
+def revoke(*, session: Session, name: str) -> ApiKey:
+    """Revoke a key by name; it stops working once caches expire (API_KEY_CACHE_S)."""
+    row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+    if row is None:
+        raise UnknownKey(name)
+    row.revoked_at = utcnow()
+    return row
+
+
+def list_keys(*, session: Session) -> list[ApiKey]:
+    """Every key, newest first."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc())))
+
+
+class KeyCache:
+    """Maps a key's hash to its principal for `ttl` seconds, so most requests never touch SQL."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, *, session_factory: object, key: str) -> Principal | None:
+        """The principal for `key`, or None when it is unknown or revoked."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = _lookup(session_factory, digest)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (now + self.ttl, principal)
+        return principal
+
+
+def _lookup(session_factory: object, digest: str) -> Principal | None:
+    with session_factory() as session:  # type: ignore[operator]
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+        return Principal(row.id, row.name, Role(row.role)) if row is not None else None

@@ -1,0 +1,76 @@
+"""Dependencies shared by the routes, as Annotated aliases: settings, session, principal, idempotency key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Header
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.access.service import KeyCache, Principal
+from app.config import Settings, get_settings
+from app.db import get_sessionmaker
+from app.errors import Forbidden, Unauthenticated
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session() -> Iterator[Session]:
+    """A request-scoped session; routes that write commit through the service's `session.commit()` here."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made by `python -m app.cli create-api-key`.")
+
+
+@lru_cache
+def _key_cache() -> KeyCache:
+    return KeyCache(ttl=get_settings().api_key_cache_s)
+
+
+def get_principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`; 401 when missing, unknown or revoked."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+    principal = _key_cache().authenticate(session_factory=get_sessionmaker(), key=credentials.credentials)
+    if principal is None:
+        raise Unauthenticated("The API key is unknown or revoked.")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    """The caller, who must hold the admin role; 403 otherwise."""
+    if not principal.is_admin:
+        raise Forbidden("This endpoint needs an admin key.")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Repeat a request safely: the same key and body return the first answer.",
+    ),
+]

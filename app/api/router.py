@@ -1,0 +1,19 @@
+"""The one map of the API: prefixes, tags and authentication are given here and nowhere else."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from app.api.deps import get_principal
+from app.api.routes import health, tasks
+from app.errors import ErrorResponse
+
+_errors: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 503)
+}
+
+api_router = APIRouter(responses=_errors)
+# Public: health only (no secrets in its output).
+api_router.include_router(health.router, prefix="/api/v1/tasks", tags=["health"])
+# Authenticated: every other route; role checks (AdminDep) sit on the routes that need them.
+api_router.include_router(tasks.router, prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(get_principal)])

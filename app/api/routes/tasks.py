@@ -1,0 +1,130 @@
+"""Task management under /api/v1/tasks: dispatch a probe, read tasks and runs, revoke, queues, workers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, SettingsDep
+from app.constants import TaskState
+from app.db import utcnow
+from app.errors import NotFound
+from app.runs import service as runs_service
+from app.runs.schemas import (
+    ActiveTask,
+    DispatchedRead,
+    PingCreate,
+    QueueRead,
+    RevokeCreate,
+    RevokeRead,
+    RunPage,
+    RunRead,
+    ScheduledRead,
+    StatsRead,
+    TaskId,
+    TaskRead,
+    WorkerRead,
+)
+from app.tasks import control, publish
+
+router = APIRouter()
+
+
+@router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
+def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: IdempotencyKeyDep = None) -> DispatchedRead:
+    """Dispatch the probe task on a tier; 202 only once RabbitMQ confirmed it."""
+    dispatched = publish.dispatch_once(
+        "system.ping",
+        kwargs={"sleep_s": body.sleep_s, "fail": body.fail, "echo": body.echo},
+        triggered_by=admin.name,
+        idempotency_key=idempotency_key,
+        request_body=body.model_dump(mode="json"),
+        tier=body.tier,
+        priority=body.priority,
+    )
+    return DispatchedRead(**dispatched.as_dict())
+
+
+@router.get("/task/{task_id}", response_model=TaskRead)
+def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> TaskRead:
+    """State, result or error, attempts, tier and timings of one task; clients see only their own."""
+    found = control.task_status(session=session, task_id=task_id)
+    if found is None or (not principal.is_admin and found.triggered_by != principal.name):
+        raise NotFound(f"No task {task_id} is known to Courier.")
+    return found
+
+
+@router.post("/task/{task_id}/revoke", response_model=RevokeRead)
+def revoke_task(task_id: TaskId, session: SessionDep, admin: AdminDep, body: RevokeCreate | None = None) -> RevokeRead:
+    """Revoke a task durably: if it has not started it never runs, even across worker restarts."""
+    body = body or RevokeCreate()
+    return control.revoke(
+        session=session, task_id=task_id, terminate=body.terminate, revoked_by=admin.name, reason=body.reason
+    )
+
+
+@router.get("/runs", response_model=RunPage)
+def list_runs(
+    session: SessionDep,
+    _: AdminDep,
+    state: TaskState | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    triggered_by: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunPage:
+    """The durable run history, newest first, filterable by state, name, time and caller."""
+    filters = runs_service.RunFilter(state=state, name=name, since=since, until=until, triggered_by=triggered_by)
+    items, total = runs_service.list_runs(session=session, filters=filters, limit=limit, offset=offset)
+    return RunPage(items=[RunRead.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/stats", response_model=StatsRead)
+def read_stats(
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminDep,
+    window_s: Annotated[int, Query(ge=60, le=30 * 86_400)] = 3600,
+) -> StatsRead:
+    """Counts by state over a window, queue depths, worker count and success rate."""
+    counts = runs_service.counts_by_state(session=session, since=utcnow() - timedelta(seconds=window_s))
+    finished = (
+        counts.get(TaskState.SUCCESS, 0) + counts.get(TaskState.FAILURE, 0) + counts.get(TaskState.DEAD_LETTERED, 0)
+    )
+    return StatsRead(
+        window_s=window_s,
+        counts=counts,
+        total=sum(counts.values()),
+        success_rate=round(counts.get(TaskState.SUCCESS, 0) / finished, 4) if finished else None,
+        queues={q.name: q.ready + q.unacked for q in control.queues(settings)},
+        workers=len(control.workers()),
+    )
+
+
+@router.get("/active", response_model=list[ActiveTask])
+async def list_active(_: AdminDep) -> list[ActiveTask]:
+    """Tasks executing now, per worker (a 1 s broadcast)."""
+    return await run_in_threadpool(control.active)
+
+
+@router.get("/scheduled", response_model=ScheduledRead)
+async def list_scheduled(_: AdminDep) -> ScheduledRead:
+    """Countdown/ETA tasks held by workers, and the periodic schedule."""
+    return await run_in_threadpool(control.scheduled)
+
+
+@router.get("/queues", response_model=list[QueueRead])
+def list_queues(settings: SettingsDep, _: AdminDep) -> list[QueueRead]:
+    """Ready, unacked and consumers of high, medium, low and dead_letter."""
+    return control.queues(settings)
+
+
+@router.get("/workers", response_model=list[WorkerRead])
+def list_workers(_: AdminDep) -> list[WorkerRead]:
+    """Live workers with their queues, concurrency and heartbeat age."""
+    return control.workers()

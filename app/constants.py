@@ -1,0 +1,61 @@
+"""Names Courier shares across the API, the workers and the recorder: tiers, states, Redis keys."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Tier(StrEnum):
+    """A work queue. Each is a RabbitMQ queue of the same name with its own max priority."""
+
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+
+#: `x-max-priority` of each tier's queue (classic queues only; quorum queues on 3.x have no priorities).
+TIER_MAX_PRIORITY: dict[Tier, int] = {Tier.high: 10, Tier.medium: 5, Tier.low: 1}
+
+
+class TaskState(StrEnum):
+    """The state of a task run, as the API and the `task_runs` table report it."""
+
+    #: Accepted and confirmed by the broker; no worker has taken it yet.
+    PENDING = "PENDING"
+    #: A worker holds the message (prefetched or waiting for a pool slot).
+    RECEIVED = "RECEIVED"
+    #: Executing now.
+    STARTED = "STARTED"
+    #: Failed with a transient error; a new attempt is scheduled.
+    RETRY = "RETRY"
+    #: Finished; the result is in Redis until it expires.
+    SUCCESS = "SUCCESS"
+    #: Failed for good; the message went to the dead-letter exchange.
+    FAILURE = "FAILURE"
+    #: Cancelled by an admin; it will never run (again).
+    REVOKED = "REVOKED"
+    #: Recorded in the dead-letter store, waiting for an admin to replay or discard it.
+    DEAD_LETTERED = "DEAD_LETTERED"
+
+
+#: States after which nothing more happens to a run unless an admin replays it.
+TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED, TaskState.DEAD_LETTERED})
+
+#: Work exchange (direct): routing key = tier name.
+TASK_EXCHANGE = "courier.tasks"
+#: Dead-letter exchange (fanout) every work queue dead-letters into.
+DEAD_LETTER_EXCHANGE = "courier.dlx"
+#: The queue behind the dead-letter exchange. No Celery worker consumes it.
+DEAD_LETTER_QUEUE = "dead_letter"
+
+#: Redis key prefixes. Everything Courier writes to Redis itself starts with `courier:`.
+REDIS_PREFIX = "courier:"
+#: `courier:revoked:<task_id>` → "1" while a revocation is in force (TTL: REVOCATION_TTL_S).
+REVOKED_KEY = REDIS_PREFIX + "revoked:{task_id}"
+#: `courier:task:<task_id>` → hash {name, tier, triggered_by, dispatched_at} (TTL: RESULT_EXPIRES_S).
+TASK_META_KEY = REDIS_PREFIX + "task:{task_id}"
+#: `courier:idem:<api_key_id>:<key>` → JSON {fingerprint, status, response} (TTL: IDEMPOTENCY_TTL_S).
+IDEMPOTENCY_KEY = REDIS_PREFIX + "idem:{owner}:{key}"
+#: `courier:worker:<hostname>` → JSON heartbeat {queues, concurrency, pid, ts} (TTL: 3 × heartbeat interval).
+WORKER_HEARTBEAT_KEY = REDIS_PREFIX + "worker:{hostname}"
+WORKER_HEARTBEAT_PATTERN = REDIS_PREFIX + "worker:*"

@@ -1,0 +1,135 @@
+"""The CourierError tree and the one JSON error envelope every 4xx/5xx answer uses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable machine code, a sentence for people, optional details."""
+
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The envelope of every error answer: `{"error": {...}}`."""
+
+    error: ErrorBody
+
+
+class CourierError(Exception):
+    """Base of every error that becomes an HTTP answer."""
+
+    status_code = 400
+    code = "bad_request"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(CourierError):
+    """The thing asked for does not exist (or the caller may not know it does)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(CourierError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class Unprocessable(CourierError):
+    """The request is well-formed but cannot be honoured as sent."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
+class Unauthenticated(CourierError):
+    """No valid API key."""
+
+    status_code = 401
+    code = "unauthenticated"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(CourierError):
+    """The key's role does not allow this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class ServiceUnavailable(CourierError):
+    """A dependency (broker, Redis) is down; nothing was accepted. Retry after a pause."""
+
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Build the envelope."""
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+}
+
+
+def register(app: FastAPI) -> None:
+    """Install the handlers that turn every error into the envelope; nothing from outside yields a bare 500."""
+
+    @app.exception_handler(CourierError)
+    async def _courier(_: Request, exc: CourierError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")} for err in exc.errors()
+        ]
+        return error_response(422, "validation_error", "The request is invalid; see details.", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unhandled error on %s %s.", request.method, request.url.path)
+        return error_response(500, "internal_error", "Courier hit an unexpected error; it has been logged.")

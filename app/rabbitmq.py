@@ -1,0 +1,133 @@
+"""A small client for the RabbitMQ management HTTP API: vhosts, users, policies and queue statistics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ManagementError(RuntimeError):
+    """The management API could not be reached or refused a call."""
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class ManagementClient:
+    """Calls the management API as one user.
+
+    Parameters:
+        base_url: e.g. ``http://127.0.0.1:15672``.
+        user, password: basic-auth credentials; queue reads need the ``monitoring`` tag,
+            policies need ``policymaker``, vhosts and users need ``administrator``.
+
+    Raises:
+        ManagementError: on connection failure or any non-2xx answer (404 is returned as ``None`` by getters).
+
+    Examples:
+        >>> client = ManagementClient.for_broker_user(get_settings())
+        >>> client.queue("courier", "high")["effective_policy_definition"]
+    """
+
+    def __init__(self, base_url: str, user: str, password: str, timeout: float = 5.0) -> None:
+        self._http = httpx.Client(base_url=f"{base_url}/api", auth=(user, password), timeout=timeout)
+
+    @classmethod
+    def for_broker_user(cls, settings: Settings) -> ManagementClient:
+        """A client authenticated as the user of the broker URL (reads queues, applies vhost policies)."""
+        user, password = settings.broker_credentials
+        return cls(settings.rabbitmq_management_url, user, password)
+
+    @classmethod
+    def for_admin(cls, settings: Settings) -> ManagementClient:
+        """A client authenticated as the provisioning administrator."""
+        return cls(settings.rabbitmq_management_url, settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ManagementClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise ManagementError(f"RabbitMQ management API unreachable ({method} {path}): {exc}") from exc
+        if method == "GET" and response.status_code == 404:
+            return None
+        if response.status_code >= 300:
+            raise ManagementError(
+                f"RabbitMQ management API refused {method} {path}: {response.status_code} {response.text[:200]}"
+            )
+        return response.json() if response.content else None
+
+    # --- reads --------------------------------------------------------------------------------------------
+    def overview(self) -> dict[str, Any]:
+        """Cluster name, versions and totals."""
+        return dict(self._call("GET", "/overview") or {})
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """One queue with its arguments, effective policy and message counts; None if it does not exist."""
+        result = self._call("GET", f"/queues/{_q(vhost)}/{_q(name)}")
+        return dict(result) if result is not None else None
+
+    def queues(self, vhost: str) -> list[dict[str, Any]]:
+        """Every queue of a vhost."""
+        return list(self._call("GET", f"/queues/{_q(vhost)}") or [])
+
+    def bindings_of_exchange(self, vhost: str, exchange: str) -> list[dict[str, Any]]:
+        """Bindings whose source is `exchange`."""
+        return list(self._call("GET", f"/exchanges/{_q(vhost)}/{_q(exchange)}/bindings/source") or [])
+
+    def exchange(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """One exchange; None if it does not exist."""
+        result = self._call("GET", f"/exchanges/{_q(vhost)}/{_q(name)}")
+        return dict(result) if result is not None else None
+
+    def policies(self, vhost: str) -> list[dict[str, Any]]:
+        """The policies of a vhost."""
+        return list(self._call("GET", f"/policies/{_q(vhost)}") or [])
+
+    # --- writes -------------------------------------------------------------------------------------------
+    def put_policy(self, vhost: str, name: str, *, pattern: str, definition: dict[str, Any], priority: int) -> None:
+        """Create or replace a queue policy; RabbitMQ applies it to existing queues at once."""
+        body = {"pattern": pattern, "definition": definition, "priority": priority, "apply-to": "queues"}
+        self._call("PUT", f"/policies/{_q(vhost)}/{_q(name)}", json=body)
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        """Remove a policy (used by tests that prove a worker refuses to start without one)."""
+        self._call("DELETE", f"/policies/{_q(vhost)}/{_q(name)}")
+
+    def put_vhost(self, vhost: str) -> None:
+        """Create a vhost if missing."""
+        self._call("PUT", f"/vhosts/{_q(vhost)}")
+
+    def delete_vhost(self, vhost: str) -> None:
+        """Delete a vhost and everything in it."""
+        self._call("DELETE", f"/vhosts/{_q(vhost)}")
+
+    def put_user(self, user: str, password: str, tags: str) -> None:
+        """Create or update a user with a password and tags."""
+        self._call("PUT", f"/users/{_q(user)}", json={"password": password, "tags": tags})
+
+    def put_permissions(self, vhost: str, user: str) -> None:
+        """Give `user` configure, write and read rights on every resource of `vhost`."""
+        body = {"configure": ".*", "write": ".*", "read": ".*"}
+        self._call("PUT", f"/permissions/{_q(vhost)}/{_q(user)}", json=body)
+
+    def purge(self, vhost: str, name: str) -> None:
+        """Drop every ready message of a queue."""
+        self._call("DELETE", f"/queues/{_q(vhost)}/{_q(name)}/contents")

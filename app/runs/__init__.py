@@ -1,0 +1,1 @@
+"""Durable task-run history and revocations: what outlives Redis expiry."""

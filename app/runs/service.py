@@ -1,0 +1,187 @@
+"""Run history: fold Celery task events into `task_runs`, and read it back for the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.constants import TERMINAL_STATES, TaskState
+from app.db import utcnow
+from app.runs.models import TaskRun
+
+#: Longest error text kept per run (the full traceback lives in the dead-letter record).
+ERROR_MAX_CHARS = 2000
+
+_EVENT_STATES = {
+    "task-received": TaskState.RECEIVED,
+    "task-started": TaskState.STARTED,
+    "task-succeeded": TaskState.SUCCESS,
+    "task-failed": TaskState.FAILURE,
+    "task-retried": TaskState.RETRY,
+    "task-revoked": TaskState.REVOKED,
+    "task-rejected": TaskState.FAILURE,
+}
+
+_COLUMNS = [c.name for c in TaskRun.__table__.columns]
+
+
+def _row_dict(run: TaskRun | None, task_id: str) -> dict[str, Any]:
+    if run is None:
+        now = utcnow()
+        row = dict.fromkeys(_COLUMNS)
+        row.update(task_id=task_id, name="", state=TaskState.PENDING.value, attempts=0, created_at=now, updated_at=now)
+        return row
+    return {c: getattr(run, c) for c in _COLUMNS}
+
+
+def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
+    """Fold one Celery task event into a row dict; an event older than the row's last one changes no state."""
+    kind = event.get("type", "")
+    state = _EVENT_STATES.get(kind)
+    if state is None:
+        return
+    at = datetime.fromtimestamp(float(event.get("timestamp") or 0), UTC)
+    row["updated_at"] = utcnow()
+    if kind == "task-received":
+        row["name"] = event.get("name") or row["name"]
+        row["attempts"] = int(event.get("retries") or 0) + 1
+        row["received_at"] = at
+    if event.get("hostname"):
+        row["worker"] = event["hostname"]
+    if kind == "task-started":
+        row["started_at"] = at
+    if kind in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
+        row["finished_at"] = at
+    if kind == "task-succeeded":
+        row["runtime_s"] = event.get("runtime")
+        row["error"] = None
+    if kind in ("task-failed", "task-retried") and event.get("exception"):
+        row["error"] = str(event["exception"])[:ERROR_MAX_CHARS]
+    last = row.get("event_at")
+    if row["state"] == TaskState.REVOKED.value or (last is not None and at < last):
+        return
+    row["state"] = state.value
+    row["event_at"] = at
+
+
+def record_events(
+    *, session: Session, events: Iterable[Mapping[str, Any]], meta: Mapping[str, Mapping[str, str]] | None = None
+) -> int:
+    """Upsert the runs touched by `events` in one statement; `meta` gives tier/triggered_by per task id."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        if event.get("uuid") and event.get("type", "") in _EVENT_STATES:
+            by_task.setdefault(str(event["uuid"]), []).append(event)
+    if not by_task:
+        return 0
+    existing = {run.task_id: run for run in session.scalars(select(TaskRun).where(TaskRun.task_id.in_(by_task)))}
+    rows = []
+    for task_id, task_events in by_task.items():
+        row = _row_dict(existing.get(task_id), task_id)
+        for event in sorted(task_events, key=lambda e: float(e.get("timestamp") or 0)):
+            apply_event(row, event)
+        extra = (meta or {}).get(task_id) or {}
+        if task_id not in existing:
+            first = min(float(e.get("timestamp") or 0) for e in task_events)
+            row["created_at"] = datetime.fromtimestamp(float(extra.get("dispatched_at") or first), UTC)
+        row["tier"] = row["tier"] or extra.get("tier")
+        row["triggered_by"] = row["triggered_by"] or extra.get("triggered_by")
+        row["name"] = row["name"] or extra.get("name") or ""
+        rows.append(row)
+    _upsert(session, rows)
+    return len(rows)
+
+
+def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
+    """INSERT … ON CONFLICT DO UPDATE, never overwriting a REVOKED row (the admin's word is final)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(TaskRun).values(rows)
+    updatable = {c: getattr(stmt.excluded, c) for c in _COLUMNS if c not in ("task_id", "created_at")}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[TaskRun.task_id],
+        set_=updatable,
+        where=TaskRun.state != TaskState.REVOKED.value,
+    )
+    session.execute(stmt)
+
+
+def mark_revoked(*, session: Session, task_id: str, name: str | None, revoked_by: str | None) -> None:
+    """Record a revocation in the history (state REVOKED wins over any later event)."""
+    now = utcnow()
+    run = session.get(TaskRun, task_id)
+    if run is None:
+        session.add(
+            TaskRun(
+                task_id=task_id,
+                name=name or "",
+                state=TaskState.REVOKED.value,
+                attempts=0,
+                triggered_by=None,
+                finished_at=now,
+                event_at=now,
+                error=f"revoked by {revoked_by}" if revoked_by else None,
+            )
+        )
+    elif run.state not in TERMINAL_STATES:
+        run.state = TaskState.REVOKED.value
+        run.finished_at = now
+        run.event_at = now
+    session.flush()
+
+
+def get(*, session: Session, task_id: str) -> TaskRun | None:
+    """One run by task id."""
+    return session.get(TaskRun, task_id)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Filters for `list_runs`; None means any."""
+
+    state: TaskState | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    triggered_by: str | None = None
+
+
+def list_runs(*, session: Session, filters: RunFilter, limit: int, offset: int) -> tuple[list[TaskRun], int]:
+    """A page of runs, newest first, and the total that match."""
+    query = select(TaskRun)
+    if filters.state is not None:
+        query = query.where(TaskRun.state == filters.state.value)
+    if filters.name:
+        query = query.where(TaskRun.name == filters.name)
+    if filters.since is not None:
+        query = query.where(TaskRun.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(TaskRun.created_at < filters.until)
+    if filters.triggered_by:
+        query = query.where(TaskRun.triggered_by == filters.triggered_by)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = session.scalars(query.order_by(TaskRun.created_at.desc(), TaskRun.task_id).limit(limit).offset(offset))
+    return list(page), total
+
+
+def counts_by_state(*, session: Session, since: datetime) -> dict[str, int]:
+    """How many runs were created since `since`, by state."""
+    rows = session.execute(
+        select(TaskRun.state, func.count()).where(TaskRun.created_at >= since).group_by(TaskRun.state)
+    )
+    return {str(state): int(count) for state, count in rows}
+
+
+def prune(*, session: Session, older_than_days: int) -> int:
+    """Delete finished runs created more than `older_than_days` ago; returns how many."""
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    result = session.execute(
+        delete(TaskRun).where(TaskRun.created_at < cutoff, TaskRun.state.in_([s.value for s in TERMINAL_STATES]))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,107 @@
+"""Worker boot steps: refuse to start on a broken topology, restore revocations, write a heartbeat."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from app.config import get_settings
+from app.constants import WORKER_HEARTBEAT_KEY
+from app.redis_store import get_redis
+
+logger = logging.getLogger(__name__)
+
+#: Exit status of a worker refused for configuration reasons (sysexits EX_CONFIG).
+EX_CONFIG = 78
+
+
+class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Before consuming, check that the work queues dead-letter into a bound, bounded dead-letter queue.
+
+    A worker without that wiring would turn every rejected message into a silent drop, so it exits instead.
+    """
+
+    label = "Courier topology check"
+
+    def start(self, worker: Any) -> None:
+        from app.tasks import topology
+
+        settings = get_settings()
+        if settings.celery_task_always_eager:
+            return
+        problems = topology.verify(settings)
+        if problems:
+            logger.critical(
+                "Refusing to start: the dead-letter wiring on vhost %r is incomplete:\n  - %s\n"
+                "Run `python -m app.cli topology declare` (or ./scripts/start_tasks.sh start) and start again.",
+                settings.broker_vhost,
+                "\n  - ".join(problems),
+            )
+            raise SystemExit(EX_CONFIG)
+        from app.db import session_scope
+        from app.runs import revocations
+
+        try:
+            with session_scope() as session:
+                restored = revocations.restore_to_redis(session=session)
+            logger.info("Restored %d revocation(s) from SQL into Redis.", restored)
+        except Exception:  # a hook failure must not kill the worker; Redis still holds recent revocations
+            logger.exception("Could not restore revocations from SQL; continuing with what Redis holds.")
+
+
+class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Write `courier:worker:<hostname>` every interval with TTL 3 × interval; deleted on clean shutdown."""
+
+    label = "Courier heartbeat"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        interval = settings.worker_heartbeat_interval_s
+        key = WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname)
+        started = time.time()
+
+        def beat() -> None:
+            while True:
+                queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+                status = {
+                    "hostname": worker.hostname,
+                    "pid": os.getpid(),
+                    "queues": queues,
+                    "concurrency": worker.concurrency,
+                    "pool": type(worker.pool).__module__.rsplit(".", 1)[-1] if worker.pool else None,
+                    "started_at": started,
+                    "ts": time.time(),
+                }
+                try:
+                    get_redis().set(key, json.dumps(status), ex=max(1, int(interval * 3)))
+                except Exception:
+                    logger.warning("Could not write the heartbeat of %s.", worker.hostname, exc_info=True)
+                if self._stop.wait(interval):
+                    return
+
+        self._thread = threading.Thread(target=beat, name="courier-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        try:
+            get_redis().delete(WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname))
+        except Exception:
+            logger.warning("Could not clear the heartbeat of %s.", worker.hostname, exc_info=True)
+
+
+def install(app: Celery) -> None:
+    """Add Courier's boot steps to the worker blueprint (they start before the consumer, which is last)."""
+    app.steps["worker"].add(TopologyCheck)
+    app.steps["worker"].add(Heartbeat)

@@ -1,0 +1,262 @@
+"""Read and steer live work: task status, revoke, queues, workers, inspect, and component health."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.result import AsyncResult
+from kombu import Connection
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.constants import TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
+from app.db import get_engine
+from app.errors import ServiceUnavailable
+from app.rabbitmq import ManagementClient, ManagementError
+from app.redis_store import get_redis
+from app.runs import revocations
+from app.runs import service as runs_service
+from app.runs.schemas import (
+    ActiveTask,
+    ComponentHealth,
+    QueueRead,
+    RevokeRead,
+    ScheduledRead,
+    TaskRead,
+    WorkerRead,
+)
+from app.tasks import topology
+from app.tasks.celery_app import celery_app
+
+logger = logging.getLogger(__name__)
+
+#: How long a broadcast (inspect) waits for workers to answer.
+INSPECT_TIMEOUT_S = 1.0
+
+
+def task_meta(task_id: str) -> dict[str, str]:
+    """What the publisher wrote about a task (name, tier, triggered_by); empty once expired."""
+    return dict(get_redis().hgetall(TASK_META_KEY.format(task_id=task_id)))
+
+
+def task_status(*, session: Session, task_id: str) -> TaskRead | None:
+    """Merge the live result (Redis) with the durable history (SQL); None for an id never seen."""
+    meta = task_meta(task_id)
+    run = runs_service.get(session=session, task_id=task_id)
+    result = AsyncResult(task_id, app=celery_app)
+    backend = result.backend.get_task_meta(task_id)
+    backend_state = str(backend.get("status") or TaskState.PENDING)
+    if not meta and run is None and backend_state == TaskState.PENDING:
+        return None
+    state: str = backend_state
+    if run is not None and (
+        backend_state == TaskState.PENDING or run.state in (TaskState.REVOKED, TaskState.DEAD_LETTERED)
+    ):
+        state = run.state
+    payload = backend.get("result")
+    error = None
+    progress = None
+    if backend_state in (TaskState.FAILURE, TaskState.RETRY):
+        error = _describe_exception(payload)
+        payload = None
+    elif backend_state not in (TaskState.SUCCESS, TaskState.PENDING) and isinstance(payload, dict):
+        progress, payload = payload, None
+    elif backend_state == TaskState.REVOKED:
+        payload = None
+    return TaskRead(
+        task_id=task_id,
+        name=(run.name if run is not None and run.name else None) or backend.get("name") or meta.get("name"),
+        state=state,
+        tier=(run.tier if run is not None else None) or meta.get("tier") or backend.get("queue"),
+        attempts=run.attempts if run is not None else _attempts_from_backend(backend),
+        triggered_by=(run.triggered_by if run is not None else None) or meta.get("triggered_by") or None,
+        worker=(run.worker if run is not None else None) or backend.get("worker"),
+        result=payload,
+        error=error or (run.error if run is not None and state != TaskState.SUCCESS else None),
+        progress=progress,
+        created_at=run.created_at if run is not None else _from_ts(meta.get("dispatched_at")),
+        started_at=run.started_at if run is not None else None,
+        finished_at=(run.finished_at if run is not None else None) or backend.get("date_done"),
+        revoked=revocations.is_revoked(task_id),
+    )
+
+
+def owner_of(*, session: Session, task_id: str) -> str | None:
+    """The key name that dispatched a task, from Redis or the history."""
+    meta = task_meta(task_id)
+    if meta.get("triggered_by"):
+        return meta["triggered_by"]
+    run = runs_service.get(session=session, task_id=task_id)
+    return run.triggered_by if run is not None else None
+
+
+def _attempts_from_backend(backend: dict[str, Any]) -> int | None:
+    """Attempts so far from an extended result (retries + 1); None before any worker touched it."""
+    return int(backend.get("retries") or 0) + 1 if backend.get("name") else None
+
+
+def _describe_exception(payload: Any) -> str | None:
+    if isinstance(payload, dict) and "exc_type" in payload:
+        return f"{payload.get('exc_type')}: {' '.join(str(a) for a in payload.get('exc_message') or ())}"
+    return str(payload) if payload is not None else None
+
+
+def _from_ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
+    """Revoke durably (SQL, then Redis), mark the run REVOKED, then tell live workers."""
+    meta = task_meta(task_id)
+    run = runs_service.get(session=session, task_id=task_id)
+    if run is not None and run.state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED):
+        return RevokeRead(task_id=task_id, revoked=False, terminate=terminate, state=run.state)
+    revocations.record(session=session, task_id=task_id, revoked_by=revoked_by, terminate=terminate, reason=reason)
+    runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by)
+    try:
+        celery_app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+    except Exception:  # the durable record already stops it; the broadcast only speeds up running workers
+        logger.warning("Broadcasting the revoke of %s failed; workers will still refuse it.", task_id, exc_info=True)
+    logger.info("Task %s revoked by %s (terminate=%s).", task_id, revoked_by, terminate)
+    return RevokeRead(task_id=task_id, revoked=True, terminate=terminate, state=TaskState.REVOKED)
+
+
+def queues(settings: Settings) -> list[QueueRead]:
+    """Depth, unacked count and consumers of every Courier queue, dead_letter included."""
+    names = [q.name for q in topology.queues(settings)]
+    try:
+        with ManagementClient.for_broker_user(settings) as client:
+            live = {q["name"]: q for q in client.queues(settings.broker_vhost)}
+    except ManagementError as exc:
+        raise ServiceUnavailable("The RabbitMQ management API is unreachable.") from exc
+    return [
+        QueueRead(
+            name=name,
+            ready=int(live.get(name, {}).get("messages_ready", 0)),
+            unacked=int(live.get(name, {}).get("messages_unacknowledged", 0)),
+            consumers=int(live.get(name, {}).get("consumers", 0)),
+            policy=live.get(name, {}).get("policy"),
+            arguments=live.get(name, {}).get("arguments") or {},
+        )
+        for name in names
+    ]
+
+
+def workers() -> list[WorkerRead]:
+    """Workers whose heartbeat is fresh (older ones have expired from Redis)."""
+    redis = get_redis()
+    keys = sorted(redis.scan_iter(match=WORKER_HEARTBEAT_PATTERN, count=200))
+    now = time.time()
+    found = []
+    for raw in redis.mget(keys) if keys else []:
+        if raw is None:
+            continue
+        beat = json.loads(raw)
+        found.append(
+            WorkerRead(
+                hostname=beat["hostname"],
+                pid=beat.get("pid"),
+                queues=beat.get("queues") or [],
+                concurrency=beat.get("concurrency"),
+                pool=beat.get("pool"),
+                heartbeat_age_s=round(max(0.0, now - float(beat["ts"])), 3),
+                uptime_s=round(now - float(beat["started_at"]), 1) if beat.get("started_at") else None,
+            )
+        )
+    return found
+
+
+def active() -> list[ActiveTask]:
+    """Tasks executing now, from a broadcast to live workers."""
+    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).active() or {}
+    return [
+        ActiveTask(
+            task_id=task["id"],
+            name=task.get("name"),
+            worker=worker,
+            started_at=_from_ts(str(task["time_start"])) if task.get("time_start") else None,
+            args=task.get("args"),
+            kwargs=task.get("kwargs"),
+        )
+        for worker, tasks in sorted(replies.items())
+        for task in tasks or []
+    ]
+
+
+def scheduled() -> ScheduledRead:
+    """ETA/countdown tasks held by workers, and beat's periodic schedule."""
+    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).scheduled() or {}
+    held = [
+        {
+            "worker": worker,
+            "eta": item.get("eta"),
+            "priority": item.get("priority"),
+            "task_id": (item.get("request") or {}).get("id"),
+            "name": (item.get("request") or {}).get("name"),
+        }
+        for worker, items in sorted(replies.items())
+        for item in items or []
+    ]
+    periodic = [
+        {
+            "name": key,
+            "task": entry["task"],
+            "schedule": str(entry["schedule"]),
+            "queue": celery_app.conf.task_routes.get(entry["task"], {}).get("queue"),
+        }
+        for key, entry in sorted(celery_app.conf.beat_schedule.items())
+    ]
+    return ScheduledRead(held=held, periodic=periodic)
+
+
+def _timed(check: Callable[[], str | None]) -> ComponentHealth:
+    started = time.perf_counter()
+    try:
+        detail = check()
+    except Exception as exc:
+        return ComponentHealth(
+            status="down", latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=type(exc).__name__
+        )
+    return ComponentHealth(status="up", latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=detail)
+
+
+def check_broker(settings: Settings) -> ComponentHealth:
+    """Open and close an AMQP connection to the broker."""
+
+    def probe() -> None:
+        with Connection(settings.broker_url, connect_timeout=2.0) as conn:
+            conn.connect()
+
+    return _timed(probe)
+
+
+def check_redis() -> ComponentHealth:
+    """PING the result backend."""
+    return _timed(lambda: None if get_redis().ping() else None)
+
+
+def check_database() -> ComponentHealth:
+    """SELECT 1 on the SQL database."""
+
+    def probe() -> None:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    return _timed(probe)
+
+
+def check_workers() -> ComponentHealth:
+    """Up when at least one worker heartbeat is fresh; the detail says which tiers have none."""
+    found = workers()
+    if not found:
+        return ComponentHealth(status="down", detail="no worker heartbeat")
+    covered = {queue for worker in found for queue in worker.queues}
+    missing = [tier.value for tier in Tier if tier.value not in covered]
+    detail = f"{len(found)} worker(s)" + (f"; no worker consumes {', '.join(missing)}" if missing else "")
+    return ComponentHealth(status="down" if missing else "up", detail=detail)

@@ -1,0 +1,217 @@
+"""RabbitMQ topology as data: exchanges, the high/medium/low work queues, the dead-letter exchange and queue.
+
+Only what RabbitMQ cannot set by policy is an x-argument (`x-max-priority`, `x-queue-type`); everything that is
+a *limit* (dead-letter exchange, TTL, max length, overflow, delivery limit) is a policy, so changing it in
+configuration and re-running `declare()` applies it to the live queues without PRECONDITION_FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu import Connection, Exchange, Queue
+
+from app.config import QueueType, Settings
+from app.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, TASK_EXCHANGE, TIER_MAX_PRIORITY, Tier
+from app.rabbitmq import ManagementClient, ManagementError
+
+logger = logging.getLogger(__name__)
+
+#: Policy names; `verify()` expects them applied to the queues they match.
+WORK_POLICY = "courier-work-queues"
+DEAD_LETTER_POLICY = "courier-dead-letter"
+#: Above any policy an operator is likely to have; RabbitMQ applies only the highest-priority match.
+POLICY_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A RabbitMQ queue policy: a name, an anchored pattern and a definition."""
+
+    name: str
+    pattern: str
+    definition: dict[str, Any] = field(hash=False)
+
+
+def task_exchange() -> Exchange:
+    """The durable direct exchange every task is published to (routing key = tier)."""
+    return Exchange(TASK_EXCHANGE, type="direct", durable=True, delivery_mode="persistent")
+
+
+def dead_letter_exchange() -> Exchange:
+    """The fanout exchange the work queues dead-letter into."""
+    return Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True, delivery_mode="persistent")
+
+
+def queue_arguments(settings: Settings, tier: Tier | None) -> dict[str, Any]:
+    """The declare-time x-arguments of a queue: the only keys a policy cannot set."""
+    if settings.queue_type is QueueType.quorum:
+        return {"x-queue-type": "quorum"}
+    return {"x-max-priority": TIER_MAX_PRIORITY[tier]} if tier is not None else {}
+
+
+def work_queues(settings: Settings) -> list[Queue]:
+    """The high, medium and low work queues, bound to the task exchange by their own names."""
+    exchange = task_exchange()
+    return [
+        Queue(
+            tier.value,
+            exchange,
+            routing_key=tier.value,
+            durable=True,
+            queue_arguments=queue_arguments(settings, tier),
+        )
+        for tier in Tier
+    ]
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    """The queue behind the dead-letter exchange; ops staff read it, no Celery worker consumes it."""
+    return Queue(
+        DEAD_LETTER_QUEUE,
+        dead_letter_exchange(),
+        routing_key="",
+        durable=True,
+        queue_arguments=queue_arguments(settings, None),
+    )
+
+
+def queues(settings: Settings) -> list[Queue]:
+    """Every queue Courier declares, work queues first."""
+    return [*work_queues(settings), dead_letter_queue(settings)]
+
+
+def policies(settings: Settings) -> list[Policy]:
+    """The two policies that carry every limit: work-queue dead-lettering and dead-letter retention."""
+    work: dict[str, Any] = {"dead-letter-exchange": DEAD_LETTER_EXCHANGE}
+    if settings.work_queue_max_length:
+        # reject-publish nacks the publish, which the confirmed publisher turns into HTTP 503.
+        work |= {"max-length": settings.work_queue_max_length, "overflow": "reject-publish"}
+    if settings.queue_type is QueueType.quorum:
+        work["delivery-limit"] = settings.delivery_limit
+    tiers = "|".join(tier.value for tier in Tier)
+    return [
+        Policy(WORK_POLICY, f"^({tiers})$", work),
+        Policy(
+            DEAD_LETTER_POLICY,
+            f"^{DEAD_LETTER_QUEUE}$",
+            {"message-ttl": settings.dead_letter_ttl_s * 1000, "max-length": settings.dead_letter_max_length},
+        ),
+    ]
+
+
+def declare(settings: Settings, connection: Connection | None = None) -> None:
+    """Declare exchanges, queues and bindings over AMQP, then apply the policies; idempotent.
+
+    Raises:
+        TopologyError: when a queue already exists with other declare-time arguments (type or priority).
+        ManagementError: when the management API cannot apply the policies.
+    """
+    mismatches = argument_mismatches(settings)
+    if mismatches:
+        raise TopologyError(mismatches)
+    # Policies first: a queue declared a moment before its policy would briefly drop rejected messages.
+    with ManagementClient.for_broker_user(settings) as client:
+        for policy in policies(settings):
+            client.put_policy(
+                settings.broker_vhost,
+                policy.name,
+                pattern=policy.pattern,
+                definition=policy.definition,
+                priority=POLICY_PRIORITY,
+            )
+    own = connection is None
+    conn = connection or Connection(settings.broker_url, connect_timeout=settings.publish_timeout_s)
+    try:
+        channel = conn.default_channel
+        for queue in queues(settings):
+            queue(channel).declare()
+    finally:
+        if own:
+            conn.release()
+    logger.info("Declared the Courier topology on vhost %r.", settings.broker_vhost)
+
+
+class TopologyError(RuntimeError):
+    """The live topology does not match what Courier needs; the message lists every problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("RabbitMQ topology problems:\n  - " + "\n  - ".join(problems))
+
+
+def argument_mismatches(settings: Settings) -> list[str]:
+    """Queues that exist with declare-time arguments other than ours (a redeclare would fail)."""
+    problems = []
+    with ManagementClient.for_broker_user(settings) as client:
+        for queue in queues(settings):
+            live = client.queue(settings.broker_vhost, queue.name)
+            if live is None:
+                continue
+            wanted = queue.queue_arguments or {}
+            fixed_keys = ("x-max-priority", "x-queue-type")
+            have = {k: v for k, v in (live.get("arguments") or {}).items() if k in fixed_keys}
+            want = {k: v for k, v in wanted.items() if k in fixed_keys}
+            if have.get("x-queue-type", "classic") == "classic":
+                have.pop("x-queue-type", None)
+            if have != want:
+                problems.append(
+                    f"queue {queue.name!r} exists with {have or 'no type/priority arguments'} but the configuration "
+                    f"asks for {want or 'none'}; drain it and delete it (rabbitmqctl delete_queue {queue.name}) "
+                    "before declaring again: RabbitMQ cannot change a queue's type or max priority in place."
+                )
+    return problems
+
+
+def effective_policy(live_policies: list[dict[str, Any]], queue_name: str) -> dict[str, Any] | None:
+    """The policy RabbitMQ applies to a queue: the highest-priority one whose pattern matches its name.
+
+    Computed from the policy list rather than read from queue statistics, which lag by several seconds.
+    """
+    matching = [
+        p
+        for p in live_policies
+        if p.get("apply-to", "all") in ("all", "queues") and re.search(p.get("pattern", "$^"), queue_name)
+    ]
+    return max(matching, key=lambda p: int(p.get("priority", 0)), default=None)
+
+
+def verify(settings: Settings) -> list[str]:
+    """Check the live topology: every work queue dead-letters into a bound dead-letter queue with limits.
+
+    Returns a list of problems, empty when all is well.
+    """
+    vhost = settings.broker_vhost
+    problems: list[str] = []
+    try:
+        with ManagementClient.for_broker_user(settings) as client:
+            live_policies = client.policies(vhost)
+            if client.exchange(vhost, DEAD_LETTER_EXCHANGE) is None:
+                problems.append(f"dead-letter exchange {DEAD_LETTER_EXCHANGE!r} does not exist")
+            elif not any(
+                b.get("destination") == DEAD_LETTER_QUEUE
+                for b in client.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE)
+            ):
+                problems.append(f"{DEAD_LETTER_EXCHANGE!r} is not bound to queue {DEAD_LETTER_QUEUE!r}")
+            if client.queue(vhost, DEAD_LETTER_QUEUE) is None:
+                problems.append(f"queue {DEAD_LETTER_QUEUE!r} does not exist")
+    except ManagementError as exc:
+        return [f"cannot read the topology through the management API: {exc}"]
+    applied = effective_policy(live_policies, DEAD_LETTER_QUEUE)
+    for key in ("message-ttl", "max-length"):
+        if applied is None or key not in applied.get("definition", {}):
+            problems.append(
+                f"queue {DEAD_LETTER_QUEUE!r} gets no {key} (policy {DEAD_LETTER_POLICY!r} missing "
+                f"or overridden by {applied and applied.get('name')!r})"
+            )
+    for tier in Tier:
+        applied = effective_policy(live_policies, tier.value)
+        if applied is None or applied.get("definition", {}).get("dead-letter-exchange") != DEAD_LETTER_EXCHANGE:
+            problems.append(
+                f"queue {tier.value!r} would not dead-letter into {DEAD_LETTER_EXCHANGE!r} "
+                f"(policy {WORK_POLICY!r} missing or overridden by {applied and applied.get('name')!r})"
+            )
+    return problems
