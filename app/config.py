@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     def _strip_trailing_slash_of_http(cls, value: str) -> str:
         return value.rstrip("/") if value.startswith("http") else value
 
+    @field_validator("var_dir")
+    @classmethod
+    def _anchor_var_dir(cls, value: Path) -> Path:
+        return value if value.is_absolute() else ROOT_DIR / value
+
     @model_validator(mode="after")
     def _refuse_dev_shortcuts_in_production(self) -> Settings:
         if self.environment is not Environment.production:

@@ -102,6 +102,8 @@ def _attempts_from_backend(backend: dict[str, Any]) -> int | None:
 
 
 def _describe_exception(payload: Any) -> str | None:
+    if isinstance(payload, BaseException):
+        return f"{type(payload).__name__}: {payload}"
     if isinstance(payload, dict) and "exc_type" in payload:
         return f"{payload.get('exc_type')}: {' '.join(str(a) for a in payload.get('exc_message') or ())}"
     return str(payload) if payload is not None else None

@@ -1,0 +1,280 @@
+"""Test session wiring: a RabbitMQ vhost, a Redis db and a PostgreSQL database of its own, real worker processes.
+
+The environment is set here, at import, before any `app` module reads its settings; subprocesses (workers,
+the recorder, a second API) inherit it. Everything the session creates is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION = uuid.uuid4().hex[:8]
+AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+MGMT_URL = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+MGMT_AUTH = (os.environ.get("TEST_RABBITMQ_USER", "guest"), os.environ.get("TEST_RABBITMQ_PASSWORD", "guest"))
+PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
+VHOST = f"courier_test_{SESSION}"
+DATABASE = f"courier_test_{SESSION}"
+CLAIM_KEY = "courier-test:claim"
+
+
+def _claim_redis_db() -> int:
+    """Claim a Redis db no other test session is using (a claim key with a 2 h TTL marks it)."""
+    for db in range(1, 16):
+        client = redis.Redis(host=REDIS_HOST, db=db)
+        if client.set(CLAIM_KEY, SESSION, nx=True, ex=7200):
+            client.close()
+            return db
+        client.close()
+    raise RuntimeError("Every Redis db 1-15 is claimed by another test session.")
+
+
+REDIS_DB = _claim_redis_db()
+VAR_DIR = Path(tempfile.mkdtemp(prefix=f"courier-test-{SESSION}-"))
+
+TEST_ENV = {
+    "ENVIRONMENT": "test",
+    "CELERY_BROKER_URL": f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@{AMQP_HOST}:5672/{VHOST}",
+    "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{REDIS_DB}",
+    "REDIS_URL": "",
+    "RABBITMQ_MANAGEMENT_URL": MGMT_URL,
+    "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{DATABASE}",
+    "VAR_DIR": str(VAR_DIR),
+    "CELERY_TASK_ALWAYS_EAGER": "false",
+    "WORKER_HEARTBEAT_INTERVAL_S": "1",
+    "HISTORY_FLUSH_INTERVAL_S": "0.2",
+    "API_KEY_CACHE_S": "0",
+    "PUBLISH_TIMEOUT_S": "3",
+    "LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)
+# A developer's .env must not leak into the tests: Settings reads the process environment first, and
+# everything that matters is set above.
+
+
+def _mgmt(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, f"{MGMT_URL}/api{path}", auth=MGMT_AUTH, timeout=10, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_services() -> Iterator[None]:
+    """Create the vhost and the database, migrate, declare the topology; remove it all afterwards."""
+    assert _mgmt("PUT", f"/vhosts/{VHOST}").status_code in (201, 204)
+    _mgmt("PUT", f"/permissions/{VHOST}/{MGMT_AUTH[0]}", json={"configure": ".*", "write": ".*", "read": ".*"})
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
+                   capture_output=True)
+    from app.config import get_settings
+    from app.tasks import topology
+
+    topology.declare(get_settings())
+    try:
+        yield
+    finally:
+        from app.db import reset_engine
+
+        reset_engine()
+        _mgmt("DELETE", f"/vhosts/{VHOST}")
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        redis.Redis(host=REDIS_HOST, db=REDIS_DB).flushdb()
+
+
+def join(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    """A real `celery worker` subprocess; its log is kept for assertions and failure reports."""
+
+    name: str
+    queues: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@test"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait for the worker's first heartbeat (written once its boot steps passed)."""
+        key = f"courier:worker:{self.hostname}"
+        client = redis.Redis(host=REDIS_HOST, db=REDIS_DB)
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            return bool(client.exists(key)) and "ready." in self.log()
+
+        join(ready, timeout=timeout, what=f"worker {self.name} to be ready")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Warm shutdown (SIGTERM), falling back to SIGKILL."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), as an OOM kill or a crash would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.fixture
+def start_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a worker on some queues; every worker it made is stopped at the end of the test."""
+    made: list[WorkerProcess] = []
+
+    def start(queues: str = "high,medium,low", *, concurrency: int = 2, name: str | None = None,
+              wait: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
+        name = name or f"w{len(made)}-{uuid.uuid4().hex[:6]}"
+        log_path = VAR_DIR / f"{name}.log"
+        cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", queues, "-n", f"{name}@test",
+               "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **(env or {})}, start_new_session=True)
+        worker = WorkerProcess(name, queues, process, log_path, env or {})
+        made.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in made:
+        worker.stop()
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            sys.stderr.write(f"\n--- log of {worker.name} ---\n{worker.log()[-4000:]}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def recorder() -> Iterator[subprocess.Popen[bytes]]:
+    """The run-history recorder as a real process for the whole session."""
+    log = open(VAR_DIR / "recorder.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "app.runs.recorder"], cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    yield process
+    process.terminate()
+    process.wait(20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def worker(recorder: subprocess.Popen[bytes]) -> Iterator[WorkerProcess]:
+    """One worker on every tier, shared by a test module (modules that steer workers themselves skip it)."""
+    name = f"shared-{uuid.uuid4().hex[:6]}"
+    log_path = VAR_DIR / f"{name}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", "high,medium,low", "-n",
+           f"{name}@test", "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    shared = WorkerProcess(name, "high,medium,low", process, log_path)
+    shared.wait_ready()
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def api() -> Iterator[Any]:
+    """The FastAPI app in-process (real publish to the test vhost, real Redis and PostgreSQL)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import app
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def _make_key(role: str) -> tuple[str, str]:
+    from app.access import service
+    from app.access.models import Role
+    from app.db import session_scope
+
+    name = f"{role}-{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        _, plain = service.create(session=session, name=name, role=Role(role))
+    return name, plain
+
+
+@pytest.fixture
+def admin_key() -> tuple[str, str]:
+    """(name, key) of a fresh admin key."""
+    return _make_key("admin")
+
+
+@pytest.fixture
+def client_key() -> tuple[str, str]:
+    """(name, key) of a fresh client key."""
+    return _make_key("client")
+
+
+def auth(key: tuple[str, str]) -> dict[str, str]:
+    """The Authorization header for a (name, key) pair."""
+    return {"Authorization": f"Bearer {key[1]}"}
+
+
+def queue_depth(name: str) -> dict[str, int]:
+    """Ready and unacked counts of a queue, read over AMQP (exact, unlike the management stats)."""
+    from kombu import Connection
+
+    from app.config import get_settings
+
+    with Connection(get_settings().broker_url) as conn:
+        _, ready, consumers = conn.default_channel.queue_declare(name, passive=True)
+    return {"ready": ready, "consumers": consumers}
+
+
+def redis_client() -> redis.Redis:
+    """A client on the session's Redis db."""
+    return redis.Redis(host=REDIS_HOST, db=REDIS_DB, decode_responses=True)
+
+
+def heartbeat(hostname: str) -> dict[str, Any] | None:
+    """A worker's heartbeat record, if fresh."""
+    raw = redis_client().get(f"courier:worker:{hostname}")
+    return json.loads(raw) if raw else None

@@ -1,0 +1,107 @@
+"""The path of one task on the real broker: success and history, priorities, durable revoke, worker crashes.
+
+These tests steer workers themselves (no shared worker in this module).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import auth, join, queue_depth, redis_client
+
+
+def _dispatch(api, key, **body) -> str:
+    response = api.post("/api/v1/tasks/ping", json=body, headers=auth(key))
+    assert response.status_code == 202, response.text
+    return response.json()["task_id"]
+
+
+def _task(api, key, task_id):
+    return api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(key)).json()
+
+
+def test_a_dispatched_task_reaches_success_and_appears_in_the_run_history(api, admin_key, start_worker, recorder):
+    # Given a worker on every tier
+    start_worker()
+    # When an admin dispatches the probe on the high tier
+    task_id = _dispatch(api, admin_key, tier="high", echo="hello")
+    # Then it succeeds with its result
+    join(lambda: _task(api, admin_key, task_id)["state"] == "SUCCESS", what="SUCCESS")
+    task = _task(api, admin_key, task_id)
+    assert task["result"]["echo"] == "hello"
+    assert task["tier"] == "high"
+    # And the durable history has the run, attributed to the admin, with timings
+    def in_history():
+        page = api.get("/api/v1/tasks/runs", params={"name": "system.ping", "state": "SUCCESS", "limit": 500},
+                       headers=auth(admin_key)).json()
+        return next((r for r in page["items"] if r["task_id"] == task_id), None)
+
+    run = join(in_history, what="run in history")
+    assert run["triggered_by"] == admin_key[0]
+    assert run["attempts"] == 1
+    assert run["started_at"] is not None and run["finished_at"] is not None
+    assert run["tier"] == "high"
+
+
+def test_with_a_backlog_a_higher_priority_message_is_delivered_first(api, admin_key, start_worker):
+    # Given a backlog of five low-priority messages in the high queue and no worker consuming it
+    low = [_dispatch(api, admin_key, tier="high", priority=1, echo=f"low-{i}") for i in range(5)]
+    # When a priority-9 message is published after them and a single-process worker starts
+    urgent = _dispatch(api, admin_key, tier="high", priority=9, echo="urgent")
+    assert queue_depth("high")["ready"] == 6
+    start_worker("high", concurrency=1)
+    # Then the urgent message ran before every one of the backlog
+    ids = [urgent, *low]
+    join(lambda: all(_task(api, admin_key, t)["state"] == "SUCCESS" for t in ids), what="all to finish")
+    started = {t: _task(api, admin_key, t)["result"]["started_at"] for t in ids}
+    assert started[urgent] < min(started[t] for t in low)
+    assert _task(api, admin_key, urgent)["result"]["priority"] == 9
+
+
+def test_a_task_revoked_before_it_starts_never_runs_even_across_a_worker_restart(api, admin_key, start_worker):
+    # Given a task waiting in the low queue while a worker is up but not consuming low
+    first = start_worker("high")
+    task_id = _dispatch(api, admin_key, tier="low", echo="must not run")
+    # When an admin revokes it, and then every worker restarts (Celery's in-memory revoke list is gone)
+    response = api.post(f"/api/v1/tasks/task/{task_id}/revoke", json={}, headers=auth(admin_key))
+    assert response.status_code == 200, response.text
+    assert response.json()["revoked"] is True
+    first.stop()
+    redis_client().delete(f"courier:revoked:{task_id}")  # even Redis forgot it: SQL restores it at boot
+    start_worker("high,medium,low", concurrency=1)
+    # Then the message is consumed but the task never runs: its result stays REVOKED, not SUCCESS
+    join(lambda: queue_depth("low")["ready"] == 0, what="the low queue to drain")
+    time.sleep(0.5)  # the worker acks before it records; give the backend write a moment
+    task = _task(api, admin_key, task_id)
+    assert task["state"] == "REVOKED"
+    assert task["result"] is None
+    assert task["revoked"] is True
+
+
+def test_a_worker_killed_mid_task_loses_nothing_and_the_task_completes_after_a_restart(
+    api, admin_key, start_worker
+):
+    # Given a worker running a slow task
+    doomed = start_worker("medium", concurrency=1)
+    task_id = _dispatch(api, admin_key, tier="medium", sleep_s=3, echo="survivor")
+    join(lambda: "Task system.ping[" + task_id + "] received" in doomed.log(), what="the task to be received")
+    # When the whole worker is SIGKILLed mid-task
+    doomed.kill()
+    # Then the broker still holds the message
+    join(lambda: queue_depth("medium")["ready"] == 1, what="the message to be requeued")
+    # And a new worker completes it under the same id
+    start_worker("medium", concurrency=1)
+    join(lambda: _task(api, admin_key, task_id)["state"] == "SUCCESS", timeout=60, what="SUCCESS after restart")
+    assert _task(api, admin_key, task_id)["result"]["echo"] == "survivor"
+
+
+def test_a_task_that_fails_for_good_is_dead_lettered_not_dropped(api, admin_key, start_worker):
+    # Given a worker
+    start_worker("low", concurrency=1)
+    before = queue_depth("dead_letter")["ready"]
+    # When a task raises a permanent error
+    task_id = _dispatch(api, admin_key, tier="low", fail=True)
+    # Then it ends FAILURE and its message is in the dead-letter queue
+    join(lambda: _task(api, admin_key, task_id)["state"] == "FAILURE", what="FAILURE")
+    join(lambda: queue_depth("dead_letter")["ready"] == before + 1, what="a dead letter")
+    assert "PermanentError" in _task(api, admin_key, task_id)["error"]
