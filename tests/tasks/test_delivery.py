@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from app.config import get_settings
+from app.rabbitmq import ManagementClient
 from tests.conftest import auth, join, queue_depth, redis_client
+
+
+@pytest.fixture(autouse=True)
+def empty_work_queues():
+    """Each test counts messages, so it starts from empty work queues."""
+    settings = get_settings()
+    with ManagementClient.for_broker_user(settings) as client:
+        for name in ("high", "medium", "low"):
+            client.purge(settings.broker_vhost, name)
 
 
 def _dispatch(api, key, **body) -> str:

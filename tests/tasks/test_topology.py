@@ -1,0 +1,125 @@
+"""The topology read back from RabbitMQ, live policy changes, and a worker that refuses a broken wiring."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import QueueType, Settings, get_settings
+from app.constants import DEAD_LETTER_EXCHANGE
+from app.rabbitmq import ManagementClient
+from app.tasks import topology
+from tests.conftest import join
+
+
+@pytest.fixture
+def mgmt():
+    with ManagementClient.for_broker_user(get_settings()) as client:
+        yield client
+
+
+def test_the_four_queues_exist_with_their_priorities_and_policies(mgmt):
+    # Given the topology the session declared
+    vhost = get_settings().broker_vhost
+    # Then each work queue has its max priority and the work policy, and the dead-letter queue its own policy
+    for name, priority in (("high", 10), ("medium", 5), ("low", 1)):
+        queue = join(lambda n=name: (q := mgmt.queue(vhost, n)) and q.get("policy") and q, what=f"{name} policy")
+        assert queue["durable"] is True
+        assert queue["arguments"] == {"x-max-priority": priority}
+        assert queue["policy"] == topology.WORK_POLICY
+        assert queue["effective_policy_definition"]["dead-letter-exchange"] == DEAD_LETTER_EXCHANGE
+    dlq = join(lambda: (q := mgmt.queue(vhost, "dead_letter")) and q.get("policy") and q, what="dlq policy")
+    assert dlq["policy"] == topology.DEAD_LETTER_POLICY
+    assert dlq["effective_policy_definition"] == {"message-ttl": 86_400_000, "max-length": 10_000}
+    # And the dead-letter exchange is a durable fanout bound to the dead-letter queue
+    exchange = mgmt.exchange(vhost, DEAD_LETTER_EXCHANGE)
+    assert exchange["type"] == "fanout" and exchange["durable"] is True
+    assert [b["destination"] for b in mgmt.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE)] == ["dead_letter"]
+    # And the task exchange routes each tier by its own name
+    bindings = {b["routing_key"]: b["destination"] for b in mgmt.bindings_of_exchange(vhost, "courier.tasks")}
+    assert bindings == {"high": "high", "medium": "medium", "low": "low"}
+    assert topology.verify(get_settings()) == []
+
+
+def test_changing_a_limit_and_declaring_again_updates_the_live_queue_without_precondition_failed(mgmt):
+    # Given the declared topology
+    settings = get_settings()
+    changed = settings.model_copy(update={"dead_letter_ttl_s": 3600, "dead_letter_max_length": 500,
+                                          "work_queue_max_length": 1000})
+    try:
+        # When the limits change in configuration and the topology is declared again
+        topology.declare(changed)
+        # Then the live queues carry the new limits
+        policies = {p["name"]: p["definition"] for p in mgmt.policies(settings.broker_vhost)}
+        assert policies[topology.DEAD_LETTER_POLICY] == {"message-ttl": 3_600_000, "max-length": 500}
+        assert policies[topology.WORK_POLICY]["max-length"] == 1000
+        assert policies[topology.WORK_POLICY]["overflow"] == "reject-publish"
+        assert topology.verify(changed) == []
+    finally:
+        topology.declare(settings)
+
+
+def test_a_worker_refuses_to_start_when_the_dead_letter_policy_is_missing(mgmt, start_worker):
+    # Given the work-queue policy was removed (rejected messages would now be dropped silently)
+    settings = get_settings()
+    mgmt.delete_policy(settings.broker_vhost, topology.WORK_POLICY)
+    try:
+        # When a worker starts
+        worker = start_worker("low", wait=False)
+        worker.process.wait(60)
+        # Then it exits with EX_CONFIG and says why and what to run
+        assert worker.process.returncode == 78
+        log = worker.log()
+        assert "Refusing to start" in log
+        assert "python -m app.cli topology declare" in log
+    finally:
+        topology.declare(settings)
+
+
+def test_a_queue_declared_with_another_type_is_reported_clearly_instead_of_crashing():
+    # Given live classic queues
+    settings = get_settings()
+    # When the configuration asks for quorum queues
+    quorum = settings.model_copy(update={"queue_type": QueueType.quorum})
+    # Then declare refuses with a message naming each queue and the way out
+    with pytest.raises(topology.TopologyError) as raised:
+        topology.declare(quorum)
+    assert len(raised.value.problems) == 4
+    assert "cannot change a queue's type or max priority" in str(raised.value)
+
+
+def test_quorum_queues_carry_their_type_and_a_delivery_limit_instead_of_priorities():
+    # Given quorum settings
+    settings = Settings(_env_file=None, queue_type=QueueType.quorum, delivery_limit=4)
+    # Then the queues are quorum without priorities, and the work policy bounds deliveries
+    assert {q.name: q.queue_arguments for q in topology.queues(settings)} == {
+        "high": {"x-queue-type": "quorum"},
+        "medium": {"x-queue-type": "quorum"},
+        "low": {"x-queue-type": "quorum"},
+        "dead_letter": {"x-queue-type": "quorum"},
+    }
+    work = next(p for p in topology.policies(settings) if p.name == topology.WORK_POLICY)
+    assert work.definition == {"dead-letter-exchange": DEAD_LETTER_EXCHANGE, "delivery-limit": 4}
+
+
+def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
+    # Given an empty vhost of its own
+    import uuid
+
+    settings = get_settings()
+    vhost = f"{settings.broker_vhost}_q{uuid.uuid4().hex[:4]}"
+    user, password = settings.broker_credentials
+    quorum = settings.model_copy(update={
+        "queue_type": QueueType.quorum,
+        "celery_broker_url": settings.broker_url.rsplit("/", 1)[0] + f"/{vhost}",
+    })
+    with ManagementClient.for_broker_user(settings) as admin:
+        admin.put_vhost(vhost)
+        admin.put_permissions(vhost, user)
+        try:
+            # When the quorum topology is declared there
+            topology.declare(quorum)
+            # Then it verifies, and the queues are quorum queues
+            assert topology.verify(quorum) == []
+            assert admin.queue(vhost, "high")["arguments"] == {"x-queue-type": "quorum"}
+        finally:
+            admin.delete_vhost(vhost)

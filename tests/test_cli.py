@@ -1,0 +1,55 @@
+"""The operator CLI as a person runs it: a real subprocess against the session's database and broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+from tests.conftest import ROOT, auth
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_create_api_key_prints_the_key_alone_once_and_the_key_authenticates(api):
+    # When an admin key is created
+    name = f"ops-{uuid.uuid4().hex[:6]}"
+    done = _cli("create-api-key", "--name", name, "--role", "admin")
+    # Then stdout is the key alone
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert done.stdout == key + "\n" and key.startswith("ck_") and len(key) > 40
+    # And it opens the admin endpoints
+    assert api.get("/api/v1/tasks/queues", headers=auth((name, key))).status_code == 200
+    # And only its hash is stored
+    from sqlalchemy import text
+
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        stored = conn.execute(text("SELECT key_hash, prefix FROM api_keys WHERE name = :n"), {"n": name}).one()
+    assert key not in stored.key_hash and stored.prefix == key[:10]
+
+
+def test_create_api_key_refuses_a_duplicate_name_and_an_unknown_role():
+    name = f"dup-{uuid.uuid4().hex[:6]}"
+    assert _cli("create-api-key", "--name", name, "--role", "client").returncode == 0
+    again = _cli("create-api-key", "--name", name, "--role", "client")
+    assert again.returncode == 1 and again.stdout == "" and "already exists" in again.stderr
+    wrong = _cli("create-api-key", "--name", f"x-{name}", "--role", "root")
+    assert wrong.returncode == 2 and "Unknown role" in wrong.stderr
+
+
+def test_topology_verify_exits_zero_on_the_declared_topology():
+    done = _cli("topology", "verify")
+    assert done.returncode == 0, done.stderr
+
+
+def test_health_exits_one_when_no_worker_runs():
+    # Given no worker in this module's tests, Then the CLI health check reports the workers down
+    done = _cli("health")
+    assert done.returncode == 1
+    assert "workers" in done.stdout and "down" in done.stdout
