@@ -1,0 +1,641 @@
+#!/usr/bin/env bash
+# Courier's operator entry point: bring the whole stack up or down on one machine.
+#
+#   ./scripts/start_tasks.sh start | stop | restart | status | logs [service] | health
+#
+# With a working Docker engine it drives `docker compose -f docker-compose.tasks.yml`; without one it runs
+# every process natively from .venv, with pid files in $VAR_DIR/run and logs in $VAR_DIR/log.
+# COURIER_RUNTIME=native|compose forces one or the other. Settings come from the environment and `.env`
+# (the environment wins); .env.example documents every one of them.
+set -euo pipefail
+
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT_DIR
+readonly COMPOSE_FILE="docker-compose.tasks.yml"
+readonly VENV="$ROOT_DIR/.venv"
+readonly INSTALL_STAMP="$VENV/.courier-installed"
+readonly TIERS=(high medium low)
+#: Bounded waits, in seconds.
+readonly SERVICE_WAIT_S=60
+readonly API_WAIT_S=60
+readonly STOP_WAIT_S=20
+#: Endpoints as app.config computes them; filled by read_endpoints.
+BROKER_HOST="" BROKER_PORT="" REDIS_ENDPOINTS="" DB_KIND="" DB_HOST="" DB_PORT=""
+MANAGEMENT_URL="" MANAGEMENT_HOST="" BROKER_API_URL=""
+
+usage() {
+    cat >&2 <<'EOF'
+Usage: ./scripts/start_tasks.sh COMMAND
+
+Commands:
+  start           provision the broker and the database, then start the API, workers, beat, recorder and Flower
+  stop            stop what `start` started (RabbitMQ, Redis and PostgreSQL keep running)
+  restart         stop, then start
+  status          one line per service; exits 1 when any is down
+  logs [service]  follow the last 100 lines of one service's log, or of all of them
+  health          broker, result backend, database and workers, plus the HTTP health endpoint; exits 1 when any is down
+
+Environment: COURIER_RUNTIME=native|compose (default: compose when `docker info` succeeds, native otherwise),
+and every setting in .env.example (read from .env when present; the environment wins).
+EOF
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- Configuration -----------------------------------------------------------------------------------------
+
+# Export every NAME=value of .env that the environment does not already set.
+load_env_file() {
+    local file="$ROOT_DIR/.env" line name value
+    [[ -f "$file" ]] || return 0
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        line="${line%$'\r'}"
+        [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        name="${BASH_REMATCH[2]}"
+        value="${BASH_REMATCH[3]}"
+        if [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]]; then
+            value="${BASH_REMATCH[1]}"
+        fi
+        [[ -v "$name" ]] && continue
+        export "$name=$value"
+    done <"$file"
+}
+
+# Defaults for what this script reads itself; they match .env.example (app/config.py reads the rest).
+apply_defaults() {
+    : "${API_HOST:=127.0.0.1}" "${API_PORT:=8000}" "${VAR_DIR:=./var}"
+    : "${RABBITMQ_MANAGEMENT_URL:=http://127.0.0.1:15672}"
+    : "${CELERY_WORKER_CONCURRENCY:=2}" "${CELERY_LOG_LEVEL:=INFO}" "${CELERY_WORKER_NAME:=}"
+    : "${WORKER_PER_TIER:=true}" "${DATABASE_URL:=}"
+    : "${FLOWER_USER:=admin}" "${FLOWER_PASSWORD:=flower_dev_pass}" "${FLOWER_PORT:=5555}"
+    [[ "$VAR_DIR" == /* ]] || VAR_DIR="$ROOT_DIR/${VAR_DIR#./}"
+    RUN_DIR="$VAR_DIR/run"
+    LOG_DIR="$VAR_DIR/log"
+}
+
+# The address clients use to reach the API (a wildcard bind is reached on loopback).
+api_base_url() {
+    local host="$API_HOST"
+    case "$host" in 0.0.0.0 | "" | "::" | "[::]") host=127.0.0.1 ;; esac
+    [[ "$host" == *:* && "$host" != \[* ]] && host="[$host]"
+    printf 'http://%s:%s' "$host" "$API_PORT"
+}
+
+runtime() {
+    case "${COURIER_RUNTIME:-}" in
+        native | compose) printf '%s' "$COURIER_RUNTIME" ;;
+        "" | auto)
+            if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+                printf compose
+            else
+                printf native
+            fi
+            ;;
+        *) die "COURIER_RUNTIME must be native or compose, not '$COURIER_RUNTIME'." ;;
+    esac
+}
+
+# --- Compose runtime ---------------------------------------------------------------------------------------
+
+compose() {
+    if docker compose version >/dev/null 2>&1; then
+        docker compose -f "$ROOT_DIR/$COMPOSE_FILE" "$@"
+    elif command -v docker-compose >/dev/null 2>&1; then
+        docker-compose -f "$ROOT_DIR/$COMPOSE_FILE" "$@"
+    else
+        die "COURIER_RUNTIME=compose needs the Docker Compose plugin (docker compose) or docker-compose."
+    fi
+}
+
+compose_status() {
+    local expected running missing=0 service
+    compose ps
+    expected="$(compose config --services)"
+    running="$(compose ps --status running --services)"
+    for service in $expected; do
+        [[ "$service" == migrate ]] && continue
+        if ! grep -qx "$service" <<<"$running"; then
+            printf '%-14s stopped\n' "$service"
+            missing=1
+        fi
+    done
+    return "$missing"
+}
+
+run_compose() {
+    local command="$1"
+    shift
+    docker info >/dev/null 2>&1 || die "COURIER_RUNTIME=compose, but the Docker engine does not answer (docker info)."
+    case "$command" in
+        start) compose up -d --build --wait ;;
+        stop) compose down ;;
+        restart) compose down && compose up -d --build --wait ;;
+        status) compose_status ;;
+        logs) compose logs --tail 100 -f "$@" ;;
+        health) compose exec api python -m app.cli health ;;
+    esac
+}
+
+# --- Native: interpreter and settings ----------------------------------------------------------------------
+
+find_python() {
+    local candidate
+    for candidate in python3 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            printf '%s' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Create .venv and install the project when it is missing or pyproject.toml changed since the last install.
+ensure_venv() {
+    local python
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        python="$(find_python)" || die "Python 3.11 or newer is required to create .venv (python3 -m venv)."
+        log "Creating .venv with $python"
+        "$python" -m venv "$VENV"
+    fi
+    if [[ ! -f "$INSTALL_STAMP" || "$ROOT_DIR/pyproject.toml" -nt "$INSTALL_STAMP" ]]; then
+        log "Installing Courier into .venv (pip install -e .)"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT_DIR"
+        touch "$INSTALL_STAMP"
+    fi
+}
+
+# Endpoints as Courier computes them (URLs built from parts, REDIS_PASSWORD applied), one NAME=value a line.
+read_endpoints() {
+    local name value
+    while IFS='=' read -r name value; do
+        case "$name" in
+            BROKER_HOST | BROKER_PORT | REDIS_ENDPOINTS | DB_KIND | DB_HOST | DB_PORT | MANAGEMENT_URL | MANAGEMENT_HOST | \
+                BROKER_API_URL)
+                printf -v "$name" '%s' "$value"
+                ;;
+        esac
+    done < <("$VENV/bin/python" - <<'PY'
+from urllib.parse import quote, urlsplit
+
+from app.config import get_settings
+
+s = get_settings()
+broker = urlsplit(s.broker_url.split(";")[0])
+print(f"BROKER_HOST={broker.hostname or '127.0.0.1'}")
+print(f"BROKER_PORT={broker.port or (5671 if broker.scheme == 'amqps' else 5672)}")
+redis = []
+for url in dict.fromkeys([s.result_backend_dsn, s.redis_dsn]):
+    part = urlsplit(url)
+    if part.scheme.startswith("redis"):
+        redis.append(f"{part.hostname or '127.0.0.1'}:{part.port or 6379}")
+print(f"REDIS_ENDPOINTS={' '.join(dict.fromkeys(redis))}")
+db = urlsplit(s.sqlalchemy_url)
+print(f"DB_KIND={db.scheme.split('+')[0]}")
+print(f"DB_HOST={db.hostname or ''}")
+print(f"DB_PORT={db.port or 5432}")
+user, password = s.broker_credentials
+mgmt = urlsplit(s.rabbitmq_management_url)
+print(f"MANAGEMENT_URL={s.rabbitmq_management_url}")
+print(f"MANAGEMENT_HOST={mgmt.hostname or ''}")
+print(f"BROKER_API_URL={mgmt.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{mgmt.netloc}/api/")
+PY
+    )
+    [[ -n "${BROKER_HOST:-}" ]] || die "Could not read Courier's settings (python -c 'from app.config import get_settings')."
+}
+
+# --- Native: prerequisites ---------------------------------------------------------------------------------
+
+port_open() {
+    local host="$1" port="$2"
+    # shellcheck disable=SC2016  # $0 and $1 belong to the inner shell
+    timeout 2 bash -c ': >"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null
+}
+
+is_local_host() {
+    case "$1" in 127.0.0.1 | localhost | ::1 | "") return 0 ;; *) return 1 ;; esac
+}
+
+wait_for_port() {
+    local what="$1" host="$2" port="$3" waited=0
+    until port_open "$host" "$port"; do
+        ((waited >= SERVICE_WAIT_S)) && return 1
+        sleep 1
+        waited=$((waited + 1))
+    done
+    ((waited == 0)) || log "$what answers on $host:$port after ${waited}s"
+}
+
+start_rabbitmq() { rabbitmq-server -detached; }
+
+start_redis() {
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+}
+
+start_postgres() {
+    # shellcheck disable=SC2046  # one cluster version directory on a developer machine
+    pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start
+}
+
+# ensure_service NAME HOST PORT SERVER_BINARY START_FUNCTION
+ensure_service() {
+    local what="$1" host="$2" port="$3" binary="$4" starter="$5"
+    port_open "$host" "$port" && return 0
+    if is_local_host "$host" && command -v "$binary" >/dev/null 2>&1; then
+        log "$what is not answering on $host:$port; starting the local server"
+        "$starter" || warn "Starting $what returned an error; waiting for it anyway."
+    elif is_local_host "$host"; then
+        die "$what is not answering on $host:$port and is not installed here ($binary not found). Install and start it, or point Courier at another one."
+    fi
+    wait_for_port "$what" "$host" "$port" ||
+        die "$what is not answering on $host:$port after ${SERVICE_WAIT_S}s. Start it (or fix its host/port settings) and run start again."
+}
+
+ensure_services() {
+    local endpoint
+    ensure_service RabbitMQ "$BROKER_HOST" "$BROKER_PORT" rabbitmq-server start_rabbitmq
+    for endpoint in $REDIS_ENDPOINTS; do
+        ensure_service Redis "${endpoint%:*}" "${endpoint##*:}" redis-server start_redis
+    done
+    if [[ "$DB_KIND" == postgresql ]]; then
+        ensure_service PostgreSQL "$DB_HOST" "$DB_PORT" pg_ctlcluster start_postgres
+    fi
+}
+
+management_answers() {
+    # Any HTTP status counts: the API is up (credentials are checked by provisioning).
+    [[ "$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$MANAGEMENT_URL/api/overview" || true)" != 000 ]]
+}
+
+ensure_management() {
+    local waited=0
+    management_answers && return 0
+    if is_local_host "$MANAGEMENT_HOST" && command -v rabbitmq-plugins >/dev/null 2>&1; then
+        log "Enabling the RabbitMQ management plugin"
+        rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 ||
+            warn "rabbitmq-plugins enable rabbitmq_management failed (not permitted?); waiting for the API anyway."
+    fi
+    until management_answers; do
+        ((waited >= SERVICE_WAIT_S)) &&
+            die "The RabbitMQ management API ($MANAGEMENT_URL/api/overview) is not answering after ${SERVICE_WAIT_S}s. Enable it with: rabbitmq-plugins enable rabbitmq_management"
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Create the PostgreSQL database named by DATABASE_URL when it does not exist yet.
+ensure_database() {
+    [[ "$DB_KIND" == postgresql ]] || return 0
+    "$VENV/bin/python" - <<'PY' || die "Could not create the database of DATABASE_URL (see above); create it by hand or grant CREATEDB."
+import sys
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from app.config import get_settings
+
+url = make_url(get_settings().sqlalchemy_url)
+params = {"host": url.host, "port": url.port or 5432, "user": url.username, "password": url.password}
+params = {k: v for k, v in params.items() if v is not None}
+try:
+    with psycopg.connect(dbname=url.database, connect_timeout=5, **params):
+        sys.exit(0)
+except psycopg.OperationalError as exc:
+    if "does not exist" not in str(exc):
+        print(f"error: cannot connect to PostgreSQL: {exc}", file=sys.stderr)
+        sys.exit(1)
+try:
+    with psycopg.connect(dbname="postgres", connect_timeout=5, autocommit=True, **params) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+except psycopg.Error as exc:
+    print(f"error: cannot create database {url.database!r}: {exc}", file=sys.stderr)
+    sys.exit(1)
+print(f"==> Created PostgreSQL database {url.database!r}", file=sys.stderr)
+PY
+}
+
+prestart() {
+    cd "$ROOT_DIR"
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+    ensure_venv
+    read_endpoints
+    ensure_services
+    ensure_management
+    log "Provisioning the RabbitMQ vhost and user"
+    "$VENV/bin/python" -m app.cli provision
+    ensure_database
+    log "Migrating the database (alembic upgrade head)"
+    "$VENV/bin/alembic" upgrade head
+    log "Declaring the RabbitMQ topology"
+    "$VENV/bin/python" -m app.cli topology declare
+}
+
+# --- Native: processes -------------------------------------------------------------------------------------
+
+services() {
+    local tier
+    printf '%s\n' api
+    if [[ "${WORKER_PER_TIER,,}" == true || "$WORKER_PER_TIER" == 1 ]]; then
+        for tier in "${TIERS[@]}"; do printf 'worker-%s\n' "$tier"; done
+    else
+        printf '%s\n' worker
+    fi
+    printf '%s\n' beat recorder flower
+}
+
+is_service() { grep -qx -- "$1" <<<"$(services)"; }
+
+worker_name() {
+    local tier="$1"
+    if [[ -n "$CELERY_WORKER_NAME" ]]; then
+        printf '%s-%s@%%h' "$CELERY_WORKER_NAME" "$tier"
+    else
+        printf '%s@%%h' "$tier"
+    fi
+}
+
+# Fill SERVICE_CMD with the command line of a service.
+service_command() {
+    local service="$1" bin="$VENV/bin"
+    local worker_opts=(--concurrency "$CELERY_WORKER_CONCURRENCY" --loglevel "$CELERY_LOG_LEVEL")
+    case "$service" in
+        api) SERVICE_CMD=("$bin/uvicorn" app.main:app --host "$API_HOST" --port "$API_PORT") ;;
+        worker-*)
+            local tier="${service#worker-}"
+            SERVICE_CMD=("$bin/celery" -A app.tasks worker -Q "$tier" -n "$(worker_name "$tier")" "${worker_opts[@]}")
+            ;;
+        worker)
+            local queues
+            queues="$(IFS=,; printf '%s' "${TIERS[*]}")"
+            SERVICE_CMD=("$bin/celery" -A app.tasks worker -Q "$queues" "${worker_opts[@]}")
+            [[ -z "$CELERY_WORKER_NAME" ]] || SERVICE_CMD+=(-n "$CELERY_WORKER_NAME@%h")
+            ;;
+        beat)
+            # --pidfile= : no pid file of celery's own (ours is in $RUN_DIR); remote control answers inspect ping.
+            SERVICE_CMD=("$bin/celery" -A app.tasks beat --schedule "$VAR_DIR/celerybeat-schedule" --pidfile=
+                --enable-remote-control --loglevel "$CELERY_LOG_LEVEL")
+            ;;
+        recorder) SERVICE_CMD=("$bin/python" -m app.runs.recorder) ;;
+        flower)
+            # The credentials travel in FLOWER_BASIC_AUTH / FLOWER_BROKER_API (see start_service), not in argv,
+            # so `ps` does not show them.
+            SERVICE_CMD=("$bin/celery" -A app.tasks flower --address="$API_HOST" --port="$FLOWER_PORT"
+                --persistent=True --db="$VAR_DIR/flower.db")
+            ;;
+        *) die "Unknown service '$service'." ;;
+    esac
+}
+
+pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+log_file() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
+
+# Print the pid of a service when its pid file names a live process this script started:
+# a session leader (setsid) running from this checkout's .venv. Anything else is not ours to touch.
+running_pid() {
+    local file pid cmdline
+    file="$(pid_file "$1")"
+    [[ -f "$file" ]] || return 1
+    pid="$(<"$file")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]] || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || ps -o args= -p "$pid")"
+    [[ "$cmdline" == *"$VENV/bin/"* ]] || return 1
+    printf '%s' "$pid"
+}
+
+start_service() {
+    local service="$1" pidfile logfile pid waited=0
+    pidfile="$(pid_file "$service")"
+    logfile="$(log_file "$service")"
+    if pid="$(running_pid "$service")"; then
+        log "$service is already running (pid $pid)"
+        return 0
+    fi
+    rm -f "$pidfile"
+    service_command "$service"
+    printf '\n--- %s starting %s\n' "$(date -u +%FT%TZ)" "$service" >>"$logfile"
+    local env=(PYTHONUNBUFFERED=1)
+    [[ "$service" == flower ]] &&
+        env+=("FLOWER_BASIC_AUTH=$FLOWER_USER:$FLOWER_PASSWORD" "FLOWER_BROKER_API=$BROKER_API_URL")
+    # A new session per service: its pid is its process group, so stop can reach every child.
+    # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
+    env "${env[@]}" setsid bash -c 'echo "$$" >"$0"; exec "$@"' "$pidfile" "${SERVICE_CMD[@]}" \
+        >>"$logfile" 2>&1 </dev/null &
+    until [[ -s "$pidfile" ]]; do
+        ((waited++ >= 50)) && die "$service did not start (no pid file after 5 s); see $logfile"
+        sleep 0.1
+    done
+    log "Started $service (pid $(<"$pidfile")); log: $logfile"
+}
+
+health_code() {
+    curl -s -o /dev/null -m 5 -w '%{http_code}' "$(api_base_url)/api/v1/tasks/health" || true
+}
+
+# Wait for the health endpoint to say 200; fail early when a service has died.
+wait_until_healthy() {
+    local waited=0 service dead=()
+    while ((waited < API_WAIT_S)); do
+        [[ "$(health_code)" == 200 ]] && return 0
+        dead=()
+        while read -r service; do
+            running_pid "$service" >/dev/null || dead+=("$service")
+        done < <(services)
+        ((${#dead[@]} == 0)) || break
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if ((${#dead[@]} > 0)); then
+        printf 'error: %s exited during start. Last log lines:\n' "${dead[*]}" >&2
+        for service in "${dead[@]}"; do
+            printf '\n--- %s\n' "$(log_file "$service")" >&2
+            tail -n 30 "$(log_file "$service")" >&2 || true
+        done
+    else
+        printf 'error: %s/api/v1/tasks/health did not answer 200 within %ss. It says:\n' "$(api_base_url)" "$API_WAIT_S" >&2
+        curl -s -m 5 "$(api_base_url)/api/v1/tasks/health" >&2 || true
+        printf '\nLogs are in %s.\n' "$LOG_DIR" >&2
+    fi
+    printf '\nThe services that did start are still running; see "%s status", then "%s stop".\n' "$0" "$0" >&2
+    return 1
+}
+
+print_summary() {
+    local flower_host="$API_HOST"
+    case "$flower_host" in 0.0.0.0 | "" | "::" | "[::]") flower_host=127.0.0.1 ;; esac
+    cat <<EOF
+
+Courier is up.
+  API docs             $(api_base_url)/docs
+  Health               $(api_base_url)/api/v1/tasks/health
+  Flower               http://$flower_host:$FLOWER_PORT  (user $FLOWER_USER)
+  RabbitMQ management  $MANAGEMENT_URL  (vhost ${RABBITMQ_VHOST:-courier})
+  Logs                 $LOG_DIR/<service>.log  (./scripts/start_tasks.sh logs [service])
+EOF
+}
+
+native_start() {
+    local service
+    prestart
+    while read -r service; do
+        start_service "$service"
+    done < <(services)
+    log "Waiting for $(api_base_url)/api/v1/tasks/health"
+    wait_until_healthy || exit 1
+    print_summary
+}
+
+# Stop every service that has a pid file: SIGTERM to the main process (celery's warm shutdown lets the
+# running tasks finish and stops its own pool), then SIGKILL to the whole process group after STOP_WAIT_S.
+native_stop() {
+    local file service pid waited=0 alive
+    local -A pids=()
+    shopt -s nullglob
+    for file in "$RUN_DIR"/*.pid; do
+        service="$(basename "$file" .pid)"
+        if pid="$(running_pid "$service")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids[$service]="$pid"
+            log "Stopping $service (pid $pid)"
+        else
+            log "$service was not running; removing its stale pid file"
+            rm -f "$file"
+        fi
+    done
+    shopt -u nullglob
+    while ((${#pids[@]} > 0)); do
+        alive=()
+        for service in "${!pids[@]}"; do
+            if kill -0 -- "-${pids[$service]}" 2>/dev/null; then
+                alive+=("$service")
+            else
+                rm -f "$(pid_file "$service")"
+                unset "pids[$service]"
+            fi
+        done
+        ((${#alive[@]} == 0)) && break
+        if ((waited >= STOP_WAIT_S * 2)); then
+            for service in "${alive[@]}"; do
+                warn "$service did not stop within ${STOP_WAIT_S}s; killing its process group"
+                kill -KILL -- "-${pids[$service]}" 2>/dev/null || true
+                rm -f "$(pid_file "$service")"
+                unset "pids[$service]"
+            done
+            break
+        fi
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    log "Stopped. RabbitMQ, Redis and PostgreSQL were left running."
+}
+
+native_status() {
+    local service pid down=0 file
+    local -A listed=()
+    while read -r service; do
+        listed[$service]=1
+        if pid="$(running_pid "$service")"; then
+            printf '%-14s running  pid %s\n' "$service" "$pid"
+        else
+            printf '%-14s stopped\n' "$service"
+            down=1
+        fi
+    done < <(services)
+    # Services started under another configuration (e.g. WORKER_PER_TIER changed since start).
+    shopt -s nullglob
+    for file in "$RUN_DIR"/*.pid; do
+        service="$(basename "$file" .pid)"
+        [[ -n "${listed[$service]:-}" ]] && continue
+        if pid="$(running_pid "$service")"; then
+            printf '%-14s running  pid %s  (not in the current configuration)\n' "$service" "$pid"
+        fi
+    done
+    shopt -u nullglob
+    return "$down"
+}
+
+native_logs() {
+    local files=() service
+    if (($# > 0)); then
+        is_service "$1" || [[ -f "$(log_file "$1")" ]] || die "Unknown service '$1'. Services: $(services | tr '\n' ' ')"
+        files=("$(log_file "$1")")
+    else
+        while read -r service; do
+            [[ -f "$(log_file "$service")" ]] && files+=("$(log_file "$service")")
+        done < <(services)
+        ((${#files[@]} > 0)) || die "No logs yet in $LOG_DIR; start the stack first."
+    fi
+    exec tail -n 100 -F "${files[@]}"
+}
+
+native_health() {
+    local rc=0 code
+    [[ -x "$VENV/bin/python" ]] || die ".venv is missing; run ./scripts/start_tasks.sh start first."
+    (cd "$ROOT_DIR" && "$VENV/bin/python" -m app.cli health) || rc=1
+    code="$(health_code)"
+    printf '%-15s %-5s %10s  %s/api/v1/tasks/health\n' http "$([[ "$code" == 200 ]] && echo up || echo down)" "HTTP $code" "$(api_base_url)"
+    [[ "$code" == 200 ]] || rc=1
+    return "$rc"
+}
+
+run_native() {
+    local command="$1"
+    shift
+    case "$command" in
+        start) native_start ;;
+        stop) native_stop ;;
+        restart) native_stop && native_start ;;
+        status) native_status ;;
+        logs) native_logs "$@" ;;
+        health) native_health ;;
+    esac
+}
+
+main() {
+    local command="${1:-}"
+    case "$command" in
+        start | stop | restart | status | health) (($# == 1)) || {
+            usage
+            exit 2
+        } ;;
+        logs) (($# <= 2)) || {
+            usage
+            exit 2
+        } ;;
+        -h | --help | help)
+            usage
+            exit 0
+            ;;
+        "")
+            usage
+            exit 2
+            ;;
+        *)
+            printf "error: unknown command '%s'\n\n" "$command" >&2
+            usage
+            exit 2
+            ;;
+    esac
+    shift
+    cd "$ROOT_DIR"
+    load_env_file
+    apply_defaults
+    local mode
+    mode="$(runtime)"
+    if [[ "$mode" == compose ]]; then
+        run_compose "$command" "$@"
+    else
+        run_native "$command" "$@"
+    fi
+}
+
+main "$@"
