@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check app alembic/env.py tests
 .venv/bin/ruff format --check app alembic/env.py
+.venv/bin/mypy app

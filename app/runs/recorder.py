@@ -13,7 +13,10 @@ import signal
 import time
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Message, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.message import Message
+from kombu.messaging import Consumer
 
 from app.config import Settings, get_settings
 from app.constants import TASK_META_KEY

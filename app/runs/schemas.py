@@ -147,7 +147,7 @@ class HealthRead(BaseModel):
     components: dict[str, ComponentHealth]
 
 
-class ActiveTask(BaseModel):
+class ActiveTask(BaseModel):  # type: ignore[no-redef]  # pydantic-mypy: a field named `kwargs`
     """A task executing now on a worker."""
 
     task_id: str

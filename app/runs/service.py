@@ -130,7 +130,7 @@ def mark_revoked(*, session: Session, task_id: str, name: str | None, revoked_by
             )
         )
     elif run.state not in TERMINAL_STATES:
-        run.state = TaskState.REVOKED.value
+        run.state = TaskState.REVOKED
         run.finished_at = now
         run.event_at = now
     session.flush()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.result import AsyncResult
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -42,7 +42,8 @@ INSPECT_TIMEOUT_S = 1.0
 
 def task_meta(task_id: str) -> dict[str, str]:
     """What the publisher wrote about a task (name, tier, triggered_by); empty once expired."""
-    return dict(get_redis().hgetall(TASK_META_KEY.format(task_id=task_id)))
+    meta: dict[str, str] = get_redis().hgetall(TASK_META_KEY.format(task_id=task_id))  # type: ignore[assignment]
+    return meta
 
 
 def task_status(*, session: Session, task_id: str) -> TaskRead | None:

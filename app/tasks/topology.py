@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from app.config import QueueType, Settings
 from app.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, TASK_EXCHANGE, TIER_MAX_PRIORITY, Tier
@@ -151,7 +152,7 @@ def argument_mismatches(settings: Settings) -> list[str]:
             live = client.queue(settings.broker_vhost, queue.name)
             if live is None:
                 continue
-            wanted = queue.queue_arguments or {}
+            wanted: dict[str, Any] = getattr(queue, "queue_arguments", None) or {}
             fixed_keys = ("x-max-priority", "x-queue-type")
             have = {k: v for k, v in (live.get("arguments") or {}).items() if k in fixed_keys}
             want = {k: v for k, v in wanted.items() if k in fixed_keys}
