@@ -63,6 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": policy.routes(settings),
         "task_always_eager": settings.celery_task_always_eager,
         "task_eager_propagates": settings.celery_task_always_eager,
+        "task_store_eager_result": settings.celery_task_always_eager,
         # Results: extended (name, args, worker, retries) and expiring; history in SQL outlives them.
         "result_extended": True,
         "result_expires": settings.result_expires_s,
