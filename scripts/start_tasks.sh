@@ -164,8 +164,12 @@ ensure_venv() {
         "$python" -m venv "$VENV"
     fi
     if [[ ! -f "$INSTALL_STAMP" || "$ROOT_DIR/pyproject.toml" -nt "$INSTALL_STAMP" ]]; then
-        log "Installing Courier into .venv (pip install -e .)"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT_DIR"
+        local pip_log="$LOG_DIR/pip-install.log"
+        log "Installing Courier into .venv (pip install -e .); log: $pip_log"
+        if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT_DIR" >"$pip_log" 2>&1; then
+            tail -n 30 "$pip_log" >&2
+            die "pip install -e . failed (full log: $pip_log)."
+        fi
         touch "$INSTALL_STAMP"
     fi
 }
