@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     task_retry_backoff_s: Seconds = 60.0
     task_retry_backoff_max_s: Seconds = 600.0
     task_rate_limit: str = "100/m"
+    #: Starts of one attempt without finishing (its worker died each time) before it is dead-lettered.
+    max_starts_per_attempt: int = Field(default=3, ge=1)
     task_soft_time_limit_s: Seconds = 300.0
     task_time_limit_s: Seconds = 330.0
 

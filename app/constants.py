@@ -45,8 +45,16 @@ TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REV
 TASK_EXCHANGE = "courier.tasks"
 #: Dead-letter exchange (fanout) every work queue dead-letters into.
 DEAD_LETTER_EXCHANGE = "courier.dlx"
-#: The queue behind the dead-letter exchange. No Celery worker consumes it.
+#: The queue behind the dead-letter exchange that ops staff read (TTL + cap). No Celery worker consumes it.
 DEAD_LETTER_QUEUE = "dead_letter"
+#: Second queue on the dead-letter exchange, no TTL: the recorder copies every dead letter from it into SQL.
+DEAD_LETTER_ARCHIVE_QUEUE = "dead_letter.archive"
+#: Exchange (direct) of the retry delay queues; routing key `<tier>.<seconds>`.
+DELAY_EXCHANGE = "courier.delay"
+#: Delay queue of a tier and bucket; its TTL dead-letters the message back into the tier's queue.
+DELAY_QUEUE = "delay.{tier}.{seconds}"
+#: Retry delays a message can wait for, in seconds; a backoff is rounded down to one of these (min: the first).
+DELAY_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 #: Redis key prefixes. Everything Courier writes to Redis itself starts with `courier:`.
 REDIS_PREFIX = "courier:"
@@ -56,6 +64,8 @@ REVOKED_KEY = REDIS_PREFIX + "revoked:{task_id}"
 TASK_META_KEY = REDIS_PREFIX + "task:{task_id}"
 #: `courier:idem:<api_key_id>:<key>` → JSON {fingerprint, status, response} (TTL: IDEMPOTENCY_TTL_S).
 IDEMPOTENCY_KEY = REDIS_PREFIX + "idem:{owner}:{key}"
+#: `courier:starts:<task_id>:<retries>` → how many times this attempt started (bounds worker-killing messages).
+STARTS_KEY = REDIS_PREFIX + "starts:{task_id}:{retries}"
 #: `courier:worker:<hostname>` → JSON heartbeat {queues, concurrency, pid, ts} (TTL: 3 × heartbeat interval).
 WORKER_HEARTBEAT_KEY = REDIS_PREFIX + "worker:{hostname}"
 WORKER_HEARTBEAT_PATTERN = REDIS_PREFIX + "worker:*"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from app.config import get_settings
-from app.runs import revocations
+from app.constants import REVOKED_KEY, STARTS_KEY, Tier
+from app.redis_store import get_redis
+from app.tasks import topology
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES
 
@@ -35,13 +39,63 @@ class CourierTask(Task):  # type: ignore[misc]
     """
 
     abstract = True
+    Request = "app.tasks.request:CourierRequest"
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Refuse to run a task an admin revoked, even if every worker restarted since (product rule 5)."""
-        if revocations.is_revoked(task_id):
+        """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
+
+        One Redis round trip: EXISTS on the revocation key and INCR of this attempt's start count. An attempt
+        that starts more than MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each time:
+        classic queues count no redeliveries), so it is rejected to the dead-letter queue as `worker_lost`.
+        """
+        settings = get_settings()
+        starts_key = STARTS_KEY.format(task_id=task_id, retries=self.request.retries or 0)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.exists(REVOKED_KEY.format(task_id=task_id))
+        pipe.incr(starts_key)
+        pipe.expire(starts_key, settings.result_expires_s)
+        revoked, starts, _ = pipe.execute()
+        if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)
             raise Ignore()
+        if starts > settings.max_starts_per_attempt:
+            lost = WorkerLostError(
+                f"attempt {self.request.retries or 0} of {self.name}[{task_id}] started {starts - 1} times "
+                "without finishing: its worker died each time"
+            )
+            logger.error("Dead-lettering %s[%s]: %s.", self.name, task_id, lost)
+            self.backend.mark_as_failure(task_id, lost, request=self.request)
+            raise Reject(lost, requeue=False)
+
+    def signature_from_request(
+        self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any
+    ) -> Any:
+        """Route a delayed retry through a delay queue instead of an ETA held in worker memory.
+
+        Celery's retry publishes the next attempt with a countdown, which a worker holds unacked in memory
+        (bounded by worker_eta_task_limit and RabbitMQ's consumer timeout). Here the message waits in
+        `delay.<tier>.<seconds>` on the broker and dead-letters back into its tier when the TTL ends.
+        """
+        request = self.request if request is None else request
+        countdown, eta = extra.pop("countdown", None), extra.pop("eta", None)
+        if eta is not None:
+            when = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
+            countdown = (when - datetime.now(UTC)).total_seconds()
+        if countdown and countdown > 0 and queue is None and not self.app.conf.task_always_eager:
+            tier = _tier_of(request)
+            queue = topology.delay_queue(tier, topology.delay_bucket(countdown))
+        elif countdown:
+            extra["countdown"] = countdown
+        return super().signature_from_request(request, args, kwargs, queue=queue, **extra)
+
+
+def _tier_of(request: Any) -> Tier:
+    """The tier a request came from: its routing key (work queue name), else its task's policy tier."""
+    routing_key = (request.delivery_info or {}).get("routing_key")
+    if routing_key in Tier.__members__:
+        return Tier(routing_key)
+    return POLICIES[request.task].tier if request.task in POLICIES else Tier.medium
 
 
 def courier_task(name: str, **options: Any) -> Callable[[F], F]:

@@ -52,6 +52,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.celery_worker_concurrency,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
+        # Malformed messages are dead-lettered, never dropped or fatal (app/tasks/consumer.py).
+        "worker_consumer": "app.tasks.consumer:CourierConsumer",
         "task_send_sent_event": False,
         # Topology and routing: a typo in a queue name fails loudly instead of creating a queue.
         "task_queues": topology.work_queues(settings),

@@ -16,7 +16,17 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
 from app.config import QueueType, Settings
-from app.constants import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, TASK_EXCHANGE, TIER_MAX_PRIORITY, Tier
+from app.constants import (
+    DEAD_LETTER_ARCHIVE_QUEUE,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    DELAY_BUCKETS_S,
+    DELAY_EXCHANGE,
+    DELAY_QUEUE,
+    TASK_EXCHANGE,
+    TIER_MAX_PRIORITY,
+    Tier,
+)
 from app.rabbitmq import ManagementClient, ManagementError
 
 logger = logging.getLogger(__name__)
@@ -80,9 +90,45 @@ def dead_letter_queue(settings: Settings) -> Queue:
     )
 
 
+def dead_letter_archive_queue(settings: Settings) -> Queue:
+    """The recorder's copy of every dead letter: durable, no TTL, so SQL gets each one even after an outage."""
+    return Queue(
+        DEAD_LETTER_ARCHIVE_QUEUE,
+        dead_letter_exchange(),
+        routing_key="",
+        durable=True,
+        queue_arguments=queue_arguments(settings, None),
+    )
+
+
+def delay_bucket(delay_s: float) -> int:
+    """The delay bucket for a wanted delay: the longest bucket not above it (the shortest for tiny delays)."""
+    fitting = [b for b in DELAY_BUCKETS_S if b <= delay_s]
+    return fitting[-1] if fitting else DELAY_BUCKETS_S[0]
+
+
+def delay_queue(tier: Tier, seconds: int) -> Queue:
+    """A retry delay queue: messages wait `seconds`, then dead-letter back into the tier's queue.
+
+    Its TTL and target are declare-time arguments on purpose: the name says the delay, so they never change.
+    """
+    return Queue(
+        DELAY_QUEUE.format(tier=tier.value, seconds=seconds),
+        Exchange(DELAY_EXCHANGE, type="direct", durable=True, delivery_mode="persistent"),
+        routing_key=f"{tier.value}.{seconds}",
+        durable=True,
+        queue_arguments={
+            "x-message-ttl": seconds * 1000,
+            "x-dead-letter-exchange": TASK_EXCHANGE,
+            "x-dead-letter-routing-key": tier.value,
+        },
+    )
+
+
 def queues(settings: Settings) -> list[Queue]:
     """Every queue Courier declares, work queues first."""
-    return [*work_queues(settings), dead_letter_queue(settings)]
+    delays = [delay_queue(tier, seconds) for tier in Tier for seconds in DELAY_BUCKETS_S]
+    return [*work_queues(settings), dead_letter_queue(settings), dead_letter_archive_queue(settings), *delays]
 
 
 def policies(settings: Settings) -> list[Policy]:
@@ -148,22 +194,23 @@ def argument_mismatches(settings: Settings) -> list[str]:
     """Queues that exist with declare-time arguments other than ours (a redeclare would fail)."""
     problems = []
     with ManagementClient.for_broker_user(settings) as client:
-        for queue in queues(settings):
-            live = client.queue(settings.broker_vhost, queue.name)
-            if live is None:
-                continue
-            wanted: dict[str, Any] = getattr(queue, "queue_arguments", None) or {}
-            fixed_keys = ("x-max-priority", "x-queue-type")
-            have = {k: v for k, v in (live.get("arguments") or {}).items() if k in fixed_keys}
-            want = {k: v for k, v in wanted.items() if k in fixed_keys}
-            if have.get("x-queue-type", "classic") == "classic":
-                have.pop("x-queue-type", None)
-            if have != want:
-                problems.append(
-                    f"queue {queue.name!r} exists with {have or 'no type/priority arguments'} but the configuration "
-                    f"asks for {want or 'none'}; drain it and delete it (rabbitmqctl delete_queue {queue.name}) "
-                    "before declaring again: RabbitMQ cannot change a queue's type or max priority in place."
-                )
+        existing = {q["name"]: q for q in client.queues(settings.broker_vhost)}
+    for queue in queues(settings):
+        live = existing.get(queue.name)
+        if live is None:
+            continue
+        wanted: dict[str, Any] = getattr(queue, "queue_arguments", None) or {}
+        fixed_keys = ("x-max-priority", "x-queue-type")
+        have = {k: v for k, v in (live.get("arguments") or {}).items() if k in fixed_keys}
+        want = {k: v for k, v in wanted.items() if k in fixed_keys}
+        if have.get("x-queue-type", "classic") == "classic":
+            have.pop("x-queue-type", None)
+        if have != want:
+            problems.append(
+                f"queue {queue.name!r} exists with {have or 'no type/priority arguments'} but the configuration "
+                f"asks for {want or 'none'}; drain it and delete it (rabbitmqctl delete_queue {queue.name}) "
+                "before declaring again: RabbitMQ cannot change a queue's type or max priority in place."
+            )
     return problems
 
 
@@ -192,13 +239,14 @@ def verify(settings: Settings) -> list[str]:
             live_policies = client.policies(vhost)
             if client.exchange(vhost, DEAD_LETTER_EXCHANGE) is None:
                 problems.append(f"dead-letter exchange {DEAD_LETTER_EXCHANGE!r} does not exist")
-            elif not any(
-                b.get("destination") == DEAD_LETTER_QUEUE
-                for b in client.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE)
-            ):
-                problems.append(f"{DEAD_LETTER_EXCHANGE!r} is not bound to queue {DEAD_LETTER_QUEUE!r}")
-            if client.queue(vhost, DEAD_LETTER_QUEUE) is None:
-                problems.append(f"queue {DEAD_LETTER_QUEUE!r} does not exist")
+            else:
+                bound = {b.get("destination") for b in client.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE)}
+                for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_ARCHIVE_QUEUE):
+                    if name not in bound:
+                        problems.append(f"{DEAD_LETTER_EXCHANGE!r} is not bound to queue {name!r}")
+            for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_ARCHIVE_QUEUE):
+                if client.queue(vhost, name) is None:
+                    problems.append(f"queue {name!r} does not exist")
     except ManagementError as exc:
         return [f"cannot read the topology through the management API: {exc}"]
     applied = effective_policy(live_policies, DEAD_LETTER_QUEUE)

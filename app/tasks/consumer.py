@@ -1,0 +1,51 @@
+"""CourierConsumer: Celery's consumer, with malformed messages dead-lettered instead of dropped or fatal.
+
+Stock Celery acks (drops) a body it cannot decode, and a `task` header without `id` raises KeyError out of
+the consumer, which stops the worker; the message is requeued and kills every worker that takes it. Here both
+are rejected without requeue, so they land in the dead-letter queue as `malformed` and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.message import Message
+
+logger = logging.getLogger(__name__)
+
+
+class CourierConsumer(Consumer):  # type: ignore[misc]
+    """The worker's consumer; selected by the `worker_consumer` setting."""
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """Dead-letter a message whose body cannot be decoded (Celery would ack and drop it)."""
+        logger.error(
+            "Dead-lettering a message whose body cannot be decoded (content type %r, headers %r): %r.",
+            message.content_type,
+            _safe_headers(message),
+            exc,
+        )
+        message.reject_log_error(logger, self.connection_errors)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Message], Any]:
+        """Wrap Celery's handler so no malformed message can raise out of the consumer."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Message) -> Any:
+            try:
+                return handle(message)
+            except Exception as exc:  # e.g. KeyError('id') from a task header without an id
+                logger.error("Dead-lettering a malformed task message (headers %r): %r.", _safe_headers(message), exc)
+                if not message.acknowledged:
+                    message.reject_log_error(logger, self.connection_errors)
+                return None
+
+        return on_task_received
+
+
+def _safe_headers(message: Message) -> dict[str, Any]:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return {k: headers[k] for k in ("task", "id", "retries") if k in headers}
