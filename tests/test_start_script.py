@@ -1,0 +1,172 @@
+"""scripts/start_tasks.sh without the stack: its syntax, its usage errors, and its status and stop bookkeeping.
+
+Starting the real stack is checked by hand (it needs RabbitMQ, Redis and minutes); here the script runs in native
+mode against a temporary VAR_DIR, with stand-in processes where a service would be.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "start_tasks.sh"
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+SERVICES_PER_TIER = ["api", "worker-high", "worker-medium", "worker-low", "beat", "recorder", "flower"]
+
+
+def run(*args: str, var_dir: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the script in native mode with its own VAR_DIR (the rest of the environment as the caller has it)."""
+    environment = {**os.environ, "COURIER_RUNTIME": "native", "VAR_DIR": str(var_dir), "WORKER_PER_TIER": "true"}
+    environment.update(env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environment, timeout=timeout, cwd=ROOT
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by us) is not alive.
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture
+def var_dir(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "log").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Stand-in processes; whatever a test leaves running is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def test_the_script_parses_as_bash() -> None:
+    # Given the script
+    # When bash reads it without running it
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    # Then it has no syntax error
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_the_script_is_shellcheck_clean() -> None:
+    # Given shellcheck is installed
+    # When it checks the script
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    # Then it finds nothing
+    assert result.returncode == 0, result.stdout
+
+
+def test_an_unknown_command_exits_2_with_the_usage_on_stderr(var_dir: Path) -> None:
+    # Given a command the script does not know
+    # When it is run
+    result = run("launch", var_dir=var_dir)
+    # Then it exits 2, names the command and prints the usage on stderr only
+    assert result.returncode == 2
+    assert "unknown command 'launch'" in result.stderr
+    assert "Usage: ./scripts/start_tasks.sh" in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_command_exits_2_with_the_usage(var_dir: Path) -> None:
+    # Given no command at all
+    result = run(var_dir=var_dir)
+    # Then the script exits 2 with the usage
+    assert result.returncode == 2
+    assert "Usage:" in result.stderr
+
+
+def test_an_unknown_runtime_is_refused_by_name(var_dir: Path) -> None:
+    # Given COURIER_RUNTIME set to something that is neither native nor compose
+    result = run("status", var_dir=var_dir, COURIER_RUNTIME="kubernetes")
+    # Then the script refuses, saying which values it accepts
+    assert result.returncode == 1
+    assert "COURIER_RUNTIME must be native or compose" in result.stderr
+
+
+def test_status_with_nothing_started_says_each_service_is_stopped_and_fails(var_dir: Path) -> None:
+    # Given an empty VAR_DIR: nothing was ever started
+    # When status is asked
+    result = run("status", var_dir=var_dir)
+    # Then it exits non-zero with one "stopped" line per service, a worker for each tier included
+    assert result.returncode != 0
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == SERVICES_PER_TIER
+    assert all(line.split()[1] == "stopped" for line in lines)
+
+
+def test_status_lists_one_worker_for_every_tier_when_workers_are_not_per_tier(var_dir: Path) -> None:
+    # Given WORKER_PER_TIER=false
+    result = run("status", var_dir=var_dir, WORKER_PER_TIER="false")
+    # Then a single worker consumes every tier
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["api", "worker", "beat", "recorder", "flower"]
+
+
+@pytest.mark.skipif(not VENV_PYTHON.exists(), reason=".venv is not created yet")
+def test_status_and_stop_find_a_service_by_its_pid_file_and_stop_it_gracefully(
+    var_dir: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    # Given a stand-in for the API, started as the script starts services: from .venv, in a session of its own
+    api = subprocess.Popen([str(VENV_PYTHON), "-c", "import time; time.sleep(120)"], start_new_session=True, cwd=ROOT)
+    processes.append(api)
+    # (reaped as soon as it exits, as init does for the real services, so no zombie holds its process group)
+    threading.Thread(target=api.wait, daemon=True).start()
+    (var_dir / "run" / "api.pid").write_text(f"{api.pid}\n")
+    # When status is asked
+    status = run("status", var_dir=var_dir)
+    # Then the API is reported running with its pid, and the others stopped
+    assert f"api            running  pid {api.pid}" in status.stdout
+    assert status.returncode != 0
+    # When stop is run
+    stop = run("stop", var_dir=var_dir)
+    # Then the API got SIGTERM and is gone at once, its pid file is removed, and stop succeeded
+    assert stop.returncode == 0, stop.stderr
+    assert api.wait(timeout=10) == -signal.SIGTERM
+    assert "did not stop" not in stop.stderr
+    assert not (var_dir / "run" / "api.pid").exists()
+
+
+def test_stop_leaves_alone_a_process_it_did_not_start(var_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    # Given a pid file that names a live process this script did not start (not from .venv, no session of its own)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], cwd=ROOT)
+    processes.append(stranger)
+    (var_dir / "run" / "recorder.pid").write_text(f"{stranger.pid}\n")
+    # When status and stop are run
+    status = run("status", var_dir=var_dir)
+    stop = run("stop", var_dir=var_dir)
+    # Then the process is not reported as the recorder, and stop neither signals it nor fails
+    assert "recorder       stopped" in status.stdout
+    assert stop.returncode == 0, stop.stderr
+    time.sleep(0.2)
+    assert alive(stranger.pid)
+    # And the stale pid file is cleaned up
+    assert not (var_dir / "run" / "recorder.pid").exists()
+
+
+def test_logs_of_an_unknown_service_is_refused_with_the_list_of_services(var_dir: Path) -> None:
+    # Given a service name that does not exist
+    result = run("logs", "postgres", var_dir=var_dir)
+    # Then the script refuses and lists the services it knows
+    assert result.returncode == 1
+    assert "Unknown service 'postgres'" in result.stderr
+    assert "worker-high" in result.stderr
