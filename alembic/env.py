@@ -7,6 +7,8 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 import app.access.models  # noqa: F401  (register tables)
+import app.audit.models  # noqa: F401
+import app.deadletters.models  # noqa: F401
 import app.runs.models  # noqa: F401
 from alembic import context
 from app.config import get_settings

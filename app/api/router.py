@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import get_principal
-from app.api.routes import health, tasks
+from app.api.deps import get_principal, require_admin
+from app.api.routes import dead_letters, health, tasks
 from app.errors import ErrorResponse
 
 _errors: dict[int | str, dict[str, object]] = {
@@ -16,4 +16,10 @@ api_router = APIRouter(responses=_errors)
 # Public: health only (no secrets in its output).
 api_router.include_router(health.router, prefix="/api/v1/tasks", tags=["health"])
 # Authenticated: every other route; role checks (AdminDep) sit on the routes that need them.
+api_router.include_router(
+    dead_letters.router,
+    prefix="/api/v1/tasks/dead-letters",
+    tags=["dead letters"],
+    dependencies=[Depends(require_admin)],
+)
 api_router.include_router(tasks.router, prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(get_principal)])

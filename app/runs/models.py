@@ -45,3 +45,18 @@ class Revocation(Base):
     terminate: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None] = mapped_column(String(500))
     details: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+
+class TaskAttempt(Base):
+    """One failed attempt of a task (retried or final), from the worker's task events."""
+
+    __tablename__ = "task_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), index=True)
+    attempt: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime]

@@ -1,7 +1,9 @@
-"""The run-history recorder: consumes Celery task events from a durable queue and writes them in batches.
+"""The recorder: writes Celery task events (run history) and dead letters to SQL, in batches.
 
-It keeps SQL off the worker's hot path. Events are acked only after their batch is committed, and the
-queue is durable, so a recorder that is down for a while catches up when it returns.
+It keeps SQL off the worker's hot path. It consumes two durable queues: Celery's task events, and
+`dead_letter.archive`, the dead-letter exchange's second queue (no TTL, no cap). Messages are acked only
+after their batch is committed, so a recorder that is down for a while catches up when it returns, and a
+dead letter reaches SQL even if RabbitMQ's `dead_letter` queue has already dropped it (TTL or cap).
 
 Run it with ``python -m app.runs.recorder`` (``scripts/start_tasks.sh`` does).
 """
@@ -17,12 +19,16 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.message import Message
 from kombu.messaging import Consumer
+from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.constants import TASK_META_KEY
 from app.db import session_scope
+from app.deadletters import service as deadletters
 from app.redis_store import get_redis
 from app.runs import service
+from app.tasks.celery_app import celery_app
+from app.tasks.topology import dead_letter_archive_queue
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +59,9 @@ class Recorder:
         self.settings = settings
         self.buffer: list[dict[str, Any]] = []
         self.messages: list[Message] = []
+        self.dead: list[Message] = []
         self.running = True
+        celery_app.loader.import_default_modules()
 
     def on_message(self, body: Any, message: Message) -> None:
         """Collect one event message (the worker may batch several events in one list)."""
@@ -61,17 +69,46 @@ class Recorder:
         self.buffer.extend(e for e in events if isinstance(e, dict))
         self.messages.append(message)
 
+    def on_dead_letter(self, message: Message) -> None:
+        """Collect one raw dead-lettered message (not decoded: it may be malformed)."""
+        self.dead.append(message)
+        self.messages.append(message)
+
     def flush(self) -> None:
-        """Write the buffered events in one transaction, then ack their messages."""
+        """Write buffered events and dead letters in one transaction, then ack their messages."""
         if not self.messages:
             return
         meta = self._meta({str(e["uuid"]) for e in self.buffer if e.get("type") == "task-received" and e.get("uuid")})
         with session_scope() as session:
             written = service.record_events(session=session, events=self.buffer, meta=meta)
+            for message in self.dead:
+                self._record_dead_letter(session, message)
         for message in self.messages:
             message.ack()
-        logger.debug("Recorded %d event(s) into %d run(s).", len(self.buffer), written)
-        self.buffer, self.messages = [], []
+        logger.debug(
+            "Recorded %d event(s) into %d run(s), %d dead letter(s).", len(self.buffer), written, len(self.dead)
+        )
+        self.buffer, self.messages, self.dead = [], [], []
+
+    @staticmethod
+    def _record_dead_letter(session: Session, message: Message) -> None:
+        headers = dict(message.headers or {})
+        task_id = headers.get("id")
+        backend_meta = celery_app.backend.get_task_meta(str(task_id)) if task_id else {}
+        incoming = deadletters.Incoming(
+            body=message.body if isinstance(message.body, bytes) else str(message.body).encode(),
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            headers=headers,
+            properties={k: v for k, v in (message.properties or {}).items() if k != "application_headers"},
+        )
+        try:
+            with session.begin_nested():
+                deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta=backend_meta)
+        except Exception:  # never let one odd message wedge the recorder: keep it with what can be read
+            logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
+            with session.begin_nested():
+                deadletters.record(session=session, incoming=incoming, registered={}, meta={})
 
     @staticmethod
     def _meta(task_ids: set[str]) -> dict[str, dict[str, str]]:
@@ -91,7 +128,7 @@ class Recorder:
                 self._consume()
             except Exception:
                 logger.exception("The recorder lost its connection; retrying in 2 s.")
-                self.buffer, self.messages = [], []  # unacked messages are redelivered
+                self.buffer, self.messages, self.dead = [], [], []  # unacked messages are redelivered
                 time.sleep(2)
 
     def _consume(self) -> None:
@@ -99,7 +136,9 @@ class Recorder:
         with Connection(self.settings.broker_url, heartbeat=30) as conn:
             channel = conn.channel()
             channel.basic_qos(0, self.settings.history_batch_size * 2, False)
-            with Consumer(channel, [recorder_queue()], callbacks=[self.on_message], accept=["json"]):
+            events = Consumer(channel, [recorder_queue()], callbacks=[self.on_message], accept=["json"])
+            dead = Consumer(channel, [dead_letter_archive_queue(self.settings)], on_message=self.on_dead_letter)
+            with events, dead:
                 logger.info("The run-history recorder is consuming %s.", RECORDER_QUEUE)
                 deadline = time.monotonic() + interval
                 while self.running:

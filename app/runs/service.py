@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.constants import TERMINAL_STATES, TaskState
 from app.db import utcnow
-from app.runs.models import TaskRun
+from app.runs.models import TaskAttempt, TaskRun
 
 #: Longest error text kept per run (the full traceback lives in the dead-letter record).
 ERROR_MAX_CHARS = 2000
@@ -80,12 +80,15 @@ def record_events(
             by_task.setdefault(str(event["uuid"]), []).append(event)
     if not by_task:
         return 0
+    attempt_rows: list[dict[str, Any]] = []
     existing = {run.task_id: run for run in session.scalars(select(TaskRun).where(TaskRun.task_id.in_(by_task)))}
     rows = []
     for task_id, task_events in by_task.items():
         row = _row_dict(existing.get(task_id), task_id)
         for event in sorted(task_events, key=lambda e: float(e.get("timestamp") or 0)):
             apply_event(row, event)
+            if event.get("type") in ("task-retried", "task-failed"):
+                attempt_rows.append(_attempt(task_id, row["attempts"], event))
         extra = (meta or {}).get(task_id) or {}
         if task_id not in existing:
             first = min(float(e.get("timestamp") or 0) for e in task_events)
@@ -95,7 +98,31 @@ def record_events(
         row["name"] = row["name"] or extra.get("name") or ""
         rows.append(row)
     _upsert(session, rows)
+    if attempt_rows:
+        session.execute(insert(TaskAttempt), attempt_rows)
     return len(rows)
+
+
+def _attempt(task_id: str, attempt: int, event: Mapping[str, Any]) -> dict[str, Any]:
+    traceback = event.get("traceback")
+    return {
+        "task_id": task_id,
+        "attempt": max(attempt, 1),
+        "outcome": "retried" if event.get("type") == "task-retried" else "failed",
+        "error": str(event.get("exception") or "")[:ERROR_MAX_CHARS] or None,
+        "traceback": str(traceback)[-8000:] if traceback else None,
+        "worker": event.get("hostname"),
+        "at": datetime.fromtimestamp(float(event.get("timestamp") or 0), UTC),
+    }
+
+
+def attempts(*, session: Session, task_id: str) -> list[TaskAttempt]:
+    """Every failed attempt of a task, in order."""
+    return list(
+        session.scalars(
+            select(TaskAttempt).where(TaskAttempt.task_id == task_id).order_by(TaskAttempt.at, TaskAttempt.id)
+        )
+    )
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ from app.constants import TASK_EXCHANGE, Tier
 from app.tasks import policy, topology
 
 #: Modules whose tasks the worker registers.
-TASK_MODULES = ["app.tasks.system"]
+TASK_MODULES = ["app.tasks.system", "app.tasks.deadletters"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

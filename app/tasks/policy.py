@@ -79,6 +79,10 @@ def _pick(value: Any, default: Any) -> Any:
 POLICIES: dict[str, TaskPolicy] = {
     # A probe that runs the whole path (publish → queue → worker → result → history) on a chosen tier.
     "system.ping": TaskPolicy(tier=Tier.medium, max_retries=0, rate_limit="", soft_time_limit_s=120, time_limit_s=150),
+    # Replays dead letters chosen by an admin's filter, paced (rate_per_s) so it cannot flood the workers.
+    "deadletters.replay_bulk": TaskPolicy(
+        tier=Tier.low, max_retries=0, rate_limit="", soft_time_limit_s=3600, time_limit_s=3660
+    ),
     # Deletes run history older than HISTORY_RETENTION_DAYS; hourly from beat.
     "runs.prune_history": TaskPolicy(tier=Tier.low, rate_limit=""),
 }
