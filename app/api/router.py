@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import get_principal, require_admin
-from app.api.routes import dead_letters, health, tasks
+from app.api.routes import dead_letters, health, metrics, tasks
 from app.errors import ErrorResponse
 
 _errors: dict[int | str, dict[str, object]] = {
@@ -13,7 +13,8 @@ _errors: dict[int | str, dict[str, object]] = {
 }
 
 api_router = APIRouter(responses=_errors)
-# Public: health only (no secrets in its output).
+# Public: health and metrics only (no secrets in their output).
+api_router.include_router(metrics.router, tags=["metrics"])
 api_router.include_router(health.router, prefix="/api/v1/tasks", tags=["health"])
 # Authenticated: every other route; role checks (AdminDep) sit on the routes that need them.
 api_router.include_router(

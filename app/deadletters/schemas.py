@@ -43,7 +43,7 @@ class DeadLetterSummary(BaseModel):
     last_death_at: datetime | None
 
 
-class DeadLetterRead(DeadLetterSummary):
+class DeadLetterRead(DeadLetterSummary):  # type: ignore[no-redef]  # pydantic-mypy: a field named `kwargs`
     """Everything recorded about one dead letter (arguments redacted)."""
 
     traceback: str | None

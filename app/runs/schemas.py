@@ -78,6 +78,8 @@ class TaskRead(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     revoked: bool = False
+    #: Set when the task ended in the dead-letter store: {id, reason, status, url}.
+    dead_letter: dict[str, Any] | None = None
 
 
 class RevokeCreate(BaseModel):

@@ -92,7 +92,7 @@ class CourierTask(Task):  # type: ignore[misc]
 
 def _tier_of(request: Any) -> Tier:
     """The tier a request came from: its routing key (work queue name), else its task's policy tier."""
-    routing_key = (request.delivery_info or {}).get("routing_key")
+    routing_key = str((request.delivery_info or {}).get("routing_key"))
     if routing_key in Tier.__members__:
         return Tier(routing_key)
     return POLICIES[request.task].tier if request.task in POLICIES else Tier.medium

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.constants import TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import get_engine
+from app.deadletters import service as deadletters_service
 from app.errors import ServiceUnavailable
 from app.rabbitmq import ManagementClient, ManagementError
 from app.redis_store import get_redis
@@ -85,7 +86,21 @@ def task_status(*, session: Session, task_id: str) -> TaskRead | None:
         started_at=run.started_at if run is not None else None,
         finished_at=(run.finished_at if run is not None else None) or backend.get("date_done"),
         revoked=revocations.is_revoked(task_id),
+        dead_letter=_dead_letter_link(session, task_id) if state == TaskState.DEAD_LETTERED else None,
     )
+
+
+def _dead_letter_link(session: Session, task_id: str) -> dict[str, Any] | None:
+    letter = deadletters_service.latest_for_task(session=session, task_id=task_id)
+    if letter is None:
+        return None
+    return {
+        "id": letter.id,
+        "reason": letter.reason,
+        "status": letter.status,
+        "error": letter.error,
+        "url": f"/api/v1/tasks/dead-letters/{letter.id}",
+    }
 
 
 def owner_of(*, session: Session, task_id: str) -> str | None:
