@@ -531,9 +531,17 @@ native_stop() {
             for service in "${alive[@]}"; do
                 warn "$service did not stop within ${STOP_WAIT_S}s; killing its process group"
                 kill -KILL -- "-${pids[$service]}" 2>/dev/null || true
-                rm -f "$(pid_file "$service")"
-                unset "pids[$service]"
             done
+            # Until the killed are gone (5 s at most), so a restart finds their ports free.
+            for ((waited = 0; waited < 10; waited++)); do
+                alive=()
+                for service in "${!pids[@]}"; do
+                    kill -0 -- "-${pids[$service]}" 2>/dev/null && alive+=("$service")
+                done
+                ((${#alive[@]} == 0)) && break
+                sleep 0.5
+            done
+            for service in "${!pids[@]}"; do rm -f "$(pid_file "$service")"; done
             break
         fi
         sleep 0.5
