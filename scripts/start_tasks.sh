@@ -334,12 +334,13 @@ prestart() {
     ensure_services
     ensure_management
     log "Provisioning the RabbitMQ vhost and user"
-    "$VENV/bin/python" -m app.cli provision
+    "$VENV/bin/python" -m app.cli provision ||
+        die "Provisioning failed (above). Check RABBITMQ_ADMIN_USER/RABBITMQ_ADMIN_PASSWORD and the management API."
     ensure_database
     log "Migrating the database (alembic upgrade head)"
-    "$VENV/bin/alembic" upgrade head
+    "$VENV/bin/alembic" upgrade head || die "The database migration failed (above); nothing was started."
     log "Declaring the RabbitMQ topology"
-    "$VENV/bin/python" -m app.cli topology declare
+    "$VENV/bin/python" -m app.cli topology declare || die "Declaring the RabbitMQ topology failed (above)."
 }
 
 # --- Native: processes -------------------------------------------------------------------------------------
