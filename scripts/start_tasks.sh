@@ -226,13 +226,12 @@ is_local_host() {
 }
 
 wait_for_port() {
-    local what="$1" host="$2" port="$3" waited=0
+    local what="$1" host="$2" port="$3" started=$SECONDS
     until port_open "$host" "$port"; do
-        ((waited >= SERVICE_WAIT_S)) && return 1
+        ((SECONDS - started >= SERVICE_WAIT_S)) && return 1
         sleep 1
-        waited=$((waited + 1))
     done
-    ((waited == 0)) || log "$what answers on $host:$port after ${waited}s"
+    ((SECONDS == started)) || log "$what answers on $host:$port after $((SECONDS - started))s"
 }
 
 start_rabbitmq() { rabbitmq-server -detached; }
@@ -279,7 +278,7 @@ management_answers() {
 }
 
 ensure_management() {
-    local waited=0
+    local started=$SECONDS
     management_answers && return 0
     if is_local_host "$MANAGEMENT_HOST" && command -v rabbitmq-plugins >/dev/null 2>&1; then
         log "Enabling the RabbitMQ management plugin"
@@ -287,10 +286,9 @@ ensure_management() {
             warn "rabbitmq-plugins enable rabbitmq_management failed (not permitted?); waiting for the API anyway."
     fi
     until management_answers; do
-        ((waited >= SERVICE_WAIT_S)) &&
+        ((SECONDS - started >= SERVICE_WAIT_S)) &&
             die "The RabbitMQ management API ($MANAGEMENT_URL/api/overview) is not answering after ${SERVICE_WAIT_S}s. Enable it with: rabbitmq-plugins enable rabbitmq_management"
         sleep 1
-        waited=$((waited + 1))
     done
 }
 
@@ -448,8 +446,8 @@ health_code() {
 
 # Wait for the health endpoint to say 200; fail early when a service has died.
 wait_until_healthy() {
-    local waited=0 service dead=()
-    while ((waited < API_WAIT_S)); do
+    local started=$SECONDS service dead=()
+    while ((SECONDS - started < API_WAIT_S)); do
         [[ "$(health_code)" == 200 ]] && return 0
         dead=()
         while read -r service; do
@@ -457,7 +455,6 @@ wait_until_healthy() {
         done < <(services)
         ((${#dead[@]} == 0)) || break
         sleep 1
-        waited=$((waited + 1))
     done
     if ((${#dead[@]} > 0)); then
         printf 'error: %s exited during start. Last log lines:\n' "${dead[*]}" >&2
