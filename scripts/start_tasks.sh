@@ -444,16 +444,24 @@ health_code() {
     curl -s -o /dev/null -m 5 -w '%{http_code}' "$(api_base_url)/api/v1/tasks/health" || true
 }
 
+dead_services() {
+    local service
+    while read -r service; do
+        running_pid "$service" >/dev/null || printf '%s\n' "$service"
+    done < <(services)
+}
+
 # Wait for the health endpoint to say 200; fail early when a service has died.
 wait_until_healthy() {
     local started=$SECONDS service dead=()
     while ((SECONDS - started < API_WAIT_S)); do
         [[ "$(health_code)" == 200 ]] && return 0
-        dead=()
-        while read -r service; do
-            running_pid "$service" >/dev/null || dead+=("$service")
-        done < <(services)
-        ((${#dead[@]} == 0)) || break
+        mapfile -t dead < <(dead_services)
+        if ((${#dead[@]} > 0)); then
+            sleep 2 # others failing the same way exit within moments; report them together
+            mapfile -t dead < <(dead_services)
+            break
+        fi
         sleep 1
     done
     if ((${#dead[@]} > 0)); then
