@@ -170,3 +170,18 @@ def test_logs_of_an_unknown_service_is_refused_with_the_list_of_services(var_dir
     assert result.returncode == 1
     assert "Unknown service 'postgres'" in result.stderr
     assert "worker-high" in result.stderr
+
+
+def docker_engine_answers() -> bool:
+    docker = shutil.which("docker")
+    return docker is not None and subprocess.run([docker, "info"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(docker_engine_answers(), reason="a Docker engine answers here")
+def test_forcing_compose_without_a_docker_engine_fails_with_a_clear_message(var_dir: Path) -> None:
+    # Given no Docker engine answers on this machine
+    # When compose mode is forced
+    result = run("status", var_dir=var_dir, COURIER_RUNTIME="compose")
+    # Then the script says what is missing instead of falling back or failing obscurely
+    assert result.returncode == 1
+    assert "the Docker engine does not answer" in result.stderr
