@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logging.config import fileConfig
+from typing import Any
 
 from sqlalchemy import create_engine, pool
 
@@ -12,13 +13,20 @@ import app.deadletters.models  # noqa: F401
 import app.runs.models  # noqa: F401
 from alembic import context
 from app.config import get_settings
-from app.db import Base
+from app.db import Base, UTCDateTime
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 
 target_metadata = Base.metadata
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Render app.db.UTCDateTime as a plain timezone-aware DateTime, so migrations don't import app code."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def _url() -> str:

@@ -63,6 +63,10 @@ TEST_ENV = {
     "HISTORY_FLUSH_INTERVAL_S": "0.2",
     "API_KEY_CACHE_S": "0",
     "PUBLISH_TIMEOUT_S": "3",
+    # Retries fast enough to watch: 2 retries, 1 s backoff base, 2 s cap (delay queues of 1 and 2 s).
+    "TASK_MAX_RETRIES": "2",
+    "TASK_RETRY_BACKOFF_S": "1",
+    "TASK_RETRY_BACKOFF_MAX_S": "2",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)

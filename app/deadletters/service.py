@@ -117,7 +117,7 @@ def classify(
         return Reason.expired, exc
     if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
         return Reason.timeout, exc
-    if type(exc).__name__ == "WorkerLostError":
+    if type(exc).__name__ in ("WorkerLostError", "WorkerKilledRepeatedly"):
         return Reason.worker_lost, exc
     if type(exc).__name__ == "NotRegistered":
         return Reason.unknown_task, exc
@@ -274,6 +274,7 @@ class DeadLetterFilter:
     since: datetime | None = None
     until: datetime | None = None
     status: Status | None = Status.pending
+    task_id: str | None = None
 
 
 def _filtered(filters: DeadLetterFilter) -> Any:
@@ -284,6 +285,7 @@ def _filtered(filters: DeadLetterFilter) -> Any:
         (DeadLetter.queue, filters.queue),
         (DeadLetter.error_class, filters.error_class),
         (DeadLetter.status, filters.status),
+        (DeadLetter.task_id, filters.task_id),
     ):
         if value is not None:
             query = query.where(column == value)

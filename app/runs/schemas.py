@@ -28,8 +28,11 @@ class PingCreate(BaseModel):
     tier: Tier = Tier.medium
     priority: int | None = Field(default=None, ge=0, le=10, description="0..the tier's max priority")
     sleep_s: float = Field(default=0.0, ge=0, le=60)
-    fail: bool = False
+    fail: Literal["none", "permanent", "transient", "crash", "hang"] = "none"
     echo: str | None = Field(default=None, max_length=200)
+    soft_time_limit_s: float | None = Field(default=None, gt=0, le=3600, description="overrides the task's")
+    time_limit_s: float | None = Field(default=None, gt=0, le=3600, description="overrides the task's")
+    expires_s: float | None = Field(default=None, gt=0, le=86_400, description="expire if not started by then")
 
 
 class RunRead(BaseModel):

@@ -7,9 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore
 
 from app.config import get_settings
 from app.constants import REVOKED_KEY, STARTS_KEY, Tier
@@ -29,6 +28,13 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """A failure no retry can fix (bad input, 4xx, SMTP 5xx): dead-lettered at once."""
+
+
+class WorkerKilledRepeatedly(Exception):  # noqa: N818 (it names what happened, like WorkerLostError)
+    """An attempt started more than MAX_STARTS_PER_ATTEMPT times and never finished: it kills its worker.
+
+    A plain failure (not a WorkerLostError, which Celery would retry): it is dead-lettered as `worker_lost`.
+    """
 
 
 class CourierTask(Task):  # type: ignore[misc]
@@ -60,13 +66,12 @@ class CourierTask(Task):  # type: ignore[misc]
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)
             raise Ignore()
         if starts > settings.max_starts_per_attempt:
-            lost = WorkerLostError(
+            lost = WorkerKilledRepeatedly(
                 f"attempt {self.request.retries or 0} of {self.name}[{task_id}] started {starts - 1} times "
                 "without finishing: its worker died each time"
             )
             logger.error("Dead-lettering %s[%s]: %s.", self.name, task_id, lost)
-            self.backend.mark_as_failure(task_id, lost, request=self.request)
-            raise Reject(lost, requeue=False)
+            raise lost
 
     def signature_from_request(
         self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any
@@ -107,8 +112,10 @@ def courier_task(name: str, **options: Any) -> Callable[[F], F]:
         bind=True,
         autoretry_for=(TransientError,),
         max_retries=policy.max_retries,
-        retry_backoff=policy.retry_backoff_s,
-        retry_backoff_max=policy.retry_backoff_max_s,
+        # Celery draws the jittered countdown with randrange, which needs whole seconds.
+        retry_backoff=max(1, round(policy.retry_backoff_s)),
+        retry_backoff_max=max(1, round(policy.retry_backoff_max_s)),
+        default_retry_delay=max(1, round(policy.retry_backoff_s)),
         retry_jitter=True,
         soft_time_limit=policy.soft_time_limit_s,
         time_limit=policy.time_limit_s,

@@ -78,7 +78,7 @@ def _pick(value: Any, default: Any) -> Any:
 #: Every task Courier runs. A task not in this table cannot be declared (KeyError at import: loud, early).
 POLICIES: dict[str, TaskPolicy] = {
     # A probe that runs the whole path (publish → queue → worker → result → history) on a chosen tier.
-    "system.ping": TaskPolicy(tier=Tier.medium, max_retries=0, rate_limit="", soft_time_limit_s=120, time_limit_s=150),
+    "system.ping": TaskPolicy(tier=Tier.medium, rate_limit="", soft_time_limit_s=120, time_limit_s=150),
     # Replays dead letters chosen by an admin's filter, paced (rate_per_s) so it cannot flood the workers.
     "deadletters.replay_bulk": TaskPolicy(
         tier=Tier.low, max_retries=0, rate_limit="", soft_time_limit_s=3600, time_limit_s=3660

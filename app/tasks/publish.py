@@ -45,8 +45,10 @@ def dispatch(
     triggered_by: str | None,
     tier: Tier | None = None,
     priority: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Dispatched:
-    """Publish task `name` and wait for the broker's confirm.
+    """Publish task `name` and wait for the broker's confirm; `options` are Celery call options (time limits,
+    expires) that override the task's for this call.
 
     Raises:
         ServiceUnavailable: the broker or Redis is unreachable, or the broker refused the message; nothing ran.
@@ -87,6 +89,7 @@ def dispatch(
             routing_key=tier.value,
             priority=priority,
             confirm_timeout=settings.publish_timeout_s,
+            **{k: v for k, v in (options or {}).items() if v is not None},
         )
     except (OperationalError, KombuError, AMQPError, OSError, TimeoutError) as exc:
         get_redis().delete(meta_key)
@@ -107,10 +110,11 @@ def dispatch_once(
     request_body: Any,
     tier: Tier | None = None,
     priority: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Dispatched:
     """`dispatch`, honouring an Idempotency-Key: a repeat of the same request returns the first answer."""
     if idempotency_key is None:
-        return dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority)
+        return dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options)
     digest = idempotency.fingerprint(name, request_body)
     try:
         first = idempotency.begin(owner=triggered_by, key=idempotency_key, digest=digest)
@@ -119,7 +123,7 @@ def dispatch_once(
     if first is not None:
         return Dispatched(**first)
     try:
-        result = dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority)
+        result = dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options)
     except BaseException:
         idempotency.abandon(owner=triggered_by, key=idempotency_key)
         raise

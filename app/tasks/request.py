@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded
 from celery.worker.request import Request
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,13 @@ class CourierRequest(Request):  # type: ignore[misc]
         if not soft:
             self._dead_letter_instead_of_ack = True
         super().on_timeout(soft, timeout)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        """A hard time limit can reach here before `on_timeout`; either way it must not be acked."""
+        exc = getattr(exc_info, "exception", None)
+        if isinstance(getattr(exc, "exc", exc), TimeLimitExceeded):
+            self._dead_letter_instead_of_ack = True
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         """An expired message is dead-lettered (reason `expired`); a revoked one is acked as usual."""

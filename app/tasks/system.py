@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from app.config import get_settings
 from app.db import session_scope
 from app.runs import service as runs_service
-from app.tasks.base import CourierTask, PermanentError, courier_task
+from app.tasks.base import CourierTask, PermanentError, TransientError, courier_task
 
 logger = logging.getLogger(__name__)
 
 
+#: How the probe can be asked to fail, to rehearse each dead-letter path on a live stack.
+FAIL_MODES = ("none", "permanent", "transient", "crash", "hang")
+
+
 @courier_task("system.ping")
-def ping(self: CourierTask, *, sleep_s: float = 0.0, fail: bool = False, echo: str | None = None) -> dict[str, Any]:
-    """Answer `pong` after `sleep_s` seconds; with `fail`, raise a permanent error (dead-letter path)."""
+def ping(self: CourierTask, *, sleep_s: float = 0.0, fail: str = "none", echo: str | None = None) -> dict[str, Any]:
+    """Answer `pong` after `sleep_s` seconds, or fail as asked: a permanent error, a transient one (retried
+    with backoff, then dead-lettered), a crash of the pool process running it (worker lost), or a hang that
+    ignores the soft time limit (only the hard one stops it)."""
     started = time.time()
-    if sleep_s:
-        time.sleep(sleep_s)
-    if fail:
+    _sleep(sleep_s, ignore_soft_limit=fail == "hang")
+    if fail == "permanent":
         raise PermanentError(f"ping {self.request.id} was asked to fail")
+    if fail == "transient":
+        raise TransientError(f"ping {self.request.id} was asked to fail transiently (attempt {self.request.retries})")
+    if fail == "crash":
+        logger.warning("ping %s was asked to crash its process.", self.request.id)
+        os.kill(os.getpid(), signal.SIGKILL)
     return {
         "pong": True,
         "echo": echo,
@@ -29,6 +43,18 @@ def ping(self: CourierTask, *, sleep_s: float = 0.0, fail: bool = False, echo: s
         "worker": self.request.hostname,
         "priority": (self.request.delivery_info or {}).get("priority"),
     }
+
+
+def _sleep(seconds: float, *, ignore_soft_limit: bool) -> None:
+    """Sleep; a hanging probe swallows the soft time limit, as stuck code does, so only the hard one stops it."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeLimitExceeded:
+            if not ignore_soft_limit:
+                raise
+            logger.warning("ping is ignoring its soft time limit, as asked.")
 
 
 @courier_task("runs.prune_history")

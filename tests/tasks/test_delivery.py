@@ -106,15 +106,3 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_completes_after_a_r
     start_worker("medium", concurrency=1)
     join(lambda: _task(api, admin_key, task_id)["state"] == "SUCCESS", timeout=60, what="SUCCESS after restart")
     assert _task(api, admin_key, task_id)["result"]["echo"] == "survivor"
-
-
-def test_a_task_that_fails_for_good_is_dead_lettered_not_dropped(api, admin_key, start_worker):
-    # Given a worker
-    start_worker("low", concurrency=1)
-    before = queue_depth("dead_letter")["ready"]
-    # When a task raises a permanent error
-    task_id = _dispatch(api, admin_key, tier="low", fail=True)
-    # Then it ends FAILURE and its message is in the dead-letter queue
-    join(lambda: _task(api, admin_key, task_id)["state"] == "FAILURE", what="FAILURE")
-    join(lambda: queue_depth("dead_letter")["ready"] == before + 1, what="a dead letter")
-    assert "PermanentError" in _task(api, admin_key, task_id)["error"]

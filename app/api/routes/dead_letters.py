@@ -52,12 +52,20 @@ def list_dead_letters(
     since: datetime | None = None,
     until: datetime | None = None,
     state: Annotated[Status | None, Query(alias="status")] = Status.pending,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeadLetterPage:
     """Dead letters, newest first, with counts grouped by task, reason and error class."""
     filters = deadletters.DeadLetterFilter(
-        task_name=task_name, reason=reason, queue=queue, error_class=error_class, since=since, until=until, status=state
+        task_name=task_name,
+        reason=reason,
+        queue=queue,
+        error_class=error_class,
+        since=since,
+        until=until,
+        status=state,
+        task_id=task_id,
     )
     items, total, groups = deadletters.list_letters(session=session, filters=filters, limit=limit, offset=offset)
     return DeadLetterPage(

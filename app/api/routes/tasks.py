@@ -44,6 +44,7 @@ def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: IdempotencyK
         request_body=body.model_dump(mode="json"),
         tier=body.tier,
         priority=body.priority,
+        options={"soft_time_limit": body.soft_time_limit_s, "time_limit": body.time_limit_s, "expires": body.expires_s},
     )
     return DispatchedRead(**dispatched.as_dict())
 
