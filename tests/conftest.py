@@ -196,16 +196,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"rep_{report.when}", report)
 
 
+class RecorderProcess:
+    """The recorder (`python -m app.runs.recorder`) as a real process that a test may kill and restart."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(VAR_DIR / "recorder.log", "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "app.runs.recorder"], cwd=ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever it buffered and did not commit must come back from RabbitMQ."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+
 @pytest.fixture(scope="session")
-def recorder() -> Iterator[subprocess.Popen[bytes]]:
-    """The run-history recorder as a real process for the whole session."""
-    log = open(VAR_DIR / "recorder.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "app.runs.recorder"], cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    yield process
-    process.terminate()
-    process.wait(20)
-    log.close()
+def recorder() -> Iterator[RecorderProcess]:
+    """The recorder as a real process for the whole session."""
+    handle = RecorderProcess()
+    handle.start()
+    yield handle
+    handle.stop()
 
 
 @pytest.fixture(scope="module")
