@@ -16,3 +16,5 @@ def configure_logging(level: str = "INFO") -> None:
         handler._courier = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
+    # One line per management-API call would drown the worker log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

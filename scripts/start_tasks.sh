@@ -656,4 +656,7 @@ main() {
     fi
 }
 
-main "$@"
+# Sourced (by scripts/test.sh) it only defines its functions; executed, it runs the command.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Run Courier's test suite from a fresh clone: sets up .venv (with test tools), makes sure the local
-# RabbitMQ (+ management), Redis and PostgreSQL answer (starting them when installed), then runs pytest.
-# Every test session works in its own RabbitMQ vhost, Redis db and PostgreSQL database, and removes them.
+# Run Courier's test suite from a fresh clone: sets up .venv (with the test tools), makes sure the local
+# RabbitMQ (+ management API), Redis and PostgreSQL answer (starting them when installed), then runs pytest.
+# Each test session works in its own RabbitMQ vhost, Redis db and PostgreSQL database, and removes them.
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh tests/api -x    # arguments go to pytest
 set -euo pipefail
-# shellcheck source=scripts/lib/services.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/services.sh"
-cd "$COURIER_ROOT"
+# The prerequisites are the start script's own functions, so the two commands set up a machine alike.
+# shellcheck source=scripts/start_tasks.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
+cd "$ROOT_DIR"
+apply_defaults
+mkdir -p "$LOG_DIR"
 
-ensure_venv dev
-ensure_rabbitmq "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 "${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
-ensure_redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379
-ensure_postgres 127.0.0.1 5432
+ensure_venv
+dev_stamp="$VENV/.courier-installed-dev"
+if [[ ! -f "$dev_stamp" || "$ROOT_DIR/pyproject.toml" -nt "$dev_stamp" ]]; then
+    log "Installing the test tools into .venv (pip install -e .[dev])"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "$ROOT_DIR[dev]"
+    touch "$dev_stamp"
+fi
 
-exec .venv/bin/python -m pytest "$@"
+MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
+MANAGEMENT_HOST="127.0.0.1"
+ensure_service RabbitMQ "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 rabbitmq-server start_rabbitmq
+ensure_management
+ensure_service Redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379 redis-server start_redis
+ensure_service PostgreSQL 127.0.0.1 5432 pg_ctlcluster start_postgres
+
+exec "$VENV/bin/python" -m pytest "$@"

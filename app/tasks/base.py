@@ -88,8 +88,9 @@ class CourierTask(Task):  # type: ignore[misc]
             when = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
             countdown = (when - datetime.now(UTC)).total_seconds()
         if countdown and countdown > 0 and queue is None and not self.app.conf.task_always_eager:
-            tier = _tier_of(request)
-            queue = topology.delay_queue(tier, topology.delay_bucket(countdown))
+            queue = topology.delay_queue(_tier_of(request), topology.delay_bucket(countdown))
+            # Explicit exchange and routing key: otherwise the task's route (its tier) would win over the queue.
+            extra["exchange"], extra["routing_key"] = queue.exchange.name, queue.routing_key
         elif countdown:
             extra["countdown"] = countdown
         return super().signature_from_request(request, args, kwargs, queue=queue, **extra)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
@@ -85,13 +87,26 @@ def schedule() -> dict[str, Any]:
     }
 
 
+def _quiet_http_client(**_: Any) -> None:
+    """One log line per management-API call would drown the worker log."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app and its worker boot steps."""
+    settings = settings or get_settings()
+    # Celery reads CELERY_BROKER_URL / CELERY_RESULT_BACKEND from the environment ahead of its config; make the
+    # environment say what Settings computed (e.g. REDIS_PASSWORD applied), so there is one answer.
+    os.environ["CELERY_BROKER_URL"] = settings.broker_url
+    os.environ["CELERY_RESULT_BACKEND"] = settings.result_backend_dsn
     app = Celery("courier", include=TASK_MODULES, set_as_current=True)
-    app.conf.update(celery_config(settings or get_settings()))
+    app.conf.update(celery_config(settings))
     from app.tasks import bootsteps
 
     bootsteps.install(app)
+
+    signals.after_setup_logger.connect(_quiet_http_client, weak=False)
+
     return app
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
+from app.constants import DELAY_BUCKETS_S, TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import get_engine
 from app.deadletters import service as deadletters_service
 from app.errors import ServiceUnavailable
@@ -146,24 +146,46 @@ def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, 
 
 
 def queues(settings: Settings) -> list[QueueRead]:
-    """Depth, unacked count and consumers of every Courier queue, dead_letter included."""
-    names = [q.name for q in topology.queues(settings)]
+    """Depth, unacked count and consumers of the work queues and both dead-letter queues, plus one
+    `delay.<tier>` line per tier summing the retries waiting in that tier's delay queues."""
     try:
         with ManagementClient.for_broker_user(settings) as client:
             live = {q["name"]: q for q in client.queues(settings.broker_vhost)}
     except ManagementError as exc:
         raise ServiceUnavailable("The RabbitMQ management API is unreachable.") from exc
-    return [
-        QueueRead(
-            name=name,
-            ready=int(live.get(name, {}).get("messages_ready", 0)),
-            unacked=int(live.get(name, {}).get("messages_unacknowledged", 0)),
-            consumers=int(live.get(name, {}).get("consumers", 0)),
-            policy=live.get(name, {}).get("policy"),
-            arguments=live.get(name, {}).get("arguments") or {},
-        )
-        for name in names
+
+    def count(name: str, field: str) -> int:
+        return int(live.get(name, {}).get(field, 0) or 0)
+
+    listed = [
+        *topology.work_queues(settings),
+        topology.dead_letter_queue(settings),
+        topology.dead_letter_archive_queue(settings),
     ]
+    found = [
+        QueueRead(
+            name=q.name,
+            ready=count(q.name, "messages_ready"),
+            unacked=count(q.name, "messages_unacknowledged"),
+            consumers=count(q.name, "consumers"),
+            policy=live.get(q.name, {}).get("policy"),
+            arguments=live.get(q.name, {}).get("arguments") or {},
+        )
+        for q in listed
+    ]
+    for tier in Tier:
+        delays = [topology.delay_queue(tier, s).name for s in DELAY_BUCKETS_S]
+        found.append(
+            QueueRead(
+                name=f"delay.{tier.value}",
+                ready=sum(count(n, "messages_ready") for n in delays),
+                unacked=0,
+                consumers=0,
+                policy=None,
+                arguments={},
+            )
+        )
+    return found
 
 
 def workers() -> list[WorkerRead]:

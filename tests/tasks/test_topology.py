@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from app.config import QueueType, Settings, get_settings
@@ -33,7 +35,12 @@ def test_the_four_queues_exist_with_their_priorities_and_policies(mgmt):
     # And the dead-letter exchange is a durable fanout bound to the dead-letter queue
     exchange = mgmt.exchange(vhost, DEAD_LETTER_EXCHANGE)
     assert exchange["type"] == "fanout" and exchange["durable"] is True
-    assert [b["destination"] for b in mgmt.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE)] == ["dead_letter"]
+    bound = sorted(b["destination"] for b in mgmt.bindings_of_exchange(vhost, DEAD_LETTER_EXCHANGE))
+    assert bound == ["dead_letter", "dead_letter.archive"]
+    # And a retry delay queue waits its bucket's time, then dead-letters back into its tier
+    delay = mgmt.queue(vhost, "delay.high.60")
+    assert delay["arguments"] == {"x-message-ttl": 60_000, "x-dead-letter-exchange": "courier.tasks",
+                                  "x-dead-letter-routing-key": "high"}
     # And the task exchange routes each tier by its own name
     bindings = {b["routing_key"]: b["destination"] for b in mgmt.bindings_of_exchange(vhost, "courier.tasks")}
     assert bindings == {"high": "high", "medium": "medium", "low": "low"}
@@ -83,7 +90,7 @@ def test_a_queue_declared_with_another_type_is_reported_clearly_instead_of_crash
     # Then declare refuses with a message naming each queue and the way out
     with pytest.raises(topology.TopologyError) as raised:
         topology.declare(quorum)
-    assert len(raised.value.problems) == 4
+    assert len(raised.value.problems) == 5  # three work queues and both dead-letter queues
     assert "cannot change a queue's type or max priority" in str(raised.value)
 
 
@@ -91,11 +98,13 @@ def test_quorum_queues_carry_their_type_and_a_delivery_limit_instead_of_prioriti
     # Given quorum settings
     settings = Settings(_env_file=None, queue_type=QueueType.quorum, delivery_limit=4)
     # Then the queues are quorum without priorities, and the work policy bounds deliveries
-    assert {q.name: q.queue_arguments for q in topology.queues(settings)} == {
+    replicated = {q.name: q.queue_arguments for q in topology.queues(settings) if not q.name.startswith("delay.")}
+    assert replicated == {
         "high": {"x-queue-type": "quorum"},
         "medium": {"x-queue-type": "quorum"},
         "low": {"x-queue-type": "quorum"},
         "dead_letter": {"x-queue-type": "quorum"},
+        "dead_letter.archive": {"x-queue-type": "quorum"},
     }
     work = next(p for p in topology.policies(settings) if p.name == topology.WORK_POLICY)
     assert work.definition == {"dead-letter-exchange": DEAD_LETTER_EXCHANGE, "delivery-limit": 4}
@@ -123,3 +132,34 @@ def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
             assert admin.queue(vhost, "high")["arguments"] == {"x-queue-type": "quorum"}
         finally:
             admin.delete_vhost(vhost)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "bucket"), [(0, 1), (0.4, 1), (1, 1), (4.9, 2), (45, 30), (600, 600), (10**6, 3600)]
+)
+def test_a_retry_delay_is_rounded_down_to_a_delay_bucket(wanted, bucket):
+    assert topology.delay_bucket(wanted) == bucket
+
+
+def test_a_delayed_retry_waits_in_a_delay_queue_on_the_broker_then_returns_to_its_tier():
+    # Given a retry of a medium-tier task due in 1.5 s (no worker consumes medium in this module)
+    from celery.app.task import Context
+
+    from app.tasks.celery_app import celery_app
+    from tests.conftest import queue_depth
+
+    celery_app.loader.import_default_modules()
+    task = celery_app.tasks["system.ping"]
+    request = Context(id=str(uuid.uuid4()), task="system.ping", args=[], kwargs={"echo": "later"}, retries=0,
+                      delivery_info={"exchange": "courier.tasks", "routing_key": "medium", "priority": 3})
+    before = queue_depth("medium")["ready"]
+    # When Courier builds and publishes the retry
+    retry = task.signature_from_request(request, countdown=1.5, retries=1)
+    assert retry.options["queue"].name == "delay.medium.1"
+    assert (retry.options["exchange"], retry.options["routing_key"]) == ("courier.delay", "medium.1")
+    assert "countdown" not in retry.options and "eta" not in retry.options
+    retry.apply_async()
+    # Then it waits in the delay queue, not in any worker's memory, and comes back to medium after its TTL
+    assert queue_depth("delay.medium.1")["ready"] == 1
+    join(lambda: queue_depth("medium")["ready"] == before + 1, what="the retry to return to medium")
+    assert queue_depth("delay.medium.1")["ready"] == 0
