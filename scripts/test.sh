@@ -16,7 +16,7 @@ ensure_venv
 dev_stamp="$VENV/.courier-installed-dev"
 if [[ ! -f "$dev_stamp" || "$ROOT_DIR/pyproject.toml" -nt "$dev_stamp" ]]; then
     log "Installing the test tools into .venv (pip install -e .[dev])"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "$ROOT_DIR[dev]"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "${ROOT_DIR}[dev]"
     touch "$dev_stamp"
 fi
 
