@@ -85,8 +85,7 @@ def isolated_services() -> Iterator[None]:
     _mgmt("PUT", f"/permissions/{VHOST}/{MGMT_AUTH[0]}", json={"configure": ".*", "write": ".*", "read": ".*"})
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True)
     from app.config import get_settings
     from app.tasks import topology
 
@@ -167,15 +166,43 @@ def start_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Worke
     """Factory: start a worker on some queues; every worker it made is stopped at the end of the test."""
     made: list[WorkerProcess] = []
 
-    def start(queues: str = "high,medium,low", *, concurrency: int = 2, name: str | None = None,
-              wait: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        queues: str = "high,medium,low",
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         name = name or f"w{len(made)}-{uuid.uuid4().hex[:6]}"
         log_path = VAR_DIR / f"{name}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", queues, "-n", f"{name}@test",
-               "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "app.tasks",
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            f"{name}@test",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})}, start_new_session=True)
+            process = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
         worker = WorkerProcess(name, queues, process, log_path, env or {})
         made.append(worker)
         if wait:
@@ -204,8 +231,13 @@ class RecorderProcess:
 
     def start(self) -> None:
         with open(VAR_DIR / "recorder.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "app.runs.recorder"], cwd=ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.runs.recorder"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         """SIGKILL: whatever it buffered and did not commit must come back from RabbitMQ."""
@@ -233,8 +265,24 @@ def worker(recorder: subprocess.Popen[bytes]) -> Iterator[WorkerProcess]:
     """One worker on every tier, shared by a test module (modules that steer workers themselves skip it)."""
     name = f"shared-{uuid.uuid4().hex[:6]}"
     log_path = VAR_DIR / f"{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", "high,medium,low", "-n",
-           f"{name}@test", "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "app.tasks",
+        "worker",
+        "-Q",
+        "high,medium,low",
+        "-n",
+        f"{name}@test",
+        "--concurrency",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     shared = WorkerProcess(name, "high,medium,low", process, log_path)
@@ -302,3 +350,22 @@ def heartbeat(hostname: str) -> dict[str, Any] | None:
     """A worker's heartbeat record, if fresh."""
     raw = redis_client().get(f"courier:worker:{hostname}")
     return json.loads(raw) if raw else None
+
+
+@pytest.fixture
+def empty_queues() -> None:
+    """Start from empty work and dead-letter queues (for tests that count messages)."""
+    from app.config import get_settings
+    from app.rabbitmq import ManagementClient
+
+    settings = get_settings()
+    with ManagementClient.for_broker_user(settings) as client:
+        for name in ("high", "medium", "low", "dead_letter"):
+            client.purge(settings.broker_vhost, name)
+
+
+def dispatch(api: Any, key: tuple[str, str], **body: Any) -> str:
+    """POST the probe task as `key` and return its task id (asserting the 202)."""
+    response = api.post("/api/v1/tasks/ping", json=body, headers=auth(key))
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])

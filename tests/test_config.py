@@ -25,7 +25,7 @@ def test_every_variable_in_env_example_has_a_comment_above_its_group():
     lines = (ROOT / ".env.example").read_text().splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^[A-Z_]+=", line):
-            block = lines[max(0, i - 6):i]
+            block = lines[max(0, i - 6) : i]
             assert any(b.startswith("#") for b in block), f"{line} has no comment near it"
 
 

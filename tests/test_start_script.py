@@ -74,8 +74,9 @@ def test_the_scripts_are_shellcheck_clean() -> None:
     assert shellcheck, "shellcheck is a dev dependency: ./scripts/test.sh installs it"
     scripts = [SCRIPT, SCRIPT.parent / "test.sh", SCRIPT.parent / "lint.sh", SCRIPT.parents[1] / ".ci" / "run"]
     # When it checks the scripts (following the test script's `source` of the start script)
-    result = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True,
-                            cwd=SCRIPT.parents[1])
+    result = subprocess.run(
+        [shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd=SCRIPT.parents[1]
+    )
     # Then it finds nothing
     assert result.returncode == 0, result.stdout
 

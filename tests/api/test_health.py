@@ -18,8 +18,9 @@ def test_health_is_200_with_every_component_up_and_needs_no_key(api, worker):
     body = response.json()
     assert body["status"] == "up"
     assert set(body["components"]) == {"broker", "result_backend", "database", "workers"}
-    assert all(c["status"] == "up" and c["latency_ms"] is not None for k, c in body["components"].items()
-               if k != "workers")
+    assert all(
+        c["status"] == "up" and c["latency_ms"] is not None for k, c in body["components"].items() if k != "workers"
+    )
     assert "guest" not in response.text and "amqp://" not in response.text
 
 
@@ -34,8 +35,13 @@ def test_with_a_wrong_broker_url_health_is_503_and_a_dispatch_is_503_with_retry_
     port = _free_port()
     env = {**os.environ, "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{_free_port()}/nowhere"}
     log = open(VAR_DIR / "api-broken.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], cwd=ROOT, env=env,
-                           stdout=log, stderr=subprocess.STDOUT)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
 

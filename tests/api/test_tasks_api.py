@@ -64,8 +64,9 @@ def test_invalid_dispatch_input_gets_422_naming_the_field(api, admin_key):
         response = api.post("/api/v1/tasks/ping", json=body, headers=auth(admin_key))
         assert response.status_code == 422, body
         assert response.json()["error"]["message"]
-    response = api.post("/api/v1/tasks/ping", content=b"{not json", headers={**auth(admin_key),
-                                                                               "content-type": "application/json"})
+    response = api.post(
+        "/api/v1/tasks/ping", content=b"{not json", headers={**auth(admin_key), "content-type": "application/json"}
+    )
     assert response.status_code == 422
 
 
@@ -105,8 +106,16 @@ def test_the_read_endpoints_describe_queues_workers_stats_and_schedule(api, admi
     join(lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS")
     # Then the queues list all four with their consumers
     queues = {q["name"]: q for q in api.get("/api/v1/tasks/queues", headers=auth(admin_key)).json()}
-    assert set(queues) == {"high", "medium", "low", "dead_letter", "dead_letter.archive", "delay.high",
-                           "delay.medium", "delay.low"}
+    assert set(queues) == {
+        "high",
+        "medium",
+        "low",
+        "dead_letter",
+        "dead_letter.archive",
+        "delay.high",
+        "delay.medium",
+        "delay.low",
+    }
     assert queues["dead_letter"]["consumers"] == 0
     # And the worker is listed with its queues, concurrency and a fresh heartbeat
     workers = {w["hostname"]: w for w in api.get("/api/v1/tasks/workers", headers=auth(admin_key)).json()}

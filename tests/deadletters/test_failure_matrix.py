@@ -10,24 +10,10 @@ import pika
 import pytest
 
 from app.config import get_settings
-from app.rabbitmq import ManagementClient
 from app.tasks import topology
-from tests.conftest import AMQP_HOST, MGMT_AUTH, VHOST, auth, heartbeat, join, queue_depth
+from tests.conftest import AMQP_HOST, MGMT_AUTH, VHOST, auth, dispatch, heartbeat, join, queue_depth
 
-
-@pytest.fixture(autouse=True)
-def empty_queues():
-    """Each test counts messages, so it starts from empty work and dead-letter queues."""
-    settings = get_settings()
-    with ManagementClient.for_broker_user(settings) as client:
-        for name in ("high", "medium", "low", "dead_letter"):
-            client.purge(settings.broker_vhost, name)
-
-
-def _dispatch(api, key, **body) -> str:
-    response = api.post("/api/v1/tasks/ping", json=body, headers=auth(key))
-    assert response.status_code == 202, response.text
-    return response.json()["task_id"]
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def _letters(api, key, task_id):
@@ -46,16 +32,21 @@ def _attempts(api, key, letter_id):
     return api.get(f"/api/v1/tasks/dead-letters/{letter_id}", headers=auth(key)).json()["attempts"]
 
 
-def _publish_raw(body: bytes, *, headers: dict | None, content_type: str | None = "application/json",
-                 routing_key: str = "high") -> None:
+def _publish_raw(
+    body: bytes, *, headers: dict | None, content_type: str | None = "application/json", routing_key: str = "high"
+) -> None:
     """Publish with pika, a real AMQP client outside Celery."""
     params = pika.URLParameters(f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@{AMQP_HOST}:5672/{VHOST}")
     connection = pika.BlockingConnection(params)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.basic_publish("courier.tasks", routing_key, body, pika.BasicProperties(
-            headers=headers, content_type=content_type, content_encoding="utf-8", delivery_mode=2))
+        channel.basic_publish(
+            "courier.tasks",
+            routing_key,
+            body,
+            pika.BasicProperties(headers=headers, content_type=content_type, content_encoding="utf-8", delivery_mode=2),
+        )
     finally:
         connection.close()
 
@@ -66,7 +57,7 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_every
     # Given a worker (tests run with 2 retries, 1 s backoff, 2 s cap)
     start_worker("medium", concurrency=1)
     # When a task fails transiently on every attempt
-    task_id = _dispatch(api, admin_key, fail="transient")
+    task_id = dispatch(api, admin_key, fail="transient")
     # Then after 1 + 2 attempts there is one dead letter, reason retries_exhausted, with each attempt's error
     letter = _one_letter(api, admin_key, task_id)
     assert letter["reason"] == "retries_exhausted"
@@ -88,7 +79,7 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_every
 
 def test_a_non_retryable_error_is_dead_lettered_at_once(api, admin_key, start_worker, recorder):
     start_worker("low", concurrency=1)
-    task_id = _dispatch(api, admin_key, tier="low", fail="permanent")
+    task_id = dispatch(api, admin_key, tier="low", fail="permanent")
     letter = _one_letter(api, admin_key, task_id)
     assert (letter["reason"], letter["error_class"], letter["retries"]) == ("failed", "PermanentError", 0)
     # (the attempt comes from the worker's task events, which may reach the recorder a moment later)
@@ -103,7 +94,7 @@ def test_a_time_limit_dead_letters_with_reason_timeout_and_never_acks_silently(
 ):
     # Given a task that overruns a 1 s soft limit (and, when it hangs, ignores it until the 2 s hard limit)
     worker = start_worker("high", concurrency=1)
-    task_id = _dispatch(api, admin_key, tier="high", sleep_s=6, fail=fail, soft_time_limit_s=1, time_limit_s=2)
+    task_id = dispatch(api, admin_key, tier="high", sleep_s=6, fail=fail, soft_time_limit_s=1, time_limit_s=2)
     # Then it is dead-lettered as a timeout, with the limit that struck, and the worker lives on
     letter = _one_letter(api, admin_key, task_id)
     assert (letter["reason"], letter["error_class"]) == ("timeout", error_class)
@@ -115,8 +106,14 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
     from app.tasks.celery_app import celery_app
 
     task_id = str(uuid.uuid4())
-    celery_app.send_task("billing.charge_everyone", kwargs={"amount": 1}, task_id=task_id, queue="high",
-                         exchange="courier.tasks", routing_key="high")
+    celery_app.send_task(
+        "billing.charge_everyone",
+        kwargs={"amount": 1},
+        task_id=task_id,
+        queue="high",
+        exchange="courier.tasks",
+        routing_key="high",
+    )
     letter = _one_letter(api, admin_key, task_id)
     assert letter["reason"] == "unknown_task"
     assert letter["task_name"] == "billing.charge_everyone"
@@ -129,8 +126,12 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
         ("invalid json", b"{not json", {"task": "system.ping", "id": "garbage-json"}, "application/json"),
         ("task header without id", b"[[], {}, {}]", {"task": "system.ping"}, "application/json"),
         ("no headers at all", b"hello", None, "text/plain"),
-        ("content type not accepted", b"\x80\x04\x95", {"task": "system.ping", "id": "garbage-pickle"},
-         "application/x-python-serialize"),
+        (
+            "content type not accepted",
+            b"\x80\x04\x95",
+            {"task": "system.ping", "id": "garbage-pickle"},
+            "application/x-python-serialize",
+        ),
     ],
 )
 def test_a_malformed_message_from_an_outside_client_is_dead_lettered_and_the_worker_keeps_running(
@@ -138,26 +139,36 @@ def test_a_malformed_message_from_an_outside_client_is_dead_lettered_and_the_wor
 ):
     # Given a running worker
     worker = start_worker("high", concurrency=1)
-    before = api.get("/api/v1/tasks/dead-letters", params={"reason": "malformed", "limit": 500},
-                     headers=auth(admin_key)).json()["total"]
+    before = api.get(
+        "/api/v1/tasks/dead-letters", params={"reason": "malformed", "limit": 500}, headers=auth(admin_key)
+    ).json()["total"]
     # When pika publishes garbage into its queue
     _publish_raw(body, headers=headers, content_type=content_type)
     # Then exactly one more malformed dead letter is recorded
-    join(lambda: api.get("/api/v1/tasks/dead-letters", params={"reason": "malformed", "limit": 500},
-                         headers=auth(admin_key)).json()["total"] == before + 1, what=f"malformed letter ({case})")
+    join(
+        lambda: (
+            api.get(
+                "/api/v1/tasks/dead-letters", params={"reason": "malformed", "limit": 500}, headers=auth(admin_key)
+            ).json()["total"]
+            == before + 1
+        ),
+        what=f"malformed letter ({case})",
+    )
     # And the worker is still alive and still runs tasks
     assert worker.process.poll() is None, worker.log()[-3000:]
     assert heartbeat(worker.hostname) is not None
-    task_id = _dispatch(api, admin_key, tier="high", echo=case)
-    join(lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
-         what="a normal task after the garbage")
+    task_id = dispatch(api, admin_key, tier="high", echo=case)
+    join(
+        lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
+        what="a normal task after the garbage",
+    )
 
 
 def test_a_task_that_crashes_its_pool_process_is_retried_a_bounded_number_of_times_then_dead_lettered(
     api, admin_key, start_worker, recorder
 ):
     worker = start_worker("medium", concurrency=1)
-    task_id = _dispatch(api, admin_key, fail="crash")
+    task_id = dispatch(api, admin_key, fail="crash")
     letter = _one_letter(api, admin_key, task_id, timeout=90)
     assert letter["reason"] == "worker_lost"
     assert letter["retries"] == 2
@@ -170,7 +181,7 @@ def test_a_message_that_kills_its_whole_worker_is_dead_lettered_after_the_bound_
     # Given workers that allow one start per attempt
     strict = {"MAX_STARTS_PER_ATTEMPT": "1"}
     first = start_worker("low", concurrency=1, env=strict)
-    task_id = _dispatch(api, admin_key, tier="low", sleep_s=30)
+    task_id = dispatch(api, admin_key, tier="low", sleep_s=30)
     join(lambda: f"system.ping[{task_id}] received" in first.log(), what="the task to start")
     join(lambda: "courier:starts" and first.log().count(task_id) >= 1)
     # When the whole worker is SIGKILLed mid-task (as the message "kills" it) and a new worker takes it
@@ -189,7 +200,7 @@ def test_a_message_that_expires_before_a_worker_takes_it_is_dead_lettered_as_exp
     api, admin_key, start_worker, recorder
 ):
     # Given a task that must start within 1 s, and no worker for 2 s
-    task_id = _dispatch(api, admin_key, tier="low", expires_s=1)
+    task_id = dispatch(api, admin_key, tier="low", expires_s=1)
     import time
 
     time.sleep(2)
@@ -205,7 +216,7 @@ def test_a_full_work_queue_refuses_the_dispatch_with_503_instead_of_dropping(api
     settings = get_settings()
     topology.declare(settings.model_copy(update={"work_queue_max_length": 2}))
     try:
-        accepted = [_dispatch(api, admin_key, tier="low") for _ in range(2)]
+        accepted = [dispatch(api, admin_key, tier="low") for _ in range(2)]
         join(lambda: queue_depth("low")["ready"] == 2)
         # When a third is dispatched
         response = api.post("/api/v1/tasks/ping", json={"tier": "low"}, headers=auth(admin_key))
@@ -218,7 +229,7 @@ def test_a_full_work_queue_refuses_the_dispatch_with_503_instead_of_dropping(api
 
 
 def test_a_revoked_task_is_recorded_as_revoked_not_dead_lettered(api, admin_key, start_worker, recorder):
-    task_id = _dispatch(api, admin_key, tier="low")
+    task_id = dispatch(api, admin_key, tier="low")
     api.post(f"/api/v1/tasks/task/{task_id}/revoke", json={}, headers=auth(admin_key))
     start_worker("low", concurrency=1)
     join(lambda: queue_depth("low")["ready"] == 0)
@@ -231,12 +242,31 @@ def test_secrets_in_arguments_never_reach_the_recorded_dead_letter(api, admin_ke
     # Given a task message (from an outside client) carrying a secret-named argument the task does not take
     start_worker("high", concurrency=1)
     task_id = str(uuid.uuid4())
-    body = json.dumps([[], {"echo": "x", "password": "hunter2", "nested": {"api_key": "sk_live_123"}},
-                       {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
-    _publish_raw(body, headers={"task": "system.ping", "id": task_id, "lang": "py", "retries": 0,
-                                "kwargsrepr": "{'password': 'hunter2'}", "argsrepr": "()", "root_id": task_id,
-                                "parent_id": None, "group": None, "eta": None, "expires": None,
-                                "timelimit": [None, None], "origin": "outside"})
+    body = json.dumps(
+        [
+            [],
+            {"echo": "x", "password": "hunter2", "nested": {"api_key": "sk_live_123"}},
+            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        ]
+    ).encode()
+    _publish_raw(
+        body,
+        headers={
+            "task": "system.ping",
+            "id": task_id,
+            "lang": "py",
+            "retries": 0,
+            "kwargsrepr": "{'password': 'hunter2'}",
+            "argsrepr": "()",
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "origin": "outside",
+        },
+    )
     # Then its dead letter holds no trace of the secrets, anywhere
     letter = _one_letter(api, admin_key, task_id)
     assert letter["kwargs"]["password"] == "[redacted]"

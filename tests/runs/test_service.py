@@ -20,13 +20,19 @@ def test_events_arriving_out_of_order_end_in_the_latest_state():
     now = time.time()
     # Given the success event is written before the received and started events (separate batches)
     with session_scope() as session:
-        service.record_events(session=session, events=[_event("task-succeeded", task_id, now + 2, runtime=0.5)],
-                              meta={task_id: {"name": "system.ping", "tier": "low", "triggered_by": "k"}})
+        service.record_events(
+            session=session,
+            events=[_event("task-succeeded", task_id, now + 2, runtime=0.5)],
+            meta={task_id: {"name": "system.ping", "tier": "low", "triggered_by": "k"}},
+        )
     with session_scope() as session:
-        service.record_events(session=session, events=[
-            _event("task-received", task_id, now, name="system.ping", retries=0),
-            _event("task-started", task_id, now + 1),
-        ])
+        service.record_events(
+            session=session,
+            events=[
+                _event("task-received", task_id, now, name="system.ping", retries=0),
+                _event("task-started", task_id, now + 1),
+            ],
+        )
     # Then the run is SUCCESS with every timestamp filled in
     with session_scope() as session:
         run = session.get(TaskRun, task_id)
@@ -40,9 +46,12 @@ def test_a_revoked_run_stays_revoked_whatever_events_follow():
     with session_scope() as session:
         service.mark_revoked(session=session, task_id=task_id, name="system.ping", revoked_by="admin")
     with session_scope() as session:
-        service.record_events(session=session, events=[
-            _event("task-received", task_id, time.time() + 5, name="system.ping", retries=0),
-        ])
+        service.record_events(
+            session=session,
+            events=[
+                _event("task-received", task_id, time.time() + 5, name="system.ping", retries=0),
+            ],
+        )
     with session_scope() as session:
         assert session.get(TaskRun, task_id).state == TaskState.REVOKED
 
@@ -51,12 +60,15 @@ def test_retries_count_attempts_and_keep_the_last_error():
     task_id = str(uuid.uuid4())
     now = time.time()
     with session_scope() as session:
-        service.record_events(session=session, events=[
-            _event("task-received", task_id, now, name="system.ping", retries=0),
-            _event("task-retried", task_id, now + 1, exception="TransientError('503')"),
-            _event("task-received", task_id, now + 2, name="system.ping", retries=1),
-            _event("task-failed", task_id, now + 3, exception="TransientError('503 again')"),
-        ])
+        service.record_events(
+            session=session,
+            events=[
+                _event("task-received", task_id, now, name="system.ping", retries=0),
+                _event("task-retried", task_id, now + 1, exception="TransientError('503')"),
+                _event("task-received", task_id, now + 2, name="system.ping", retries=1),
+                _event("task-failed", task_id, now + 3, exception="TransientError('503 again')"),
+            ],
+        )
     with session_scope() as session:
         run = session.get(TaskRun, task_id)
         assert (run.state, run.attempts, run.error) == (TaskState.FAILURE, 2, "TransientError('503 again')")
@@ -70,8 +82,15 @@ def test_prune_deletes_only_old_finished_runs():
     old_done, old_running = str(uuid.uuid4()), str(uuid.uuid4())
     with session_scope() as session:
         for task_id, state in ((old_done, TaskState.SUCCESS), (old_running, TaskState.STARTED)):
-            session.add(TaskRun(task_id=task_id, name="system.ping", state=state, attempts=1,
-                                created_at=utcnow() - timedelta(days=40)))
+            session.add(
+                TaskRun(
+                    task_id=task_id,
+                    name="system.ping",
+                    state=state,
+                    attempts=1,
+                    created_at=utcnow() - timedelta(days=40),
+                )
+            )
     with session_scope() as session:
         assert service.prune(session=session, older_than_days=30) >= 1
     with session_scope() as session:

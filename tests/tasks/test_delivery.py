@@ -9,24 +9,9 @@ import time
 
 import pytest
 
-from app.config import get_settings
-from app.rabbitmq import ManagementClient
-from tests.conftest import auth, join, queue_depth, redis_client
+from tests.conftest import auth, dispatch, join, queue_depth, redis_client
 
-
-@pytest.fixture(autouse=True)
-def empty_work_queues():
-    """Each test counts messages, so it starts from empty work queues."""
-    settings = get_settings()
-    with ManagementClient.for_broker_user(settings) as client:
-        for name in ("high", "medium", "low"):
-            client.purge(settings.broker_vhost, name)
-
-
-def _dispatch(api, key, **body) -> str:
-    response = api.post("/api/v1/tasks/ping", json=body, headers=auth(key))
-    assert response.status_code == 202, response.text
-    return response.json()["task_id"]
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def _task(api, key, task_id):
@@ -37,16 +22,20 @@ def test_a_dispatched_task_reaches_success_and_appears_in_the_run_history(api, a
     # Given a worker on every tier
     start_worker()
     # When an admin dispatches the probe on the high tier
-    task_id = _dispatch(api, admin_key, tier="high", echo="hello")
+    task_id = dispatch(api, admin_key, tier="high", echo="hello")
     # Then it succeeds with its result
     join(lambda: _task(api, admin_key, task_id)["state"] == "SUCCESS", what="SUCCESS")
     task = _task(api, admin_key, task_id)
     assert task["result"]["echo"] == "hello"
     assert task["tier"] == "high"
+
     # And the durable history has the run, attributed to the admin, with timings
     def in_history():
-        page = api.get("/api/v1/tasks/runs", params={"name": "system.ping", "state": "SUCCESS", "limit": 500},
-                       headers=auth(admin_key)).json()
+        page = api.get(
+            "/api/v1/tasks/runs",
+            params={"name": "system.ping", "state": "SUCCESS", "limit": 500},
+            headers=auth(admin_key),
+        ).json()
         return next((r for r in page["items"] if r["task_id"] == task_id), None)
 
     run = join(in_history, what="run in history")
@@ -58,9 +47,9 @@ def test_a_dispatched_task_reaches_success_and_appears_in_the_run_history(api, a
 
 def test_with_a_backlog_a_higher_priority_message_is_delivered_first(api, admin_key, start_worker):
     # Given a backlog of five low-priority messages in the high queue and no worker consuming it
-    low = [_dispatch(api, admin_key, tier="high", priority=1, echo=f"low-{i}") for i in range(5)]
+    low = [dispatch(api, admin_key, tier="high", priority=1, echo=f"low-{i}") for i in range(5)]
     # When a priority-9 message is published after them and a single-process worker starts
-    urgent = _dispatch(api, admin_key, tier="high", priority=9, echo="urgent")
+    urgent = dispatch(api, admin_key, tier="high", priority=9, echo="urgent")
     assert queue_depth("high")["ready"] == 6
     start_worker("high", concurrency=1)
     # Then the urgent message ran before every one of the backlog
@@ -74,7 +63,7 @@ def test_with_a_backlog_a_higher_priority_message_is_delivered_first(api, admin_
 def test_a_task_revoked_before_it_starts_never_runs_even_across_a_worker_restart(api, admin_key, start_worker):
     # Given a task waiting in the low queue while a worker is up but not consuming low
     first = start_worker("high")
-    task_id = _dispatch(api, admin_key, tier="low", echo="must not run")
+    task_id = dispatch(api, admin_key, tier="low", echo="must not run")
     # When an admin revokes it, and then every worker restarts (Celery's in-memory revoke list is gone)
     response = api.post(f"/api/v1/tasks/task/{task_id}/revoke", json={}, headers=auth(admin_key))
     assert response.status_code == 200, response.text
@@ -91,12 +80,10 @@ def test_a_task_revoked_before_it_starts_never_runs_even_across_a_worker_restart
     assert task["revoked"] is True
 
 
-def test_a_worker_killed_mid_task_loses_nothing_and_the_task_completes_after_a_restart(
-    api, admin_key, start_worker
-):
+def test_a_worker_killed_mid_task_loses_nothing_and_the_task_completes_after_a_restart(api, admin_key, start_worker):
     # Given a worker running a slow task
     doomed = start_worker("medium", concurrency=1)
-    task_id = _dispatch(api, admin_key, tier="medium", sleep_s=3, echo="survivor")
+    task_id = dispatch(api, admin_key, tier="medium", sleep_s=3, echo="survivor")
     join(lambda: "Task system.ping[" + task_id + "] received" in doomed.log(), what="the task to be received")
     # When the whole worker is SIGKILLed mid-task
     doomed.kill()

@@ -24,8 +24,7 @@ def test_eager_mode_runs_a_dispatched_task_inline_and_its_result_is_readable(adm
     """)
     env = {**os.environ, "CELERY_TASK_ALWAYS_EAGER": "true"}
     # When a task is dispatched, no worker running
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     # Then it already ran, inline
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["SUCCESS", "inline"]
@@ -33,7 +32,12 @@ def test_eager_mode_runs_a_dispatched_task_inline_and_its_result_is_readable(adm
 
 def test_celery_inspect_ping_and_status_answer_from_a_courier_worker(worker):
     for args in (["inspect", "ping", "-d", worker.hostname], ["status"]):
-        done = subprocess.run([sys.executable, "-m", "celery", "-A", "app.tasks", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "app.tasks", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         assert worker.hostname in done.stdout

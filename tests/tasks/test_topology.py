@@ -39,8 +39,11 @@ def test_the_four_queues_exist_with_their_priorities_and_policies(mgmt):
     assert bound == ["dead_letter", "dead_letter.archive"]
     # And a retry delay queue waits its bucket's time, then dead-letters back into its tier
     delay = mgmt.queue(vhost, "delay.high.60")
-    assert delay["arguments"] == {"x-message-ttl": 60_000, "x-dead-letter-exchange": "courier.tasks",
-                                  "x-dead-letter-routing-key": "high"}
+    assert delay["arguments"] == {
+        "x-message-ttl": 60_000,
+        "x-dead-letter-exchange": "courier.tasks",
+        "x-dead-letter-routing-key": "high",
+    }
     # And the task exchange routes each tier by its own name
     bindings = {b["routing_key"]: b["destination"] for b in mgmt.bindings_of_exchange(vhost, "courier.tasks")}
     assert bindings == {"high": "high", "medium": "medium", "low": "low"}
@@ -50,8 +53,9 @@ def test_the_four_queues_exist_with_their_priorities_and_policies(mgmt):
 def test_changing_a_limit_and_declaring_again_updates_the_live_queue_without_precondition_failed(mgmt):
     # Given the declared topology
     settings = get_settings()
-    changed = settings.model_copy(update={"dead_letter_ttl_s": 3600, "dead_letter_max_length": 500,
-                                          "work_queue_max_length": 1000})
+    changed = settings.model_copy(
+        update={"dead_letter_ttl_s": 3600, "dead_letter_max_length": 500, "work_queue_max_length": 1000}
+    )
     try:
         # When the limits change in configuration and the topology is declared again
         topology.declare(changed)
@@ -117,10 +121,12 @@ def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
     settings = get_settings()
     vhost = f"{settings.broker_vhost}_q{uuid.uuid4().hex[:4]}"
     user, password = settings.broker_credentials
-    quorum = settings.model_copy(update={
-        "queue_type": QueueType.quorum,
-        "celery_broker_url": settings.broker_url.rsplit("/", 1)[0] + f"/{vhost}",
-    })
+    quorum = settings.model_copy(
+        update={
+            "queue_type": QueueType.quorum,
+            "celery_broker_url": settings.broker_url.rsplit("/", 1)[0] + f"/{vhost}",
+        }
+    )
     with ManagementClient.for_broker_user(settings) as admin:
         admin.put_vhost(vhost)
         admin.put_permissions(vhost, user)
@@ -150,8 +156,14 @@ def test_a_delayed_retry_waits_in_a_delay_queue_on_the_broker_then_returns_to_it
 
     celery_app.loader.import_default_modules()
     task = celery_app.tasks["system.ping"]
-    request = Context(id=str(uuid.uuid4()), task="system.ping", args=[], kwargs={"echo": "later"}, retries=0,
-                      delivery_info={"exchange": "courier.tasks", "routing_key": "medium", "priority": 3})
+    request = Context(
+        id=str(uuid.uuid4()),
+        task="system.ping",
+        args=[],
+        kwargs={"echo": "later"},
+        retries=0,
+        delivery_info={"exchange": "courier.tasks", "routing_key": "medium", "priority": 3},
+    )
     before = queue_depth("medium")["ready"]
     # When Courier builds and publishes the retry
     retry = task.signature_from_request(request, countdown=1.5, retries=1)
