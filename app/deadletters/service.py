@@ -190,8 +190,9 @@ def record(
         routing_key=str(routing_keys[0]) if routing_keys else None,
         retries=int(headers.get("retries") or 0),
         death_count=int(death.get("count") or 1),
+        # x-death keeps the time of the first death per (queue, reason); this recording is the latest one.
         first_death_at=_as_datetime(death.get("time")),
-        last_death_at=_as_datetime(death.get("time")),
+        last_death_at=utcnow(),
         replays=int(headers.get(REPLAYS_HEADER) or 0),
         content_type=incoming.content_type,
         content_encoding=incoming.content_encoding,
