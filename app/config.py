@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     task_time_limit_s: Seconds = 330.0
 
     # --- Run history -------------------------------------------------------------------------------------------
+    #: Workers send task events for the run history (and Flower); false trades the history for throughput.
+    history_enabled: bool = True
     history_flush_interval_s: Seconds = 0.5
     history_batch_size: int = Field(default=500, ge=1)
     history_retention_days: int = Field(default=30, ge=1)

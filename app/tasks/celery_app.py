@@ -53,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_eta_task_limit": 1000,
         "worker_concurrency": settings.celery_worker_concurrency,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.history_enabled,
         # Malformed messages are dead-lettered, never dropped or fatal (app/tasks/consumer.py).
         "worker_consumer": "app.tasks.consumer:CourierConsumer",
         "task_send_sent_event": False,
