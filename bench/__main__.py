@@ -1,0 +1,171 @@
+"""Courier's benchmark: `python -m bench` (or ./scripts/bench.sh). See README, "Performance".
+
+Measures, on the same broker and in one run: raw AMQP with Courier's guarantees (pika), stock Celery, Dramatiq
+with confirms off and on, and Courier with its production settings. Every figure is the median of --reps
+repetitions (min–max shown). Writes a JSON file and prints a table with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import peers
+from bench.common import ROOT, Stat
+
+API_PORT = 8765
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--messages", type=int, default=5000, help="messages per throughput run")
+    parser.add_argument("--requests", type=int, default=2000, help="HTTP requests per API dispatch run")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the 100 req/s run")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every figure")
+    parser.add_argument("--publishers", type=int, default=8, help="concurrent publishers for the AMQP ceiling")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/<time>.json)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, `args.reps` times; returns the report."""
+    log_dir = Path(tempfile.mkdtemp(prefix="courier-bench-"))
+    stats: dict[str, Stat] = defaultdict(Stat)
+    api: dict[int, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
+    n = args.messages
+    for _ in range(args.reps):
+        stats["ceiling.publish_1"].values.append(peers.pika_publish(n, 1))
+        stats[f"ceiling.publish_{args.publishers}"].values.append(peers.pika_publish(n, args.publishers))
+        stats["ceiling.consume_prefetch_1"].values.append(peers.pika_consume(n, 1))
+        stats["ceiling.consume_prefetch_50"].values.append(peers.pika_consume(n, 50))
+        enqueue, e2e = peers.stock_celery(n, log_dir)
+        stats["celery.enqueue"].values.append(enqueue)
+        stats["celery.e2e"].values.append(e2e)
+        stats["dramatiq.e2e_confirms_off"].values.append(peers.dramatiq_e2e(n, False, log_dir))
+        stats["dramatiq.e2e_confirms_on"].values.append(peers.dramatiq_e2e(n, True, log_dir))
+
+    from bench import courier_bench as cb  # configures the environment for `app`: import after the peers
+
+    memory: dict[str, int] = {}
+    with cb.courier_stack(log_dir) as stack:
+        stack.start("recorder", [cb.python(), "-m", "app.runs.recorder"], None)
+        for _ in range(args.reps):
+            for tier in ("high", "medium", "low"):
+                stats[f"courier.drain_{tier}"].values.append(cb.drain_rate(stack, tier, n))
+            stats["courier.e2e"].values.append(cb.end_to_end_rate(stack, n))
+        for tier in ("high", "low"):
+            stack.stop(f"worker-{tier}")
+        stack.stop("worker-medium")
+        for _ in range(args.reps):
+            stats["courier.drain_medium_without_history"].values.append(
+                cb.drain_rate(stack, "medium", n, history=False))
+        stack.stop("worker-medium")
+        cb.start_api(stack, API_PORT)
+        cb.wait_api(API_PORT)
+        for _ in range(args.reps):
+            for concurrency in (1, 16, 64):
+                figures = cb.api_dispatch(stack, API_PORT, concurrency, args.requests)
+                for key, value in figures.items():
+                    api[concurrency][key].values.append(value)
+                cb.purge(stack, "medium")
+        stack.start_worker("medium")
+        for _ in range(args.reps):
+            figures = cb.e2e_latency(stack, API_PORT, 100, args.latency_seconds)
+            for key, value in figures.items():
+                stats[f"courier.latency_100rps_{key}"].values.append(value)
+        memory = {"api_kib": stack.processes["api"].rss_kib(), "worker_medium_kib":
+                  stack.processes["worker-medium"].rss_kib(), "recorder_kib": stack.processes["recorder"].rss_kib()}
+    return _report(args, stats, api, memory)
+
+
+def _ratio(a: Stat, b: Stat) -> float:
+    return round(a.median / b.median, 2) if b.median else float("nan")
+
+
+def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dict[str, Stat]],
+            memory: dict[str, int]) -> dict[str, Any]:
+    history_cost = 1 - stats["courier.drain_medium"].median / stats["courier.drain_medium_without_history"].median
+    c64 = api[64]
+    goals = {
+        "e2e_vs_stock_celery": _ratio(stats["courier.e2e"], stats["celery.e2e"]),
+        "e2e_vs_dramatiq_confirms": _ratio(stats["courier.e2e"], stats["dramatiq.e2e_confirms_on"]),
+        "api_c64_vs_single_confirmed_publisher": _ratio(c64["rps"], stats["ceiling.publish_1"]),
+        "api_c64_p99_ms": round(c64["p99_ms"].median, 1),
+        "latency_100rps_p50_ms": round(stats["courier.latency_100rps_p50_ms"].median, 1),
+        "latency_100rps_p99_ms": round(stats["courier.latency_100rps_p99_ms"].median, 1),
+        "history_cost": round(history_cost, 3),
+    }
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "versions": {p: version(p) for p in ("celery", "kombu", "dramatiq", "pika", "fastapi", "uvicorn")},
+        "sizes": {"messages": args.messages, "requests": args.requests, "latency_seconds": args.latency_seconds,
+                  "reps": args.reps},
+        "figures": {k: v.as_dict() for k, v in sorted(stats.items())},
+        "api": {f"c{c}": {k: v.as_dict() for k, v in figures.items()} for c, figures in sorted(api.items())},
+        "memory": memory,
+        "goals": goals,
+        "goals_met": {
+            "e2e_vs_stock_celery": goals["e2e_vs_stock_celery"] >= 1.0,
+            "e2e_vs_dramatiq_confirms": goals["e2e_vs_dramatiq_confirms"] >= 1.0,
+            "api_c64": goals["api_c64_vs_single_confirmed_publisher"] >= 2.0 and goals["api_c64_p99_ms"] < 50
+            and c64["errors"].median == 0,
+            "latency": goals["latency_100rps_p50_ms"] < 10 and goals["latency_100rps_p99_ms"] < 50,
+            "history_cost": history_cost < 0.10,
+        },
+    }
+
+
+def _table(report: dict[str, Any]) -> str:
+    def line(name: str, figure: dict[str, Any], unit: str = "/s") -> str:
+        return f"  {name:<42} {figure['median']:>10.1f}{unit:<4} ({figure['min']:.1f}–{figure['max']:.1f})"
+
+    rows = [f"Courier benchmark — {report['date']}, {report['machine']['cores']} cores, "
+            f"{', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
+            f"sizes: {report['sizes']}", "", "throughput (messages per second, median of reps, min–max):"]
+    rows += [line(name, figure) for name, figure in report["figures"].items() if "latency" not in name]
+    rows += ["", "API dispatch (authenticated, confirmed):"]
+    for level, figures in report["api"].items():
+        rows.append(f"  {level:<4} {figures['rps']['median']:>8.1f} req/s   p50 {figures['p50_ms']['median']:.1f} ms"
+                    f"   p95 {figures['p95_ms']['median']:.1f} ms   p99 {figures['p99_ms']['median']:.1f} ms"
+                    f"   errors {figures['errors']['median']:.0f}")
+    rows += ["", f"end-to-end latency at 100 req/s: p50 {report['goals']['latency_100rps_p50_ms']} ms, "
+                 f"p99 {report['goals']['latency_100rps_p99_ms']} ms",
+             f"memory after the run (KiB): {report['memory']}", "", "goals (ratios from this run):"]
+    rows += [f"  {name:<40} {value!s:>8}   {'met' if report['goals_met'].get(_goal_key(name), False) else 'NOT met'}"
+             for name, value in report["goals"].items()]
+    return "\n".join(rows)
+
+
+def _goal_key(name: str) -> str:
+    if name.startswith("api_c64"):
+        return "api_c64"
+    if name.startswith("latency"):
+        return "latency"
+    return name
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m bench`."""
+    args = _args(argv)
+    started = time.monotonic()
+    report = run(args)
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    out = args.out or ROOT / "bench-results" / f"bench-{report['date'].replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(_table(report))  # noqa: T201 (a CLI report)
+    print(f"\nwritten to {out} in {report['duration_s']} s")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Shared plumbing of the benchmark: isolated vhosts, process control, queue polling, statistics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
+MGMT_URL = os.environ.get("BENCH_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+MGMT_AUTH = (os.environ.get("BENCH_RABBITMQ_USER", "guest"), os.environ.get("BENCH_RABBITMQ_PASSWORD", "guest"))
+
+
+@dataclass
+class Stat:
+    """Repetitions of one figure: the median, with min and max."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median": round(self.median, 3), "min": round(min(self.values), 3),
+                "max": round(max(self.values), 3), "values": [round(v, 3) for v in self.values]}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The pct-th percentile (nearest rank) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))] if ordered else float("nan")
+
+
+def amqp_url(vhost: str) -> str:
+    return f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@{AMQP_HOST}:5672/{vhost}"
+
+
+@contextmanager
+def vhost(prefix: str) -> Iterator[str]:
+    """A fresh RabbitMQ vhost, deleted afterwards."""
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:6]}"
+    httpx.put(f"{MGMT_URL}/api/vhosts/{name}", auth=MGMT_AUTH, timeout=10).raise_for_status()
+    httpx.put(f"{MGMT_URL}/api/permissions/{name}/{MGMT_AUTH[0]}", auth=MGMT_AUTH, timeout=10,
+              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    try:
+        yield name
+    finally:
+        httpx.delete(f"{MGMT_URL}/api/vhosts/{name}", auth=MGMT_AUTH, timeout=30)
+
+
+def ready_count(vhost_name: str, queue: str) -> int:
+    """Ready messages in a queue (exact: a passive declare, not the lagging management statistics)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02, what: str = "") -> float:
+    """Poll until predicate() is true; returns the monotonic time it became true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def wait_drained(vhost_name: str, queue: str, timeout: float) -> float:
+    """Wait until a queue has no ready message; keeps one connection open so polling stays cheap."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
+    try:
+        channel = connection.channel()
+        return wait_until(lambda: channel.queue_declare(queue, passive=True).method.message_count == 0,
+                          timeout, what=f"{queue} to drain")
+    finally:
+        connection.close()
+
+
+class Process:
+    """A benchmark subprocess in its own session, with its output in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        wait_until(seen, timeout, interval=0.1, what=f"{self.name}: {text!r}")
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process and its children."""
+        pids = [self.popen.pid, *_children(self.popen.pid)]
+        return sum(_rss(pid) for pid in pids)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def python() -> str:
+    """The interpreter running the benchmark (its venv has every peer installed)."""
+    return sys.executable

@@ -1,0 +1,217 @@
+"""Courier with its production settings, measured: worker drain, publish end to end, the API, latency, memory.
+
+Courier runs as real processes (workers, recorder, uvicorn) against its own vhost, Redis db and PostgreSQL
+database, set up and removed here. This module configures the environment before it imports `app`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from bench.common import ROOT, Process, amqp_url, percentile, python, vhost, wait_drained, wait_until
+
+PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+CLAIM_KEY = "courier-bench:claim"
+#: Publisher threads used to push messages through Courier's confirmed publish path.
+PUBLISH_THREADS = 16
+
+
+@dataclass
+class CourierStack:
+    """Courier's settings for one benchmark run, and the processes it started."""
+
+    env: dict[str, str]
+    vhost: str
+    redis_db: int
+    log_dir: Path
+    admin_key: str = ""
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], ready: str | None, extra_env: dict[str, str] | None = None) -> Process:
+        process = Process(name, cmd, {**self.env, **(extra_env or {})}, self.log_dir)
+        self.processes[name] = process
+        if ready:
+            process.wait_for_log(ready)
+        return process
+
+    def start_worker(self, tier: str, extra_env: dict[str, str] | None = None) -> Process:
+        return self.start(f"worker-{tier}", [python(), "-m", "celery", "-A", "app.tasks", "worker", "-Q", tier, "-n",
+                                             f"{tier}@bench", "--loglevel", "INFO", "--without-mingle",
+                                             "--without-gossip"], "ready.", extra_env)
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is not None:
+            process.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+
+def _claim_redis_db() -> int:
+    for db in range(15, 0, -1):
+        client = redis.Redis(host=REDIS_HOST, db=db)
+        if client.set(CLAIM_KEY, "1", nx=True, ex=3600):
+            return db
+    raise RuntimeError("No free Redis db for the benchmark.")
+
+
+@contextmanager
+def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
+    """A migrated database, a declared topology and an admin key; everything removed afterwards."""
+    database = f"courier_bench_{uuid.uuid4().hex[:6]}"
+    redis_db = _claim_redis_db()
+    with vhost("courier") as name, psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+        env = {
+            "ENVIRONMENT": "test",
+            "CELERY_BROKER_URL": amqp_url(name),
+            "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{redis_db}",
+            "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}",
+            "VAR_DIR": str(log_dir),
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(env)
+        stack = CourierStack(env=env, vhost=name, redis_db=redis_db, log_dir=log_dir)
+        try:
+            for step in (["-m", "alembic", "upgrade", "head"], ["-m", "app.cli", "topology", "declare"]):
+                subprocess.run([python(), *step], cwd=ROOT, env={**os.environ, **env}, check=True,
+                               capture_output=True)
+            stack.admin_key = subprocess.run(
+                [python(), "-m", "app.cli", "create-api-key", "--name", "bench", "--role", "admin"],
+                cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, text=True,
+            ).stdout.strip()
+            yield stack
+        finally:
+            stack.stop_all()
+            from app.db import reset_engine
+
+            reset_engine()
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            redis.Redis(host=REDIS_HOST, db=redis_db).flushdb()
+
+
+def publish_many(messages: int, tier: str) -> float:
+    """Publish no-op probes through Courier's confirmed publish path from PUBLISH_THREADS threads; returns s."""
+    from app.constants import Tier
+    from app.tasks import publish
+
+    def one(_: int) -> None:
+        publish.dispatch("system.ping", kwargs={}, triggered_by="bench", tier=Tier(tier))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(PUBLISH_THREADS) as pool:
+        list(pool.map(one, range(messages)))
+    return time.monotonic() - started
+
+
+def _consumers(stack: CourierStack, tier: str, on: bool) -> None:
+    from app.tasks.celery_app import celery_app
+
+    control = celery_app.control.add_consumer if on else celery_app.control.cancel_consumer
+    control(tier, destination=[f"{tier}@bench"], reply=True, timeout=5)
+
+
+def drain_rate(stack: CourierStack, tier: str, messages: int, *, history: bool = True) -> float:
+    """Prefill a tier, then time its worker draining it (the worker is started once, consumers toggled)."""
+    extra = {"HISTORY_ENABLED": "true" if history else "false"}
+    name = f"worker-{tier}"
+    if name not in stack.processes or stack.processes[name].popen.poll() is not None:
+        stack.start_worker(tier, extra)
+    _consumers(stack, tier, on=False)
+    publish_many(messages, tier)
+    started = time.monotonic()
+    _consumers(stack, tier, on=True)
+    finished = wait_drained(stack.vhost, tier, timeout=900)
+    return messages / (finished - started)
+
+
+def end_to_end_rate(stack: CourierStack, messages: int) -> float:
+    """Messages per second from the first confirmed publish until the queue is drained, worker running."""
+    started = time.monotonic()
+    publish_many(messages, "medium")
+    finished = wait_drained(stack.vhost, "medium", timeout=900)
+    return messages / (finished - started)
+
+
+def start_api(stack: CourierStack, port: int) -> Process:
+    return stack.start("api", [python(), "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level",
+                               "warning", "--no-access-log"], None)
+
+
+def wait_api(port: int) -> None:
+    import httpx
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, interval=0.2, what="the API")
+
+
+def loadgen(stack: CourierStack, port: int, *args: str) -> dict[str, Any]:
+    """Run the load generator as a separate process and return its JSON."""
+    done = subprocess.run([python(), "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/api/v1/tasks/ping",
+                           "--key", stack.admin_key, *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=900)
+    return dict(json.loads(done.stdout))
+
+
+def api_dispatch(stack: CourierStack, port: int, concurrency: int, requests: int) -> dict[str, float]:
+    """Requests per second and latency percentiles (ms) of authenticated, confirmed dispatches."""
+    run = loadgen(stack, port, "--concurrency", str(concurrency), "--requests", str(requests))
+    latencies = [r["latency_s"] * 1000 for r in run["results"]]
+    errors = sum(1 for r in run["results"] if r["status"] != 202)
+    return {"rps": len(latencies) / run["elapsed_s"], "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99), "errors": errors}
+
+
+def e2e_latency(stack: CourierStack, port: int, rate: float, duration: float) -> dict[str, float]:
+    """POST → SUCCESS latency (ms) at a steady request rate: send time to the result's `date_done`."""
+    from datetime import datetime
+
+    run = loadgen(stack, port, "--rate", str(rate), "--duration", str(duration))
+    client = redis.Redis(host=REDIS_HOST, db=stack.redis_db)
+    task_ids = [r["task_id"] for r in run["results"] if r["status"] == 202]
+
+    def all_done() -> bool:
+        return all(client.exists(f"celery-task-meta-{t}") for t in task_ids)
+
+    wait_until(all_done, 120, interval=0.2, what="every result")
+    latencies = []
+    for result in run["results"]:
+        if result["status"] != 202:
+            continue
+        meta = json.loads(client.get(f"celery-task-meta-{result['task_id']}") or b"{}")
+        done = datetime.fromisoformat(meta["date_done"]).timestamp()
+        latencies.append((done - result["sent_at"]) * 1000)
+    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "errors": float(len(run["results"]) - len(task_ids))}
+
+
+def purge(stack: CourierStack, queue: str) -> None:
+    """Drop the ready messages of a queue (between API runs, which only publish)."""
+    import pika
+
+    from bench.common import amqp_url as url
+
+    connection = pika.BlockingConnection(pika.URLParameters(url(stack.vhost)))
+    connection.channel().queue_purge(queue)
+    connection.close()
