@@ -157,6 +157,9 @@ def _goal_key(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m bench`."""
     args = _args(argv)
+    # Celery reads these ahead of its configuration: they must not steer the peers (Courier's are set later).
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(name, None)
     started = time.monotonic()
     report = run(args)
     report["duration_s"] = round(time.monotonic() - started, 1)

@@ -52,6 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_eta_task_limit": 1000,
         "worker_concurrency": settings.celery_worker_concurrency,
+        "worker_pool": settings.celery_worker_pool,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": settings.history_enabled,
         # Malformed messages are dead-lettered, never dropped or fatal (app/tasks/consumer.py).
