@@ -18,6 +18,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     """Configure logging; connections open lazily and are pooled per process."""
     configure_logging(get_settings().log_level)
     yield
+    from app.tasks import publish
+
+    await publish.close()
 
 
 def create_app() -> FastAPI:

@@ -70,23 +70,23 @@ class KeyCache:
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, *, session_factory: object, key: str) -> Principal | None:
-        """The principal for `key`, or None when it is unknown or revoked."""
-        digest = hash_key(key)
-        now = time.monotonic()
+    def cached(self, digest: str) -> tuple[bool, Principal | None]:
+        """(hit, principal) for a key's hash; a hit may be a remembered 'unknown key' (None)."""
         with self._lock:
             hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        principal = _lookup(session_factory, digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def remember(self, digest: str, principal: Principal | None) -> None:
+        """Keep a lookup's answer for `ttl` seconds."""
         with self._lock:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[digest] = (now + self.ttl, principal)
-        return principal
+            self._entries[digest] = (time.monotonic() + self.ttl, principal)
 
 
-def _lookup(session_factory: object, digest: str) -> Principal | None:
-    with session_factory() as session:  # type: ignore[operator]
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
-        return Principal(row.id, row.name, Role(row.role)) if row is not None else None
+def lookup(*, session: Session, digest: str) -> Principal | None:
+    """The principal of an active key, by the hash of the key."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    return Principal(row.id, row.name, Role(row.role)) if row is not None else None

@@ -1,4 +1,9 @@
-"""Confirmed publishing for the API: a 202 only after RabbitMQ confirmed the persistent message."""
+"""Confirmed publishing: a 202 only after RabbitMQ confirmed the persistent message.
+
+Two paths share everything but the publish itself:
+- `dispatch_async` (the API's hot path): aio-pika with pipelined confirms (app/tasks/amqp_async.py);
+- `dispatch` (CLI, tasks, sync callers, and eager mode): Celery's `apply_async` with `confirm_publish`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from amqp.exceptions import AMQPError
+from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import KombuError, OperationalError
 
 from app import idempotency
@@ -17,6 +25,7 @@ from app.config import get_settings
 from app.constants import TASK_EXCHANGE, TASK_META_KEY, TIER_MAX_PRIORITY, Tier
 from app.errors import ServiceUnavailable, Unprocessable
 from app.redis_store import get_redis
+from app.tasks.amqp_async import AsyncPublisher, PublishFailed
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES, default_priority
 
@@ -24,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # The API publishes through task objects (so eager mode works), which needs them registered here too.
 celery_app.loader.import_default_modules()
+
+_BROKER_DOWN = "The message broker did not confirm the task; nothing was dispatched."
+_REDIS_DOWN = "The result store (Redis) is unreachable; nothing was dispatched."
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,45 @@ class Dispatched:
         return {"task_id": self.task_id, "status_url": self.status_url}
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A validated dispatch: where it goes and what the publisher records about it."""
+
+    name: str
+    task_id: str
+    tier: Tier
+    priority: int
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    meta: dict[str, str]
+
+    @property
+    def meta_key(self) -> str:
+        return TASK_META_KEY.format(task_id=self.task_id)
+
+
+def _plan(
+    name: str,
+    kwargs: dict[str, Any],
+    triggered_by: str | None,
+    tier: Tier | None,
+    priority: int | None,
+    options: dict[str, Any] | None,
+) -> _Planned:
+    declared = POLICIES[name]
+    tier = tier or declared.tier
+    if priority is None:
+        priority = declared.priority if declared.priority is not None else default_priority(tier)
+    if not 0 <= priority <= TIER_MAX_PRIORITY[tier]:
+        raise Unprocessable(f"priority must be between 0 and {TIER_MAX_PRIORITY[tier]} on tier {tier.value}.")
+    task_id = str(uuid.uuid4())
+    # The meta is written before the publish so the recorder can attribute the run as soon as it starts.
+    meta = {"name": name, "tier": tier.value, "triggered_by": triggered_by or "", "dispatched_at": repr(time.time())}
+    return _Planned(
+        name, task_id, tier, priority, kwargs, {k: v for k, v in (options or {}).items() if v is not None}, meta
+    )
+
+
 def dispatch(
     name: str,
     *,
@@ -47,61 +98,103 @@ def dispatch(
     priority: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> Dispatched:
-    """Publish task `name` and wait for the broker's confirm; `options` are Celery call options (time limits,
-    expires) that override the task's for this call.
+    """Publish task `name` through Celery and wait for the broker's confirm; `options` are Celery call options
+    (time limits, expires) that override the task's for this call.
 
     Raises:
         ServiceUnavailable: the broker or Redis is unreachable, or the broker refused the message; nothing ran.
         Unprocessable: the priority is outside the tier's range.
     """
     settings = get_settings()
-    declared = POLICIES[name]
-    tier = tier or declared.tier
-    if priority is None:
-        priority = declared.priority if declared.priority is not None else default_priority(tier)
-    if not 0 <= priority <= TIER_MAX_PRIORITY[tier]:
-        raise Unprocessable(f"priority must be between 0 and {TIER_MAX_PRIORITY[tier]} on tier {tier.value}.")
-    task_id = str(uuid.uuid4())
-    meta_key = TASK_META_KEY.format(task_id=task_id)
+    plan = _plan(name, kwargs, triggered_by, tier, priority, options)
     try:
-        # Written before the publish so the history recorder can attribute the run as soon as it starts.
         pipe = get_redis().pipeline(transaction=False)
-        pipe.hset(
-            meta_key,
-            mapping={
-                "name": name,
-                "tier": tier.value,
-                "triggered_by": triggered_by or "",
-                "dispatched_at": repr(time.time()),
-            },
-        )
-        pipe.expire(meta_key, settings.result_expires_s)
+        pipe.hset(plan.meta_key, mapping=plan.meta)  # type: ignore[arg-type]  # redis-py wants a wider key type
+        pipe.expire(plan.meta_key, settings.result_expires_s)
         pipe.execute()
     except redis.RedisError as exc:
-        raise ServiceUnavailable("The result store (Redis) is unreachable; nothing was dispatched.") from exc
-    started = time.perf_counter()
+        raise ServiceUnavailable(_REDIS_DOWN) from exc
     try:
         celery_app.tasks[name].apply_async(
             kwargs=kwargs,
-            task_id=task_id,
-            queue=tier.value,
+            task_id=plan.task_id,
+            queue=plan.tier.value,
             exchange=TASK_EXCHANGE,
-            routing_key=tier.value,
-            priority=priority,
+            routing_key=plan.tier.value,
+            priority=plan.priority,
             confirm_timeout=settings.publish_timeout_s,
-            **{k: v for k, v in (options or {}).items() if v is not None},
+            **plan.options,
         )
     except (OperationalError, KombuError, AMQPError, OSError, TimeoutError) as exc:
-        get_redis().delete(meta_key)
-        logger.warning("Publishing %s (%s) failed after %.3f s: %r.", name, task_id, time.perf_counter() - started, exc)
-        raise ServiceUnavailable("The message broker did not confirm the task; nothing was dispatched.") from exc
-    logger.debug(
-        "Published %s as %s on %s (confirmed in %.4f s).", name, task_id, tier.value, time.perf_counter() - started
+        get_redis().delete(plan.meta_key)
+        logger.warning("Publishing %s (%s) failed: %r.", name, plan.task_id, exc)
+        raise ServiceUnavailable(_BROKER_DOWN) from exc
+    return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
+
+
+@lru_cache
+def _publisher() -> AsyncPublisher:
+    return AsyncPublisher(get_settings())
+
+
+@lru_cache
+def _async_redis() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        get_settings().redis_dsn, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
     )
-    return Dispatched(task_id=task_id, status_url=settings.status_url(task_id))
 
 
-def dispatch_once(
+async def dispatch_async(
+    name: str,
+    *,
+    kwargs: dict[str, Any],
+    triggered_by: str | None,
+    tier: Tier | None = None,
+    priority: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Dispatched:
+    """`dispatch` for the event loop: pipelined confirms, no thread per request. Eager mode takes `dispatch`."""
+    settings = get_settings()
+    if settings.celery_task_always_eager:
+        return await run_in_threadpool(
+            dispatch, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
+        )
+    plan = _plan(name, kwargs, triggered_by, tier, priority, options)
+    client = _async_redis()
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(plan.meta_key, mapping=dict(plan.meta))  # type: ignore[arg-type]
+            pipe.expire(plan.meta_key, settings.result_expires_s)
+            await pipe.execute()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(_REDIS_DOWN) from exc
+    try:
+        await _publisher().publish(
+            name=name,
+            task_id=plan.task_id,
+            kwargs=kwargs,
+            routing_key=plan.tier.value,
+            priority=plan.priority,
+            options=plan.options,
+        )
+    except PublishFailed as exc:
+        await client.delete(plan.meta_key)
+        logger.warning("Publishing %s (%s) failed: %s.", name, plan.task_id, exc)
+        raise ServiceUnavailable(_BROKER_DOWN) from exc
+    return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
+
+
+async def close() -> None:
+    """Release the API's publishing connection and Redis pool (on shutdown)."""
+    if _publisher.cache_info().currsize:
+        await _publisher().close()
+    if _async_redis.cache_info().currsize:
+        await _async_redis().aclose()
+    _publisher.cache_clear()
+    _async_redis.cache_clear()
+
+
+async def dispatch_once(
     name: str,
     *,
     kwargs: dict[str, Any],
@@ -112,20 +205,25 @@ def dispatch_once(
     priority: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> Dispatched:
-    """`dispatch`, honouring an Idempotency-Key: a repeat of the same request returns the first answer."""
+    """`dispatch_async`, honouring an Idempotency-Key: a repeat of the same request returns the first answer."""
+    publish = partial(
+        dispatch_async, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
+    )
     if idempotency_key is None:
-        return dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options)
+        return await publish()
     digest = idempotency.fingerprint(name, request_body)
     try:
-        first = idempotency.begin(owner=triggered_by, key=idempotency_key, digest=digest)
+        first = await run_in_threadpool(idempotency.begin, owner=triggered_by, key=idempotency_key, digest=digest)
     except redis.RedisError as exc:
-        raise ServiceUnavailable("The result store (Redis) is unreachable; nothing was dispatched.") from exc
+        raise ServiceUnavailable(_REDIS_DOWN) from exc
     if first is not None:
         return Dispatched(**first)
     try:
-        result = dispatch(name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options)
+        result = await publish()
     except BaseException:
-        idempotency.abandon(owner=triggered_by, key=idempotency_key)
+        await run_in_threadpool(idempotency.abandon, owner=triggered_by, key=idempotency_key)
         raise
-    idempotency.complete(owner=triggered_by, key=idempotency_key, digest=digest, response=result.as_dict())
+    await run_in_threadpool(
+        idempotency.complete, owner=triggered_by, key=idempotency_key, digest=digest, response=result.as_dict()
+    )
     return result

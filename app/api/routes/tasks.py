@@ -34,9 +34,9 @@ router = APIRouter()
 
 
 @router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
-def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: IdempotencyKeyDep = None) -> DispatchedRead:
+async def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: IdempotencyKeyDep = None) -> DispatchedRead:
     """Dispatch the probe task on a tier; 202 only once RabbitMQ confirmed it."""
-    dispatched = publish.dispatch_once(
+    dispatched = await publish.dispatch_once(
         "system.ping",
         kwargs={"sleep_s": body.sleep_s, "fail": body.fail, "echo": body.echo},
         triggered_by=admin.name,
