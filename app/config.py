@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: uvicorn worker processes for the API (the publish path is async; one process per core is the usual fit).
+    api_workers: int = Field(default=2, ge=1)
     #: Public base URL used to build `status_url` links; empty means relative links.
     public_base_url: str = ""
     var_dir: Path = ROOT_DIR / "var"

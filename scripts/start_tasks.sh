@@ -370,7 +370,7 @@ service_command() {
     local service="$1" bin="$VENV/bin"
     local worker_opts=(--concurrency "$CELERY_WORKER_CONCURRENCY" --loglevel "$CELERY_LOG_LEVEL")
     case "$service" in
-        api) SERVICE_CMD=("$bin/uvicorn" app.main:app --host "$API_HOST" --port "$API_PORT") ;;
+        api) SERVICE_CMD=("$bin/uvicorn" app.main:app --host "$API_HOST" --port "$API_PORT" --workers "${API_WORKERS:-2}") ;;
         worker-*)
             local tier="${service#worker-}"
             SERVICE_CMD=("$bin/celery" -A app.tasks worker -Q "$tier" -n "$(worker_name "$tier")" "${worker_opts[@]}")

@@ -51,6 +51,7 @@ HOST_SETTINGS = [
 NOT_FORWARDED = {
     "API_HOST": "the API listens on 0.0.0.0:8000 in its container",
     "API_PORT": "it is the published host port",
+    "API_WORKERS": "it reaches uvicorn as its --workers argument",
     "VAR_DIR": "the image sets /app/var",
     "CELERY_WORKER_NAME": "a worker is named <tier>@<container hostname>",
     "WORKER_PER_TIER": "compose always runs a worker service per tier",

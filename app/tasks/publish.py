@@ -139,9 +139,16 @@ def _publisher() -> AsyncPublisher:
 
 @lru_cache
 def _async_redis() -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        get_settings().redis_dsn, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+    # A blocking pool: under a burst, requests wait briefly for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        get_settings().redis_dsn,
+        decode_responses=True,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        max_connections=get_settings().publish_pool_size,
+        timeout=2.0,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def dispatch_async(
