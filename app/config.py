@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     celery_worker_name: str = ""
     celery_worker_concurrency: int = Field(default=2, ge=1)
     celery_log_level: str = "INFO"
-    worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    worker_prefetch_multiplier: int = Field(default=4, ge=1)
     #: Celery pool: prefork, or solo (one task at a time, for debugging). The threads pool is not offered: it
     #: stopped consuming under the benchmark's load (see the README, "Performance").
     celery_worker_pool: str = Field(default="prefork", pattern="^(prefork|solo)$")
