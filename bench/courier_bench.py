@@ -12,7 +12,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,8 @@ from bench.common import ROOT, Process, amqp_url, percentile, python, vhost, wai
 PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
 CLAIM_KEY = "courier-bench:claim"
-#: Publisher threads used to push messages through Courier's confirmed publish path.
-PUBLISH_THREADS = 16
+#: Dispatches in flight at once when the benchmark publishes through Courier (like an API under load).
+IN_FLIGHT = 64
 
 
 @dataclass
@@ -107,16 +106,24 @@ def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
 
 
 def publish_many(messages: int, tier: str) -> float:
-    """Publish no-op probes through Courier's confirmed publish path from PUBLISH_THREADS threads; returns s."""
+    """Publish no-op probes through the API's publish path (pipelined confirms), IN_FLIGHT at a time; returns s."""
+    import asyncio
+
     from app.constants import Tier
     from app.tasks import publish
 
-    def one(_: int) -> None:
-        publish.dispatch("system.ping", kwargs={}, triggered_by="bench", tier=Tier(tier))
+    async def run() -> None:
+        limit = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one() -> None:
+            async with limit:
+                await publish.dispatch_async("system.ping", kwargs={}, triggered_by="bench", tier=Tier(tier))
+
+        await asyncio.gather(*(one() for _ in range(messages)))
+        await publish.close()
 
     started = time.monotonic()
-    with ThreadPoolExecutor(PUBLISH_THREADS) as pool:
-        list(pool.map(one, range(messages)))
+    asyncio.run(run())
     return time.monotonic() - started
 
 
