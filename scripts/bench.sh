@@ -8,13 +8,9 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
 cd "$ROOT_DIR"
 apply_defaults
 mkdir -p "$LOG_DIR"
-ensure_venv
+ensure_dev_venv
 if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $EUID -eq 0 ]]; then
     log "Installing wrk (the HTTP load generator) from Debian packages"
     apt-get install -y -q wrk >/dev/null 2>&1 || warn "Could not install wrk; the API is measured with the Python load generator."
-fi
-if [[ ! -f "$VENV/.courier-installed-dev" || "$ROOT_DIR/pyproject.toml" -nt "$VENV/.courier-installed-dev" ]]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "${ROOT_DIR}[dev]"
-    touch "$VENV/.courier-installed-dev"
 fi
 exec "$VENV/bin/python" -m bench "$@"

@@ -174,6 +174,17 @@ ensure_venv() {
     fi
 }
 
+# .venv plus the development tools (tests, lint, the benchmark's peers): used by test.sh and bench.sh.
+ensure_dev_venv() {
+    local stamp="$VENV/.courier-installed-dev"
+    ensure_venv
+    if [[ ! -f "$stamp" || "$ROOT_DIR/pyproject.toml" -nt "$stamp" ]]; then
+        log "Installing the development tools into .venv (pip install -e .[dev])"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "${ROOT_DIR}[dev]"
+        touch "$stamp"
+    fi
+}
+
 # Endpoints as Courier computes them (URLs built from parts, REDIS_PASSWORD applied), one NAME=value a line.
 read_endpoints() {
     local name value

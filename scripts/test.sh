@@ -12,13 +12,7 @@ cd "$ROOT_DIR"
 apply_defaults
 mkdir -p "$LOG_DIR"
 
-ensure_venv
-dev_stamp="$VENV/.courier-installed-dev"
-if [[ ! -f "$dev_stamp" || "$ROOT_DIR/pyproject.toml" -nt "$dev_stamp" ]]; then
-    log "Installing the test tools into .venv (pip install -e .[dev])"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e "${ROOT_DIR}[dev]"
-    touch "$dev_stamp"
-fi
+ensure_dev_venv
 
 MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
 MANAGEMENT_HOST="127.0.0.1"

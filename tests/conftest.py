@@ -161,6 +161,17 @@ class WorkerProcess:
             self.process.wait(10)
 
 
+def spawn_worker(name: str, queues: str, concurrency: int, env: dict[str, str]) -> WorkerProcess:
+    """Start `celery worker` as a real subprocess in its own session; its output goes to VAR_DIR/<name>.log."""
+    log_path = VAR_DIR / f"{name}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", queues, "-n", f"{name}@test",
+           "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, start_new_session=True)
+    return WorkerProcess(name, queues, process, log_path, env)
+
+
 @pytest.fixture
 def start_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start a worker on some queues; every worker it made is stopped at the end of the test."""
@@ -174,36 +185,7 @@ def start_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Worke
         wait: bool = True,
         env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        name = name or f"w{len(made)}-{uuid.uuid4().hex[:6]}"
-        log_path = VAR_DIR / f"{name}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "app.tasks",
-            "worker",
-            "-Q",
-            queues,
-            "-n",
-            f"{name}@test",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-            )
-        worker = WorkerProcess(name, queues, process, log_path, env or {})
+        worker = spawn_worker(name or f"w{len(made)}-{uuid.uuid4().hex[:6]}", queues, concurrency, env or {})
         made.append(worker)
         if wait:
             worker.wait_ready()
@@ -261,31 +243,9 @@ def recorder() -> Iterator[RecorderProcess]:
 
 
 @pytest.fixture(scope="module")
-def worker(recorder: subprocess.Popen[bytes]) -> Iterator[WorkerProcess]:
+def worker(recorder: RecorderProcess) -> Iterator[WorkerProcess]:
     """One worker on every tier, shared by a test module (modules that steer workers themselves skip it)."""
-    name = f"shared-{uuid.uuid4().hex[:6]}"
-    log_path = VAR_DIR / f"{name}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "app.tasks",
-        "worker",
-        "-Q",
-        "high,medium,low",
-        "-n",
-        f"{name}@test",
-        "--concurrency",
-        "2",
-        "--loglevel",
-        "INFO",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    shared = WorkerProcess(name, "high,medium,low", process, log_path)
+    shared = spawn_worker(f"shared-{uuid.uuid4().hex[:6]}", "high,medium,low", 2, {})
     shared.wait_ready()
     yield shared
     shared.stop()
