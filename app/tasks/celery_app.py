@@ -20,7 +20,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that carry Courier's guarantees (see README, "Delivery guarantees")."""
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend_dsn,
+        # Celery's Redis backend, storing each result in one atomic round trip (app/tasks/results.py).
+        "result_backend": _one_trip_backend(settings.result_backend_dsn),
         # JSON only: nothing that can execute code on decode.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -81,6 +82,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _one_trip_backend(url: str) -> str:
+    """Route redis:// and rediss:// result URLs to CourierRedisBackend (Celery's `module:Class+url` form)."""
+    if url.startswith(("redis://", "rediss://")):
+        return f"app.tasks.results:CourierRedisBackend+{url}"
+    return url
+
+
 def schedule() -> dict[str, Any]:
     """Periodic tasks run by `celery -A app.tasks beat` (exactly one beat per deployment)."""
     return {
@@ -99,7 +107,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     # Celery reads CELERY_BROKER_URL / CELERY_RESULT_BACKEND from the environment ahead of its config; make the
     # environment say what Settings computed (e.g. REDIS_PASSWORD applied), so there is one answer.
     os.environ["CELERY_BROKER_URL"] = settings.broker_url
-    os.environ["CELERY_RESULT_BACKEND"] = settings.result_backend_dsn
+    os.environ["CELERY_RESULT_BACKEND"] = _one_trip_backend(settings.result_backend_dsn)
     app = Celery("courier", include=TASK_MODULES, set_as_current=True)
     app.conf.update(celery_config(settings))
     from app.tasks import bootsteps
