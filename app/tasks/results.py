@@ -35,8 +35,9 @@ return 1
 class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
     """Selected with `result_backend = "app.tasks.results:CourierRedisBackend+redis://..."`."""
 
-    def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None,
-                      **kwargs: Any) -> Any:
+    def _store_result(
+        self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = bytes_to_str(task_id)
         value = self.encode(meta)
