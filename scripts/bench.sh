@@ -5,9 +5,6 @@
 set -euo pipefail
 # shellcheck source=scripts/start_tasks.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
-cd "$ROOT_DIR"
-apply_defaults
-mkdir -p "$LOG_DIR"
 ensure_dev_venv
 if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $EUID -eq 0 ]]; then
     log "Installing wrk (the HTTP load generator) from Debian packages"

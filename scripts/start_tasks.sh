@@ -177,6 +177,9 @@ ensure_venv() {
 # .venv plus the development tools (tests, lint, the benchmark's peers): used by test.sh and bench.sh.
 ensure_dev_venv() {
     local stamp="$VENV/.courier-installed-dev"
+    cd "$ROOT_DIR"
+    apply_defaults
+    mkdir -p "$LOG_DIR"
     ensure_venv
     if [[ ! -f "$stamp" || "$ROOT_DIR/pyproject.toml" -nt "$stamp" ]]; then
         log "Installing the development tools into .venv (pip install -e .[dev])"

@@ -8,10 +8,6 @@ set -euo pipefail
 # The prerequisites are the start script's own functions, so the two commands set up a machine alike.
 # shellcheck source=scripts/start_tasks.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
-cd "$ROOT_DIR"
-apply_defaults
-mkdir -p "$LOG_DIR"
-
 ensure_dev_venv
 
 MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"

@@ -88,14 +88,6 @@ class ReplayCreate(BaseModel):
     kwargs: dict[str, Any] | None = None
 
 
-class DiscardCreate(BaseModel):
-    """Why a letter is discarded (recorded with it and in the audit trail)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    why: str = Field(min_length=1, max_length=500)
-
-
 class DeadLetterCriteria(BaseModel):
     """Which pending letters a bulk action applies to; every field narrows the set."""
 

@@ -105,10 +105,10 @@ class Recorder:
         try:
             with session.begin_nested():
                 deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta=backend_meta)
-        except Exception:  # never let one odd message wedge the recorder: keep it with what can be read
+        except Exception:  # never let one odd stored result wedge the recorder: record the letter without it
             logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
             with session.begin_nested():
-                deadletters.record(session=session, incoming=incoming, registered={}, meta={})
+                deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta={})
 
     @staticmethod
     def _meta(task_ids: set[str]) -> dict[str, dict[str, str]]:

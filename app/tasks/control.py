@@ -278,7 +278,12 @@ def check_broker(settings: Settings) -> ComponentHealth:
 
 def check_redis() -> ComponentHealth:
     """PING the result backend."""
-    return _timed(lambda: None if get_redis().ping() else None)
+
+    def probe() -> None:
+        if not get_redis().ping():
+            raise ConnectionError("Redis did not answer PING")
+
+    return _timed(probe)
 
 
 def check_database() -> ComponentHealth:

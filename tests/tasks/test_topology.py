@@ -116,8 +116,6 @@ def test_quorum_queues_carry_their_type_and_a_delivery_limit_instead_of_prioriti
 
 def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
     # Given an empty vhost of its own
-    import uuid
-
     settings = get_settings()
     vhost = f"{settings.broker_vhost}_q{uuid.uuid4().hex[:4]}"
     user, password = settings.broker_credentials

@@ -19,7 +19,6 @@ from app.deadletters.schemas import (
     DeadLetterPage,
     DeadLetterRead,
     DeadLetterSummary,
-    DiscardCreate,
     PurgeCreate,
     PurgeRead,
     ReplayCreate,
@@ -137,7 +136,6 @@ def discard_dead_letter(
     letter_id: int, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> DeadLetterRead:
     """Discard one letter with a reason; the record stays, marked discarded."""
-    body = DiscardCreate(why=why)
     return DeadLetterRead.model_validate(
-        deadletters.discard(session=session, letter_id=letter_id, actor=admin, reason=body.why)
+        deadletters.discard(session=session, letter_id=letter_id, actor=admin, reason=why)
     )
