@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import BaseModel
 
 from app.config import get_settings
 
@@ -15,6 +18,10 @@ topology_cli = typer.Typer(help="RabbitMQ topology: declare or verify.", no_args
 cli.add_typer(topology_cli, name="topology")
 dead_cli = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 cli.add_typer(dead_cli, name="dead-letters")
+queues_cli = typer.Typer(help="Work queues: list, pause, resume, purge.", no_args_is_help=True)
+cli.add_typer(queues_cli, name="queues")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the API's shape) for scripts.")]
 
 
 def _operator() -> str:
@@ -264,6 +271,331 @@ def dead_purge(
     with session_scope() as session:
         discarded = service.purge(session=session, filters=filters, actor=_operator(), reason=why)
     typer.echo(f"discarded {discarded}")
+
+
+# --- Operator commands (issue 7) -------------------------------------------------------------------------------
+
+
+def _print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    """JSON as the API answers it (pydantic's JSON mode), for scripts."""
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, Sequence):
+        data = [v.model_dump(mode="json") for v in value]
+    else:
+        data = value
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """Say what went wrong on stderr and exit 1 (no traceback for operators)."""
+    from app.errors import CourierError
+
+    _err(exc.message if isinstance(exc, CourierError) else f"{type(exc).__name__}: {exc}")
+    raise typer.Exit(1) from None
+
+
+def _overview_screen(window_s: int) -> Any:
+    """The status screen: queues, workers, paused tiers and recent counts, as rich renderables."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from app.db import session_scope
+    from app.operations import service
+
+    with session_scope() as session:
+        found = service.overview(session=session, settings=get_settings(), window_s=window_s)
+    paused = {p.queue for p in found.paused}
+    queues = Table(title="Queues", title_justify="left")
+    for column in ("queue", "ready", "unacked", "consumers", "state"):
+        queues.add_column(column, justify="right" if column in ("ready", "unacked", "consumers") else "left")
+    for q in found.queues:
+        state = "[yellow]paused[/]" if q.name in paused else ""
+        ready = f"[red]{q.ready}[/]" if q.name == "dead_letter" and q.ready else str(q.ready)
+        queues.add_row(q.name, ready, str(q.unacked), str(q.consumers), state)
+    workers = Table(title=f"Workers ({len(found.workers)})", title_justify="left")
+    for column in ("hostname", "queues", "concurrency", "pool", "heartbeat", "uptime"):
+        workers.add_column(column)
+    for w in found.workers:
+        workers.add_row(
+            w.hostname,
+            ",".join(w.queues),
+            str(w.concurrency or "-"),
+            w.pool or "-",
+            f"{w.heartbeat_age_s:.1f} s ago",
+            f"{w.uptime_s:.0f} s" if w.uptime_s is not None else "-",
+        )
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(found.counts.items())) or "none"
+    summary = (
+        f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. "
+        f"Dead letters pending: {'[red]' if found.dead_letters_pending else ''}{found.dead_letters_pending}"
+        f"{'[/]' if found.dead_letters_pending else ''}."
+    )
+    return found, Group(queues, workers, summary)
+
+
+@cli.command()
+def status(
+    as_json: JsonOption = False,
+    watch: Annotated[float, typer.Option(help="Refresh every N seconds until Ctrl-C (0 = once).", min=0)] = 0,
+    window_s: Annotated[int, typer.Option(help="Window of the recent counts, in seconds.", min=60)] = 300,
+) -> None:
+    """Queues, workers, paused tiers, rates and dead letters on one screen (--watch refreshes it)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    try:
+        found, screen = _overview_screen(window_s)
+    except Exception as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(found)
+        return
+    if not watch:
+        Console().print(screen)
+        return
+    with Live(screen, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                try:
+                    live.update(_overview_screen(window_s)[1])
+                except Exception as exc:  # keep watching through a broker or database blip
+                    live.update(f"[red]{type(exc).__name__}: {exc}[/] (retrying every {watch} s)")
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+def active(as_json: JsonOption = False) -> None:
+    """Tasks executing now, per worker."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.tasks import control
+
+    found = control.active()
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(title=f"Active tasks ({len(found)})", title_justify="left")
+    for column in ("task id", "name", "worker", "started"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(t.task_id, t.name or "-", t.worker, t.started_at.isoformat() if t.started_at else "-")
+    Console().print(table)
+
+
+@cli.command()
+def scheduled(as_json: JsonOption = False) -> None:
+    """Countdown/ETA tasks held by workers, and beat's periodic schedule."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.tasks import control
+
+    found = control.scheduled()
+    if as_json:
+        _print_json(found)
+        return
+    held = Table(title=f"Held by workers ({len(found.held)})", title_justify="left")
+    for column in ("task id", "name", "eta", "worker"):
+        held.add_column(column)
+    for h in found.held:
+        held.add_row(str(h.get("task_id")), str(h.get("name")), str(h.get("eta")), str(h.get("worker")))
+    periodic = Table(title="Periodic (beat)", title_justify="left")
+    for column in ("entry", "task", "schedule", "queue"):
+        periodic.add_column(column)
+    for p in found.periodic:
+        periodic.add_row(p["name"], p["task"], p["schedule"], str(p.get("queue")))
+    Console().print(held, periodic)
+
+
+@cli.command()
+def task(task_id: str, as_json: JsonOption = False) -> None:
+    """Everything known about one task: state, progress, result or error, attempts, timings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.db import session_scope
+    from app.tasks import control
+
+    with session_scope() as session:
+        found = control.task_status(session=session, task_id=task_id)
+    if found is None:
+        _err(f"No task {task_id} is known to Courier.")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(show_header=False, title=f"Task {task_id}", title_justify="left")
+    for field, value in found.model_dump(mode="json").items():
+        table.add_row(
+            field, "-" if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
+        )
+    Console().print(table)
+
+
+@cli.command()
+def revoke(
+    task_id: str,
+    terminate: Annotated[bool, typer.Option(help="Also kill it if it is running (SIGTERM).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Recorded with the revocation.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a task durably: if it has not started it never runs, even across worker restarts."""
+    from app.db import session_scope
+    from app.tasks import control
+
+    with session_scope() as session:
+        found = control.revoke(
+            session=session, task_id=task_id, terminate=terminate, revoked_by=_operator(), reason=reason
+        )
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"{task_id}: {'revoked' if found.revoked else 'not revoked'} (state {found.state})")
+
+
+@cli.command()
+def performance(
+    window_s: Annotated[int, typer.Option(help="Window in seconds.", min=60)] = 3600,
+    as_json: JsonOption = False,
+) -> None:
+    """Throughput and P50/P95/max run times over a window, per task name and in total."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.db import session_scope
+    from app.operations import service
+
+    with session_scope() as session:
+        found = service.performance(session=session, window_s=window_s)
+    if as_json:
+        _print_json(found)
+        return
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+    table = Table(
+        title=f"Last {window_s} s: {found.finished} finished, {found.per_minute:.1f}/min", title_justify="left"
+    )
+    for column in ("task", "finished", "ok", "failed", "per min", "p50", "p95", "max"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for t in found.tasks:
+        table.add_row(
+            t.name,
+            str(t.finished),
+            str(t.succeeded),
+            str(t.failed),
+            f"{t.per_minute:.1f}",
+            secs(t.p50_s),
+            secs(t.p95_s),
+            secs(t.max_s),
+        )
+    table.add_row(
+        "all", str(found.finished), "", "", f"{found.per_minute:.1f}", secs(found.p50_s), secs(found.p95_s), ""
+    )
+    Console().print(table)
+
+
+@queues_cli.command("list")
+def queues_list(as_json: JsonOption = False) -> None:
+    """Ready, unacked and consumers of every Courier queue."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.tasks import control
+
+    try:
+        found = control.queues(get_settings())
+    except Exception as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table()
+    for column in ("queue", "ready", "unacked", "consumers"):
+        table.add_column(column)
+    for q in found:
+        table.add_row(q.name, str(q.ready), str(q.unacked), str(q.consumers))
+    Console().print(table)
+
+
+@queues_cli.command("pause")
+def queues_pause(
+    queue: str,
+    reason: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop every worker consuming a tier until it is resumed, across worker restarts (audited)."""
+    _queue_control(queue, reason, as_json, paused=True)
+
+
+@queues_cli.command("resume")
+def queues_resume(
+    queue: str,
+    reason: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Let the workers configured for a tier consume it again (audited)."""
+    _queue_control(queue, reason, as_json, paused=False)
+
+
+def _queue_control(queue: str, reason: str | None, as_json: bool, *, paused: bool) -> None:
+    """Pause or resume a tier through the operations service and report which live workers acknowledged."""
+    from app.db import session_scope
+    from app.operations import service
+    from app.operations.schemas import QueueControlRead
+
+    change = service.pause if paused else service.resume
+    try:
+        with session_scope() as session:
+            acked = change(session=session, queue=queue, actor=_operator(), reason=reason)
+    except Exception as exc:
+        _fail(exc)
+    found = QueueControlRead(queue=queue, paused=paused, workers=acked)
+    if as_json:
+        _print_json(found)
+        return
+    if paused:
+        typer.echo(f"paused {queue}; workers that stopped consuming it now: {', '.join(acked) or 'none live'}")
+    else:
+        typer.echo(f"resumed {queue}; workers consuming it again: {', '.join(acked) or 'none live'}")
+
+
+@queues_cli.command("purge")
+def queues_purge(
+    queue: str,
+    reason: Annotated[str | None, typer.Option(help="Recorded in the audit trail.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Drop every ready message of a queue (high, medium, low or dead_letter) for good; asks first; audited."""
+    from app.db import session_scope
+    from app.operations import service
+    from app.operations.exceptions import UnknownQueue
+    from app.operations.schemas import PurgeRead
+
+    settings = get_settings()
+    try:
+        if queue not in service.PURGEABLE:
+            raise UnknownQueue(queue, service.PURGEABLE)
+        waiting = service.ready_messages(settings, queue)
+        if not yes:
+            typer.confirm(f"Drop {waiting} message(s) from {queue!r} for good?", abort=True, err=True)
+        with session_scope() as session:
+            dropped = service.purge(session=session, queue=queue, actor=_operator(), reason=reason, settings=settings)
+    except typer.Abort:
+        raise
+    except Exception as exc:
+        _fail(exc)
+    found = PurgeRead(queue=queue, purged=dropped)
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"purged {dropped} message(s) from {queue}")
 
 
 if __name__ == "__main__":

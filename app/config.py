@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     celery_result_backend: str = "redis://127.0.0.1:6379/0"
     celery_task_always_eager: bool = False
     celery_worker_name: str = ""
-    celery_worker_concurrency: int = Field(default=2, ge=1)
+    celery_worker_concurrency: int = Field(default=4, ge=1)
     celery_log_level: str = "INFO"
+    worker_log_each_task: bool = False
     worker_prefetch_multiplier: int = Field(default=4, ge=1)
     #: Celery pool: prefork, or solo (one task at a time, for debugging). The threads pool is not offered: it
     #: stopped consuming under the benchmark's load (see the README, "Performance").
@@ -102,10 +103,13 @@ class Settings(BaseSettings):
     task_time_limit_s: Seconds = 330.0
 
     # --- Run history -------------------------------------------------------------------------------------------
-    #: Workers send task events for the run history (and Flower); false trades the history for throughput.
+    #: Workers journal each run's start and outcome to a Redis stream the recorder writes to SQL.
     history_enabled: bool = True
+    #: Celery task events, for Flower's task views only (the history does not use them).
+    task_events_enabled: bool = False
     history_flush_interval_s: Seconds = 0.5
     history_batch_size: int = Field(default=500, ge=1)
+    history_recorder_nice: int = Field(default=10, ge=0, le=19)
     history_retention_days: int = Field(default=30, ge=1)
 
     # --- Redis (idempotency, revocations, heartbeats) ----------------------------------------------------------
@@ -121,6 +125,124 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: str = "flower_dev_pass"
     flower_port: int = 5555
+
+    # --- Identity and notifications (issue 4) ------------------------------------------------------
+    # (section: identity)
+    #: Key of the HMAC that hashes reset/verification tokens, MFA codes and session tokens (the placeholder is
+    #: refused in production when a secret is first hashed; the production compose file requires it).
+    identity_secret_key: str = "identity_dev_secret"
+    #: How long a password-reset link stays valid.
+    password_reset_token_ttl_s: int = Field(default=3600, gt=0)
+    #: How long an email-verification link stays valid.
+    email_verification_token_ttl_s: int = Field(default=86_400, gt=0)
+    #: How long an MFA code stays valid, and how many wrong guesses it survives.
+    mfa_code_ttl_s: int = Field(default=300, gt=0)
+    mfa_max_attempts: int = Field(default=5, ge=1)
+    #: Lifetime of a session opened by a verified MFA code.
+    session_ttl_s: int = Field(default=14 * 86_400, gt=0)
+    #: Rate limits that protect users: password-reset requests per address, MFA challenges per user (per hour).
+    password_reset_per_hour: int = Field(default=5, ge=1)
+    mfa_challenges_per_hour: int = Field(default=5, ge=1)
+    #: Pages the emailed links open; the one-time token is added as #token=... (a fragment, never sent to a server)
+    password_reset_url: str = "http://localhost:8000/reset-password"
+    email_verification_url: str = "http://localhost:8000/verify-email"
+    #: Comma-separated addresses that receive every security alert (besides the user concerned).
+    security_alert_emails: str = ""
+    #: Channel backends: outbox (files under var/outbox/, development) or the real provider (smtp / http).
+    email_backend: str = Field(default="outbox", pattern="^(outbox|smtp)$")
+    sms_backend: str = Field(default="outbox", pattern="^(outbox|http)$")
+    push_backend: str = Field(default="outbox", pattern="^(outbox|http)$")
+    #: SMTP: sender, server, security (none | starttls | ssl), login and timeout.
+    email_from: str = "Courier <no-reply@localhost>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_security: str = Field(default="none", pattern="^(none|starttls|ssl)$")
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_timeout_s: Seconds = 10.0
+    #: SMS provider (HTTP): endpoint, API key (sent as a Bearer token), sender, and the payload shape as
+    #: `provider_field:value` pairs (values: recipient, text, sender, reference).
+    sms_provider_url: str = "http://127.0.0.1:9025/sms"
+    sms_provider_api_key: str = ""
+    sms_sender: str = "Courier"
+    sms_payload_fields: str = "from:sender,to:recipient,body:text,reference:reference"
+    #: Push provider (HTTP): endpoint, API key and payload shape (values: recipient = the device token, title,
+    #: text, data, reference).
+    push_provider_url: str = "http://127.0.0.1:9025/push"
+    push_provider_api_key: str = ""
+    push_payload_fields: str = "to:recipient,title:title,body:text,data:data,reference:reference"
+    #: Field of an HTTP provider's JSON answer that holds its message id; timeout of each provider call.
+    provider_message_id_field: str = "id"
+    notification_http_timeout_s: Seconds = 10.0
+    #: Beat interval of process_scheduled_notifications: a scheduled message goes out at most about this long
+    #: after its time.
+    notification_scheduler_interval_s: Seconds = 30.0
+    #: retry_failed_notifications: how often, how many rows per run, and the attempts after which a message
+    #: stays failed.
+    notification_retry_interval_s: Seconds = 900.0
+    notification_retry_batch: int = Field(default=500, ge=1)
+    notification_max_attempts: int = Field(default=10, ge=1)
+    #: A pending message dispatched this long ago and still unsent is dispatched again by the scheduler.
+    notification_stale_s: Seconds = 900.0
+    #: Bulk sends: rows per chunk (progress is reported per chunk) and the most recipients per request.
+    bulk_chunk_size: int = Field(default=100, ge=1)
+    bulk_max_recipients: int = Field(default=10_000, ge=1)
+
+    @property
+    def security_alert_recipients(self) -> list[str]:
+        """SECURITY_ALERT_EMAILS as a list of addresses."""
+        return [address.strip() for address in self.security_alert_emails.split(",") if address.strip()]
+
+    # --- Audit and integrations (issue 5) ----------------------------------------------------------
+    # (section: audit)
+    #: Path prefixes of mutating API calls the generic HTTP audit skips (comma-separated): the probe task is a
+    #: health check that changes no domain state, and it is the benchmark's hot path.
+    audit_http_exempt_paths: str = "/api/v1/tasks/ping"
+    #: Entries older than this move to compressed archive files (weekly `audit.archive_old_logs`).
+    audit_retention_days: int = Field(default=365, ge=1)
+    #: Entries per archive file.
+    audit_archive_batch_size: int = Field(default=10_000, ge=1)
+    #: Where archives and reports are written; empty means VAR_DIR/audit-archive and VAR_DIR/reports.
+    audit_archive_dir: str = ""
+    audit_reports_dir: str = ""
+    #: Anomaly detection (`audit.detect_anomalies`, every 5 minutes): the window, and the count within it that
+    #: makes a finding, per rule.
+    anomaly_window_s: int = Field(default=900, gt=0)
+    anomaly_mfa_failures: int = Field(default=5, ge=1)
+    anomaly_reset_requests: int = Field(default=5, ge=1)
+    anomaly_failed_auths: int = Field(default=20, ge=1)
+    anomaly_admin_actions: int = Field(default=100, ge=1)
+    anomaly_dead_letters: int = Field(default=20, ge=1)
+    #: Outbound HTTP (webhooks, external systems) may reach these addresses or networks although they are
+    #: loopback, private or link-local (comma-separated IPs or CIDRs); empty refuses them all.
+    egress_allow_list: str = ""
+    #: Webhook delivery: request timeout, attempts, retry backoff (exponential, full jitter, Retry-After
+    #: honoured, capped), how many deliveries in a row may fail before the endpoint is disabled, how long the
+    #: previous secret keeps signing after a rotation, and how much of a response is read.
+    webhook_timeout_s: Seconds = 15.0
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_s: Seconds = 5.0
+    webhook_retry_max_s: Seconds = 3600.0
+    webhook_disable_after_failures: int = Field(default=5, ge=1)
+    webhook_secret_grace_s: int = Field(default=86_400, ge=0)
+    webhook_response_max_bytes: int = Field(default=65_536, ge=256)
+    #: External systems: request timeout, page size asked for, and the largest page body accepted.
+    integration_timeout_s: Seconds = 15.0
+    integration_page_size: int = Field(default=100, ge=1, le=1000)
+    integration_response_max_bytes: int = Field(default=5_000_000, ge=1024)
+
+    # --- Observability and operations (issue 7) ----------------------------------------------------
+    # (section: ops)
+    #: Log format of the API, workers and recorder: json (one JSON object per line) or text.
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    #: Where API and worker processes keep their Prometheus multiprocess files; empty means <VAR_DIR>/metrics.
+    metrics_dir: str = ""
+    #: Port of each worker's own /metrics exporter (one worker per container); 0 = off (the API serves them).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: Seconds between two polls of a task's state by the live-progress stream (SSE).
+    events_poll_interval_s: Seconds = 0.5
+    #: Longest a live-progress stream stays open before the client must reconnect.
+    events_max_duration_s: Seconds = 3600.0
 
     @field_validator("celery_broker_url", "celery_result_backend", "redis_url", "rabbitmq_management_url")
     @classmethod
@@ -200,6 +322,24 @@ class Settings(BaseSettings):
         """User and password of the broker URL in use (also used for the management API)."""
         parts = urlsplit(self.broker_url)
         return unquote(parts.username or "guest"), unquote(parts.password or "guest")
+
+    @property
+    def audit_archive_path(self) -> Path:
+        """Where audit archives are written (section: audit)."""
+        return Path(self.audit_archive_dir) if self.audit_archive_dir else self.var_dir / "audit-archive"
+
+    @property
+    def audit_reports_path(self) -> Path:
+        """Where audit reports are written (section: audit)."""
+        return Path(self.audit_reports_dir) if self.audit_reports_dir else self.var_dir / "reports"
+
+    @property
+    def metrics_path(self) -> Path:
+        """The directory of the Prometheus multiprocess files (METRICS_DIR, else <VAR_DIR>/metrics)."""
+        if not self.metrics_dir:
+            return self.var_dir / "metrics"
+        path = Path(self.metrics_dir)
+        return path if path.is_absolute() else ROOT_DIR / path
 
     def status_url(self, task_id: str) -> str:
         """Where a client polls a dispatched task."""

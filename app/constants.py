@@ -69,3 +69,15 @@ STARTS_KEY = REDIS_PREFIX + "starts:{task_id}:{retries}"
 #: `courier:worker:<hostname>` → JSON heartbeat {queues, concurrency, pid, ts} (TTL: 3 × heartbeat interval).
 WORKER_HEARTBEAT_KEY = REDIS_PREFIX + "worker:{hostname}"
 WORKER_HEARTBEAT_PATTERN = REDIS_PREFIX + "worker:*"
+#: Task message header with the HTTP request id that dispatched it (a worker reads it as `request.<header>`).
+REQUEST_ID_HEADER = "courier_request_id"
+#: Task message headers with the publisher's meta (who triggered it, when), journaled with the run's start so
+#: the recorder needs no Redis lookup to attribute it.
+TRIGGERED_BY_HEADER = "courier_triggered_by"
+DISPATCHED_AT_HEADER = "courier_dispatched_at"
+#: `courier:history` → Redis stream of run-history entries written by workers, read by the recorder.
+HISTORY_STREAM = REDIS_PREFIX + "history"
+#: The recorder's consumer group on HISTORY_STREAM.
+HISTORY_GROUP = "recorder"
+#: Entries kept for a recorder that is down (approximate cap; about 200 bytes each, so ~100 MB at most).
+HISTORY_STREAM_MAX_LENGTH = 500_000

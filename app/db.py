@@ -63,7 +63,10 @@ def get_engine() -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL is remembered in the file. Switching needs an exclusive lock that ignores the busy timeout
+            # ("database is locked" while another process writes), so only the first connection switches.
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
@@ -89,6 +92,19 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def forget_inherited_pool(**_: object) -> None:
+    """In a forked child (a prefork pool process): drop the parent's pooled connections without closing them.
+
+    The parent opens some at boot (e.g. to restore revocations); two processes on one PostgreSQL socket corrupt
+    each other's transactions. The parent still owns those sockets, so they are not closed; the child opens its
+    own. Connected to Celery's `worker_process_init` (app/tasks/bootsteps.py).
+    """
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
 
 
 def reset_engine() -> None:

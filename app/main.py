@@ -9,8 +9,11 @@ from fastapi import FastAPI
 
 from app import errors
 from app.api.router import api_router
+from app.audit.middleware import AuditMiddleware
 from app.config import get_settings
+from app.context import RequestIdMiddleware
 from app.logging import configure_logging
+from app.metrics import MetricsMiddleware
 
 
 @asynccontextmanager
@@ -32,6 +35,10 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     errors.register(app)
+    # Inside RequestIdMiddleware (added later, so outermost): audit entries carry the request id.
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
     return app
 

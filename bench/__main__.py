@@ -23,6 +23,8 @@ from bench import peers
 from bench.common import ROOT, Stat
 
 API_PORT = 8765
+#: What a run can measure: the peers (ceiling, stock Celery, Dramatiq), Courier's workers, Courier's API.
+PARTS = ("peers", "courier", "api")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +35,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every figure")
     parser.add_argument("--publishers", type=int, default=8, help="concurrent publishers for the AMQP ceiling")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/<time>.json)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(PARTS)} (ratios need peers and courier)")
     return parser.parse_args(argv)
 
 
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stats: dict[str, Stat] = defaultdict(Stat)
     api: dict[int, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
     n = args.messages
-    for _ in range(args.reps):
+    parts = set(args.parts.split(","))
+    for _ in range(args.reps if "peers" in parts else 0):
         stats["ceiling.publish_1"].values.append(peers.pika_publish(n, 1))
         stats[f"ceiling.publish_{args.publishers}"].values.append(peers.pika_publish(n, args.publishers))
         stats["ceiling.consume_prefetch_1"].values.append(peers.pika_consume(n, 1))
@@ -58,17 +63,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     memory: dict[str, int] = {}
     with cb.courier_stack(log_dir) as stack:
         stack.start("recorder", [cb.python(), "-m", "app.runs.recorder"], None)
-        for _ in range(args.reps):
-            for tier in ("high", "medium", "low"):
+        for _ in range(args.reps if "courier" in parts else 0):
+            for tier in ("high", "low", "medium"):
+                recorded = cb.recorded_runs()
                 stats[f"courier.drain_{tier}"].values.append(cb.drain_rate(stack, tier, n))
-            stats["courier.e2e"].values.append(cb.end_to_end_rate(stack, n))
-        for tier in ("high", "low"):
-            stack.stop(f"worker-{tier}")
-        stack.stop("worker-medium")
-        for _ in range(args.reps):
+                # The history is written behind the workers: how long after the drain it holds every run.
+                stats["courier.history_catch_up_s"].values.append(
+                    cb.history_catch_up(stack, recorded + n, time.monotonic()))
+            # Right after the medium drain with the history, in the same conditions: the history's cost.
             stats["courier.drain_medium_without_history"].values.append(
                 cb.drain_rate(stack, "medium", n, history=False))
+            cb.ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true"})  # (started before the CPU count,
+            time.sleep(2)  # and settled: its boot is not a task's cost)
+            recorded, cpu_before = cb.recorded_runs(), cb.cpu_seconds(stack)
+            stats["courier.e2e"].values.append(cb.end_to_end_rate(stack, n))
+            cb.history_catch_up(stack, recorded + n, time.monotonic())  # (so the next figure starts from a quiet history)
+            for part, spent in cb.cpu_seconds(stack).items():
+                # CPU per task of each part, from the publish to the history
+                stats[f"courier.e2e_cpu_per_task_{part}_ms"].values.append(1000 * (spent - cpu_before[part]) / n)
         stack.stop("worker-medium")
+        if "api" not in parts:
+            return _report(args, stats, api, memory)
         cb.start_api(stack, API_PORT)
         cb.wait_api(API_PORT)
         for _ in range(args.reps):
@@ -94,7 +109,7 @@ def _ratio(a: Stat, b: Stat) -> float:
 def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dict[str, Stat]],
             memory: dict[str, int]) -> dict[str, Any]:
     history_cost = 1 - stats["courier.drain_medium"].median / stats["courier.drain_medium_without_history"].median
-    c64 = api[64]
+    c64 = api[64] if 64 in api else defaultdict(Stat)
     goals = {
         "e2e_vs_stock_celery": _ratio(stats["courier.e2e"], stats["celery.e2e"]),
         "e2e_vs_dramatiq_confirms": _ratio(stats["courier.e2e"], stats["dramatiq.e2e_confirms_on"]),
@@ -110,7 +125,7 @@ def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dic
         "versions": {p: version(p) for p in ("celery", "kombu", "dramatiq", "pika", "fastapi", "uvicorn")},
         "sizes": {"messages": args.messages, "requests": args.requests, "latency_seconds": args.latency_seconds,
                   "reps": args.reps},
-        "figures": {k: v.as_dict() for k, v in sorted(stats.items())},
+        "figures": {k: v.as_dict() for k, v in sorted(stats.items()) if v.values},
         "api": {f"c{c}": {k: v.as_dict() for k, v in figures.items()} for c, figures in sorted(api.items())},
         "memory": memory,
         "goals": goals,
@@ -132,7 +147,14 @@ def _table(report: dict[str, Any]) -> str:
     rows = [f"Courier benchmark — {report['date']}, {report['machine']['cores']} cores, "
             f"{', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
             f"sizes: {report['sizes']}", "", "throughput (messages per second, median of reps, min–max):"]
-    rows += [line(name, figure) for name, figure in report["figures"].items() if "latency" not in name]
+    rows += [line(name, figure) for name, figure in report["figures"].items()
+             if "latency" not in name and not name.endswith(("_s", "_ms"))]
+    rows += [line(name, figure, " s") for name, figure in report["figures"].items() if name.endswith("_s")]
+    cpu = {name: figure for name, figure in report["figures"].items() if "_cpu_per_task_" in name}
+    if cpu:
+        rows += ["", "CPU per task end to end (ms, all processes; where the 2 cores go):"]
+        rows += [f"  {name.split('_cpu_per_task_')[1][:-3]:<20} {figure['median']:.3f}" for name, figure in cpu.items()]
+        rows.append(f"  {'total':<20} {sum(f['median'] for f in cpu.values()):.3f}")
     rows += ["", "API dispatch (authenticated, confirmed):"]
     for level, figures in report["api"].items():
         rows.append(f"  {level:<4} {figures['rps']['median']:>8.1f} req/s   p50 {figures['p50_ms']['median']:.1f} ms"

@@ -81,6 +81,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return time.monotonic()
 
 
+def queue_ready(vhost_name: str, queue: str) -> int:
+    """Messages ready in a queue, from a passive declare (exact, unlike the management statistics)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
 def wait_drained(vhost_name: str, queue: str, timeout: float) -> float:
     """Wait until a queue has no ready message; keeps one connection open so polling stays cheap."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
@@ -97,6 +106,7 @@ class Process:
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
+        self.env = env
         self.log_path = log_dir / f"{name}.log"
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log,

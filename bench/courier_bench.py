@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import redis
 
-from bench.common import ROOT, Process, amqp_url, percentile, python, vhost, wait_drained, wait_until
+from bench.common import queue_ready, ROOT, Process, amqp_url, percentile, python, vhost, wait_drained, wait_until
 
 PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -131,25 +131,100 @@ def _consumers(stack: CourierStack, tier: str, on: bool) -> None:
     from app.tasks.celery_app import celery_app
 
     control = celery_app.control.add_consumer if on else celery_app.control.cancel_consumer
-    control(tier, destination=[f"{tier}@bench"], reply=True, timeout=5)
+    # A worker that has just logged "ready." may not be listening to broadcasts yet: ask until it answers.
+    for _ in range(20):
+        if control(tier, destination=[f"{tier}@bench"], reply=True, timeout=1):
+            return
+    raise RuntimeError(f"worker {tier}@bench did not answer {control.__name__}; the figure would be wrong")
 
 
 def drain_rate(stack: CourierStack, tier: str, messages: int, *, history: bool = True) -> float:
-    """Prefill a tier, then time its worker draining it (the worker is started once, consumers toggled)."""
-    extra = {"HISTORY_ENABLED": "true" if history else "false"}
-    name = f"worker-{tier}"
-    if name not in stack.processes or stack.processes[name].popen.poll() is not None:
-        stack.start_worker(tier, extra)
+    """Prefill a tier, then time its worker draining it (consumers toggled, so the publish is not timed).
+
+    Only the measured worker runs: idle workers on the other tiers would take CPU from it on 2 cores, and the
+    figures with and without the history must differ in nothing else.
+    """
+    worker_env = {"HISTORY_ENABLED": "true" if history else "false"}
+    ensure_only_worker(stack, tier, worker_env)
     _consumers(stack, tier, on=False)
     publish_many(messages, tier)
+    held = queue_ready(stack.vhost, tier)
+    if held < messages:  # a consumer was still on: the drain would be timed from half-way through
+        raise RuntimeError(f"{tier} held {held} of {messages} prefilled messages; its consumer was not off")
     started = time.monotonic()
     _consumers(stack, tier, on=True)
     finished = wait_drained(stack.vhost, tier, timeout=900)
     return messages / (finished - started)
 
 
+def cpu_seconds(stack: CourierStack) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part of the stack, from /proc: where a task's cost goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def pgrep(*args: str) -> list[int]:
+        return [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]
+
+    main = stack.processes["worker-medium"].popen.pid
+    groups = {
+        "worker_main": [main],
+        "worker_children": pgrep("-P", str(main)),
+        "recorder": [stack.processes["recorder"].popen.pid],
+        "rabbitmq": pgrep("-f", "beam.smp"),
+        "redis": pgrep("-x", "redis-server"),
+        "postgresql": pgrep("-x", "postgres"),
+        "publisher": [os.getpid()],
+    }
+    return {name: sum(of(pid) for pid in pids) for name, pids in groups.items()}
+
+
+def recorded_runs() -> int:
+    """Finished runs in the history (the bench's own database)."""
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.runs.models import TaskRun
+
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.state == "SUCCESS")) or 0)
+
+
+def history_catch_up(stack: CourierStack, expected: int, since: float) -> float:
+    """Seconds from `since` (the drain's end) until the history holds `expected` finished runs.
+
+    It polls the journal's length in Redis (the recorder deletes entries once committed) and asks SQL only when
+    that is empty, so the probe itself costs PostgreSQL next to nothing.
+    """
+    journal = redis.Redis(host=REDIS_HOST, db=stack.redis_db)
+    try:
+        def caught_up() -> bool:
+            return journal.xlen("courier:history") == 0 and recorded_runs() >= expected
+
+        return wait_until(caught_up, 300, interval=0.05, what="the history") - since
+    finally:
+        journal.close()
+
+
+def ensure_only_worker(stack: CourierStack, tier: str, worker_env: dict[str, str] | None = None) -> None:
+    """Leave exactly one worker running: `tier`'s, with `worker_env` (restarted if its environment differs)."""
+    name = f"worker-{tier}"
+    for other in [n for n in stack.processes if n.startswith("worker-")]:
+        process = stack.processes[other]
+        if other != name or process.popen.poll() is not None or process.env != {**stack.env, **(worker_env or {})}:
+            stack.stop(other)
+    if name not in stack.processes:
+        stack.start_worker(tier, worker_env)
+
+
 def end_to_end_rate(stack: CourierStack, messages: int) -> float:
     """Messages per second from the first confirmed publish until the queue is drained, worker running."""
+    ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true"})
     started = time.monotonic()
     publish_many(messages, "medium")
     finished = wait_drained(stack.vhost, "medium", timeout=900)

@@ -70,7 +70,7 @@ load_env_file() {
 apply_defaults() {
     : "${API_HOST:=127.0.0.1}" "${API_PORT:=8000}" "${VAR_DIR:=./var}"
     : "${RABBITMQ_MANAGEMENT_URL:=http://127.0.0.1:15672}"
-    : "${CELERY_WORKER_CONCURRENCY:=2}" "${CELERY_LOG_LEVEL:=INFO}" "${CELERY_WORKER_NAME:=}"
+    : "${CELERY_WORKER_CONCURRENCY:=4}" "${CELERY_LOG_LEVEL:=INFO}" "${CELERY_WORKER_NAME:=}"
     : "${WORKER_PER_TIER:=true}" "${DATABASE_URL:=}"
     : "${FLOWER_USER:=admin}" "${FLOWER_PASSWORD:=flower_dev_pass}" "${FLOWER_PORT:=5555}"
     [[ "$VAR_DIR" == /* ]] || VAR_DIR="$ROOT_DIR/${VAR_DIR#./}"
@@ -438,6 +438,10 @@ start_service() {
         return 0
     fi
     rm -f "$pidfile"
+    if [[ "$service" == api ]]; then
+        # The API's Prometheus files start afresh with the API (each worker wipes its own directory at boot).
+        rm -rf "${METRICS_DIR:-$VAR_DIR/metrics}/api"
+    fi
     service_command "$service"
     printf '\n--- %s starting %s\n' "$(date -u +%FT%TZ)" "$service" >>"$logfile"
     local env=(PYTHONUNBUFFERED=1)
@@ -500,7 +504,8 @@ print_summary() {
 
 Courier is up.
   API docs             $(api_base_url)/docs
-  Health               $(api_base_url)/api/v1/tasks/health
+  Health               $(api_base_url)/api/v1/tasks/health  (liveness: /api/v1/tasks/health/live)
+  Metrics              $(api_base_url)/metrics  (Prometheus; operator view: python -m app.cli status --watch 2)
   Flower               http://$flower_host:$FLOWER_PORT  (user $FLOWER_USER)
   RabbitMQ management  $MANAGEMENT_URL  (vhost ${RABBITMQ_VHOST:-courier})
   Logs                 $LOG_DIR/<service>.log  (./scripts/start_tasks.sh logs [service])

@@ -68,6 +68,10 @@ TEST_ENV = {
     "TASK_RETRY_BACKOFF_S": "1",
     "TASK_RETRY_BACKOFF_MAX_S": "2",
     "LOG_LEVEL": "INFO",
+    # Audit and integrations (issue 5): local receivers are on loopback; webhook retries fast enough to watch.
+    "EGRESS_ALLOW_LIST": "127.0.0.1",
+    "WEBHOOK_RETRY_BASE_S": "1",
+    "WEBHOOK_RETRY_MAX_S": "2",
 }
 os.environ.update(TEST_ENV)
 # A developer's .env must not leak into the tests: Settings reads the process environment first, and
@@ -164,11 +168,28 @@ class WorkerProcess:
 def spawn_worker(name: str, queues: str, concurrency: int, env: dict[str, str]) -> WorkerProcess:
     """Start `celery worker` as a real subprocess in its own session; its output goes to VAR_DIR/<name>.log."""
     log_path = VAR_DIR / f"{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "app.tasks", "worker", "-Q", queues, "-n", f"{name}@test",
-           "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "app.tasks",
+        "worker",
+        "-Q",
+        queues,
+        "-n",
+        f"{name}@test",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **env}, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
+        )
     return WorkerProcess(name, queues, process, log_path, env)
 
 
@@ -222,7 +243,7 @@ class RecorderProcess:
             )
 
     def kill(self) -> None:
-        """SIGKILL: whatever it buffered and did not commit must come back from RabbitMQ."""
+        """SIGKILL: whatever it took and did not commit must come back (journal entries, dead letters)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)

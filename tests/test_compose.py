@@ -24,7 +24,7 @@ PROD = "docker-compose.prod.yml"
 COMPOSE_FILES = [DEV, PROD]
 
 #: Variables that only the compose files read (Courier itself never does). Keep this list tiny.
-COMPOSE_ONLY = {"COURIER_IMAGE", "RABBITMQ_ERLANG_COOKIE", "POSTGRES_PASSWORD"}
+COMPOSE_ONLY = {"COURIER_IMAGE", "RABBITMQ_ERLANG_COOKIE", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 #: What production must be given explicitly: `${VAR:?message}`, no default.
 PROD_SECRETS = [
     "COURIER_IMAGE",
@@ -37,6 +37,7 @@ PROD_SECRETS = [
     "RABBITMQ_ERLANG_COOKIE",
     "FLOWER_PASSWORD",
     "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
 ]
 #: Settings whose URL or host names another service of the same file.
 HOST_SETTINGS = [

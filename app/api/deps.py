@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.access import service as access_service
 from app.access.service import KeyCache, Principal
+from app.audit.context import remember_principal
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.errors import Forbidden, Unauthenticated
@@ -64,6 +65,7 @@ async def get_principal(
         _key_cache().remember(digest, principal)
     if principal is None:
         raise Unauthenticated("The API key is unknown or revoked.")
+    remember_principal(principal)
     return principal
 
 

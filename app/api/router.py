@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import get_principal, require_admin
+from app.api.routes import audit as audit_routes  # (section: audit)
 from app.api.routes import dead_letters, health, metrics, tasks
+from app.api.routes import identity as identity_routes  # (section: identity)
+from app.api.routes import integrations as integration_routes  # (section: audit)
+from app.api.routes import notifications as notification_routes  # (section: identity)
+from app.api.routes import operations as operations_routes  # (section: ops)
 from app.errors import ErrorResponse
 
 _errors: dict[int | str, dict[str, object]] = {
@@ -24,3 +29,31 @@ api_router.include_router(
     dependencies=[Depends(require_admin)],
 )
 api_router.include_router(tasks.router, prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(get_principal)])
+
+# --- Identity and notifications (issue 4) (section: identity)
+# Client role: any valid key (admins too) may run the identity and notification workflows.
+api_router.include_router(
+    identity_routes.router, prefix="/api/v1/identity", tags=["identity"], dependencies=[Depends(get_principal)]
+)
+api_router.include_router(
+    notification_routes.router,
+    prefix="/api/v1/notifications",
+    tags=["notifications"],
+    dependencies=[Depends(get_principal)],
+)
+
+# --- Audit and integrations (issue 5) (section: audit)
+api_router.include_router(
+    audit_routes.router, prefix="/api/v1/audit", tags=["audit"], dependencies=[Depends(require_admin)]
+)
+api_router.include_router(
+    integration_routes.router,
+    prefix="/api/v1/integrations",
+    tags=["integrations"],
+    dependencies=[Depends(get_principal)],
+)
+
+# --- Observability and operations (issue 7) (section: ops)
+api_router.include_router(
+    operations_routes.router, prefix="/api/v1/tasks", tags=["operations"], dependencies=[Depends(require_admin)]
+)

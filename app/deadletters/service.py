@@ -206,7 +206,29 @@ def record(
         _mark_run(session, task_id, name, reason, letter.error)
     session.flush()
     logger.info("Recorded dead letter %s: %s[%s], reason %s.", letter.id, name, task_id, reason.value)
+    _emit_dead_lettered(session, letter)
     return letter
+
+
+def _emit_dead_lettered(session: Session, letter: DeadLetter) -> None:
+    """Tell webhook subscribers (`task.dead_lettered`), in the recording's transaction. A dead-lettered webhook
+    delivery emits nothing: an endpoint that fails could otherwise feed itself an endless stream of events."""
+    from app.integrations import events  # the integrations domain reads dead letters too
+
+    if letter.task_name == events.DELIVERY_TASK:
+        return
+    events.emit(
+        session,
+        "task.dead_lettered",
+        {
+            "dead_letter_id": letter.id,
+            "task_id": letter.task_id,
+            "task_name": letter.task_name,
+            "reason": letter.reason.value,
+            "error_class": letter.error_class,
+            "queue": letter.queue,
+        },
+    )
 
 
 def _redacted_headers(headers: Mapping[str, Any], args: Any, kwargs: Any) -> dict[str, Any]:

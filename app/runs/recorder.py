@@ -1,94 +1,98 @@
-"""The recorder: writes Celery task events (run history) and dead letters to SQL, in batches.
+"""The recorder: writes the run-history journal and dead letters to SQL, in batches.
 
-It keeps SQL off the worker's hot path. It consumes two durable queues: Celery's task events, and
-`dead_letter.archive`, the dead-letter exchange's second queue (no TTL, no cap). Messages are acked only
-after their batch is committed, so a recorder that is down for a while catches up when it returns, and a
-dead letter reaches SQL even if RabbitMQ's `dead_letter` queue has already dropped it (TTL or cap).
+It keeps SQL off the worker's hot path. It reads two durable sources: the history journal, a Redis stream the
+workers append to (app/runs/journal.py), through a consumer group; and `dead_letter.archive`, the
+dead-letter exchange's second queue (no TTL, no cap). Both are acknowledged only after their batch is
+committed, so a recorder that is down for a while catches up when it returns, and a dead letter reaches SQL
+even if RabbitMQ's `dead_letter` queue has already dropped it (TTL or cap).
 
-Run it with ``python -m app.runs.recorder`` (``scripts/start_tasks.sh`` does).
+Run it with ``python -m app.runs.recorder`` (``scripts/start_tasks.sh`` does). Run one per deployment.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
 
+import redis
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
 from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.constants import TASK_META_KEY
+from app.constants import HISTORY_GROUP, HISTORY_STREAM, TASK_META_KEY
 from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.redis_store import get_redis
-from app.runs import service
+from app.runs import journal, service
 from app.tasks.celery_app import celery_app
 from app.tasks.topology import dead_letter_archive_queue
 
 logger = logging.getLogger(__name__)
 
-#: The recorder's durable queue on Celery's event exchange.
-RECORDER_QUEUE = "celeryev.courier-recorder"
-#: Events wait this long for a recorder that is down, then RabbitMQ drops them.
-RECORDER_QUEUE_TTL_MS = 24 * 3600 * 1000
-#: The queue itself goes away after a week without a consumer (a decommissioned recorder).
-RECORDER_QUEUE_EXPIRES_MS = 7 * 24 * 3600 * 1000
-
-
-def recorder_queue() -> Queue:
-    """Durable queue bound to every task event (`task.#`) on the `celeryev` topic exchange."""
-    return Queue(
-        RECORDER_QUEUE,
-        Exchange("celeryev", type="topic", durable=True),
-        routing_key="task.#",
-        durable=True,
-        auto_delete=False,
-        queue_arguments={"x-message-ttl": RECORDER_QUEUE_TTL_MS, "x-expires": RECORDER_QUEUE_EXPIRES_MS},
-    )
+#: The consumer's name in HISTORY_GROUP: fixed, so a restarted recorder takes over its own pending entries.
+CONSUMER = "recorder"
+#: Longest a read of the journal blocks before the recorder looks at the dead-letter queue again.
+POLL_MS = 100
 
 
 class Recorder:
-    """Buffers events and flushes them every `history_flush_interval_s` or `history_batch_size` events."""
+    """Buffers journal entries and dead letters; flushes every `history_flush_interval_s` or batch size."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.buffer: list[dict[str, Any]] = []
+        self.entry_ids: list[str] = []
         self.messages: list[Message] = []
         self.dead: list[Message] = []
         self.running = True
         celery_app.loader.import_default_modules()
-
-    def on_message(self, body: Any, message: Message) -> None:
-        """Collect one event message (the worker may batch several events in one list)."""
-        events = body if isinstance(body, list) else [body]
-        self.buffer.extend(e for e in events if isinstance(e, dict))
-        self.messages.append(message)
 
     def on_dead_letter(self, message: Message) -> None:
         """Collect one raw dead-lettered message (not decoded: it may be malformed)."""
         self.dead.append(message)
         self.messages.append(message)
 
+    def read_journal(self, pending: bool, block_ms: int | None) -> int:
+        """Take up to a batch of journal entries (this consumer's unacknowledged ones when `pending`)."""
+        room = max(1, self.settings.history_batch_size - len(self.buffer))
+        answer: Any = get_redis().xreadgroup(
+            HISTORY_GROUP, CONSUMER, {HISTORY_STREAM: "0" if pending else ">"}, count=room, block=block_ms
+        )
+        taken = 0
+        for _stream, entries in answer or []:
+            for entry_id, fields in entries:
+                self.entry_ids.append(entry_id)
+                event = journal.decode(fields or {})
+                if event is not None:
+                    self.buffer.append(event)
+                taken += 1
+        return taken
+
     def flush(self) -> None:
-        """Write buffered events and dead letters in one transaction, then ack their messages."""
-        if not self.messages:
+        """Write buffered entries and dead letters in one transaction, then acknowledge them."""
+        if not self.entry_ids and not self.messages:
             return
-        meta = self._meta({str(e["uuid"]) for e in self.buffer if e.get("type") == "task-received" and e.get("uuid")})
+        meta = self._meta(self.buffer)
         with session_scope() as session:
             written = service.record_events(session=session, events=self.buffer, meta=meta)
             for message in self.dead:
                 self._record_dead_letter(session, message)
+        if self.entry_ids:
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.xack(HISTORY_STREAM, HISTORY_GROUP, *self.entry_ids)
+            pipe.xdel(HISTORY_STREAM, *self.entry_ids)
+            pipe.execute()
         for message in self.messages:
             message.ack()
         logger.debug(
-            "Recorded %d event(s) into %d run(s), %d dead letter(s).", len(self.buffer), written, len(self.dead)
+            "Recorded %d entries into %d run(s), %d dead letter(s).", len(self.entry_ids), written, len(self.dead)
         )
-        self.buffer, self.messages, self.dead = [], [], []
+        self.buffer, self.entry_ids, self.messages, self.dead = [], [], [], []
 
     @staticmethod
     def _record_dead_letter(session: Session, message: Message) -> None:
@@ -111,40 +115,57 @@ class Recorder:
                 deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta={})
 
     @staticmethod
-    def _meta(task_ids: set[str]) -> dict[str, dict[str, str]]:
-        """Tier and triggering key written by the publisher, read in one Redis round trip."""
-        if not task_ids:
-            return {}
-        ordered = sorted(task_ids)
+    def _meta(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+        """Tier, triggering key and dispatch time of each started run: from the journal entry, which carries the
+        publisher's message headers, else (a message published without them) from Redis in one round trip."""
+        meta: dict[str, dict[str, str]] = {}
+        missing: set[str] = set()
+        for event in events:
+            if event.get("type") != "task-started" or not event.get("uuid"):
+                continue
+            if "triggered_by" in event and "dispatched_at" in event and event.get("tier"):
+                meta[str(event["uuid"])] = {k: str(event[k]) for k in ("tier", "triggered_by", "dispatched_at")}
+            else:
+                missing.add(str(event["uuid"]))
+        if not missing:
+            return meta
+        ordered = sorted(missing)
         pipe = get_redis().pipeline(transaction=False)
         for task_id in ordered:
             pipe.hgetall(TASK_META_KEY.format(task_id=task_id))
-        return {task_id: values for task_id, values in zip(ordered, pipe.execute(), strict=True) if values}
+        meta.update({task_id: values for task_id, values in zip(ordered, pipe.execute(), strict=True) if values})
+        return meta
 
     def run(self) -> None:
-        """Consume until SIGTERM/SIGINT, reconnecting after broker or database errors."""
+        """Consume until SIGTERM/SIGINT, reconnecting after broker, Redis or database errors."""
         while self.running:
             try:
                 self._consume()
             except Exception:
-                logger.exception("The recorder lost its connection; retrying in 2 s.")
-                self.buffer, self.messages, self.dead = [], [], []  # unacked messages are redelivered
+                logger.exception("The recorder lost a connection; retrying in 2 s.")
+                # Nothing was acknowledged: the broker redelivers the dead letters, the journal keeps the entries.
+                self.buffer, self.entry_ids, self.messages, self.dead = [], [], [], []
                 time.sleep(2)
 
     def _consume(self) -> None:
         interval = self.settings.history_flush_interval_s
+        _ensure_group()
         with Connection(self.settings.broker_url, heartbeat=30) as conn:
             channel = conn.channel()
             channel.basic_qos(0, self.settings.history_batch_size * 2, False)
-            events = Consumer(channel, [recorder_queue()], callbacks=[self.on_message], accept=["json"])
             dead = Consumer(channel, [dead_letter_archive_queue(self.settings)], on_message=self.on_dead_letter)
-            with events, dead:
-                logger.info("The run-history recorder is consuming %s.", RECORDER_QUEUE)
+            with dead:
+                logger.info("The run-history recorder is reading %s and the dead-letter archive.", HISTORY_STREAM)
+                # First what this consumer took before a crash or restart and never acknowledged.
+                while self.running and self.read_journal(pending=True, block_ms=None):
+                    self.flush()
                 deadline = time.monotonic() + interval
                 while self.running:
+                    wait_ms = int(max(0.0, min(POLL_MS / 1000, deadline - time.monotonic())) * 1000)
+                    self.read_journal(pending=False, block_ms=max(1, wait_ms))
                     try:
-                        conn.drain_events(timeout=max(0.01, deadline - time.monotonic()))
-                    except TimeoutError:  # nothing arrived this interval
+                        conn.drain_events(timeout=0.001)
+                    except TimeoutError:
                         pass
                     if len(self.buffer) >= self.settings.history_batch_size or time.monotonic() >= deadline:
                         self.flush()
@@ -157,12 +178,38 @@ class Recorder:
         self.running = False
 
 
+def _ensure_group() -> None:
+    """Create the consumer group (and the stream) once; from the start of the stream, so nothing is skipped."""
+    try:
+        get_redis().xgroup_create(HISTORY_STREAM, HISTORY_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def is_alive(max_idle_s: float = 30.0) -> bool:
+    """Whether a recorder is reading the journal: its consumer asked for entries within `max_idle_s` (it asks
+    at least every POLL_MS while running)."""
+    try:
+        consumers = get_redis().xinfo_consumers(HISTORY_STREAM, HISTORY_GROUP)
+    except redis.RedisError:
+        return False
+    return any(c["name"] == CONSUMER and int(c["idle"]) < max_idle_s * 1000 for c in consumers)
+
+
 def main() -> None:
-    """Entry point of `python -m app.runs.recorder`."""
+    """Entry point of `python -m app.runs.recorder` (`--check`: exit 0 if a recorder is alive, for healthchecks)."""
+    import sys
+
     from app.logging import configure_logging
 
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(0 if is_alive() else 1)
     settings = get_settings()
     configure_logging(settings.log_level)
+    if settings.history_recorder_nice:
+        # Work behind the workers: under load they get the CPU first, and the recorder catches up afterwards.
+        os.nice(settings.history_recorder_nice)
     recorder = Recorder(settings)
     signal.signal(signal.SIGTERM, recorder.stop)
     signal.signal(signal.SIGINT, recorder.stop)

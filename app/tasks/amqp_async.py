@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -80,9 +81,12 @@ class AsyncPublisher:
         routing_key: str,
         priority: int,
         options: dict[str, Any],
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Publish one persistent task message and wait for RabbitMQ's confirm."""
-        message = build_message(name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options)
+        message = build_message(
+            name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options, headers=headers
+        )
         exchanges = await self._ensure()
         try:
             confirmation = await next(exchanges).publish(
@@ -101,9 +105,17 @@ class AsyncPublisher:
 
 
 def build_message(
-    *, name: str, task_id: str, kwargs: dict[str, Any], priority: int, options: dict[str, Any]
+    *,
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    priority: int,
+    options: dict[str, Any],
+    headers: dict[str, str] | None = None,
 ) -> aio_pika.Message:
-    """The Celery protocol-2 message `apply_async` would publish, as an aio-pika message."""
+    """The Celery protocol-2 message `apply_async` would publish, as an aio-pika message; `headers` are added to
+    Celery's (a worker sees each as `task.request.<name>`). The timestamp lets RabbitMQ report the age of the
+    oldest message in a queue."""
     built = celery_app.amqp.as_task_v2(
         task_id,
         name,
@@ -116,8 +128,9 @@ def build_message(
     content_type, content_encoding, body = dumps(built.body, serializer="json")
     return aio_pika.Message(
         body=body if isinstance(body, bytes) else body.encode(content_encoding),
-        headers=built.headers,
+        headers={**built.headers, **(headers or {})},
         content_type=content_type,
+        timestamp=datetime.now(UTC),
         content_encoding=content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         priority=priority,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -11,8 +12,9 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from app.config import get_settings
-from app.constants import REVOKED_KEY, STARTS_KEY, Tier
+from app.constants import HISTORY_STREAM, REVOKED_KEY, STARTS_KEY, Tier
 from app.redis_store import get_redis
+from app.runs import journal
 from app.tasks import topology
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES
@@ -50,17 +52,22 @@ class CourierTask(Task):  # type: ignore[misc]
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
 
-        One Redis round trip: EXISTS on the revocation key and INCR of this attempt's start count. An attempt
-        that starts more than MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each time:
-        classic queues count no redeliveries), so it is rejected to the dead-letter queue as `worker_lost`.
+        One Redis round trip: EXISTS on the revocation key, INCR of this attempt's start count, and the run's
+        start in the history journal. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times never
+        finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected to
+        the dead-letter queue as `worker_lost`.
         """
         settings = get_settings()
+        self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
         starts_key = STARTS_KEY.format(task_id=task_id, retries=self.request.retries or 0)
         pipe = get_redis().pipeline(transaction=False)
         pipe.exists(REVOKED_KEY.format(task_id=task_id))
         pipe.incr(starts_key)
         pipe.expire(starts_key, settings.result_expires_s)
-        revoked, starts, _ = pipe.execute()
+        if settings.history_enabled:
+            entry = journal.started(task_id=task_id, request=self.request)
+            pipe.xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
+        revoked, starts = pipe.execute()[:2]
         if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)

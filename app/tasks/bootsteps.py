@@ -9,8 +9,9 @@ import threading
 import time
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
+from app import db
 from app.config import get_settings
 from app.constants import WORKER_HEARTBEAT_KEY
 from app.redis_store import get_redis
@@ -104,4 +105,6 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
 def install(app: Celery) -> None:
     """Add Courier's boot steps to the worker blueprint (they start before the consumer, which is last)."""
     app.steps["worker"].add(TopologyCheck)
+    signals.worker_process_init.connect(db.forget_inherited_pool, weak=False)
     app.steps["worker"].add(Heartbeat)
+    app.steps["worker"].add("app.tasks.pauses:SkipPausedQueues")  # (section: ops) paused tiers stay paused

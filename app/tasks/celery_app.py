@@ -7,13 +7,24 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
 from app.tasks import policy, topology
 
 #: Modules whose tasks the worker registers.
-TASK_MODULES = ["app.tasks.system", "app.tasks.deadletters"]
+TASK_MODULES = [
+    "app.tasks.system",
+    "app.tasks.deadletters",
+    # (section: identity)
+    "app.tasks.identity",
+    "app.tasks.notifications",
+    # (section: audit)
+    "app.tasks.audit",
+    "app.tasks.integrations",
+    # (section: ops)
+]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -55,7 +66,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.celery_worker_concurrency,
         "worker_pool": settings.celery_worker_pool,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": settings.history_enabled,
+        # The run history is journaled by the tasks themselves (app/runs/journal.py); events are for Flower.
+        "worker_send_task_events": settings.task_events_enabled,
         # Malformed messages are dead-lettered, never dropped or fatal (app/tasks/consumer.py).
         "worker_consumer": "app.tasks.consumer:CourierConsumer",
         "task_send_sent_event": False,
@@ -93,12 +105,42 @@ def schedule() -> dict[str, Any]:
     """Periodic tasks run by `celery -A app.tasks beat` (exactly one beat per deployment)."""
     return {
         "prune-run-history": {"task": "runs.prune_history", "schedule": 3600.0},
+        # (section: identity)
+        "cleanup-expired-sessions": {"task": "identity.cleanup_expired_sessions", "schedule": 3600.0},
+        "cleanup-expired-tokens": {"task": "identity.cleanup_expired_tokens", "schedule": 3600.0},
+        "process-scheduled-notifications": {
+            "task": "notifications.process_scheduled_notifications",
+            "schedule": get_settings().notification_scheduler_interval_s,
+        },
+        "retry-failed-notifications": {
+            "task": "notifications.retry_failed_notifications",
+            "schedule": get_settings().notification_retry_interval_s,
+        },
+        # (section: audit)
+        "audit-daily-report": {"task": "audit.generate_daily_report", "schedule": crontab(minute=0, hour=1)},
+        "audit-archive-old-logs": {
+            "task": "audit.archive_old_logs",
+            "schedule": crontab(minute=30, hour=2, day_of_week=0),
+        },
+        "audit-detect-anomalies": {"task": "audit.detect_anomalies", "schedule": 300.0},
+        "integrations-health-check": {"task": "integrations.health_check_integrations", "schedule": 300.0},
+        "integrations-sync-all": {"task": "integrations.sync_all_systems", "schedule": 3600.0},
+        "integrations-dispatch-pending": {"task": "integrations.dispatch_pending", "schedule": 60.0},
+        # (section: ops)
     }
 
 
-def _quiet_http_client(**_: Any) -> None:
-    """One log line per management-API call would drown the worker log."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _quiet_worker_logs(**_: Any) -> None:
+    """Two log lines per task would drown the worker log, unless asked for (httpx is quieted by configure_logging)."""
+    if not get_settings().worker_log_each_task:
+        # "Task ... received" (the consumer loop) and "Task ... succeeded in ..." (the pool child). The trace
+        # logger also logs retries at INFO: those stay, through a filter instead of the level.
+        logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+        logging.getLogger("celery.app.trace").addFilter(_drop_success_lines)
+
+
+def _drop_success_lines(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.INFO and "succeeded in" in str(record.msg))
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -113,8 +155,13 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     from app.tasks import bootsteps
 
     bootsteps.install(app)
+    # (section: ops) task metrics (multiprocess files) and JSON logs of the workers
+    from app.tasks import telemetry
 
-    signals.after_setup_logger.connect(_quiet_http_client, weak=False)
+    telemetry.install(app)
+
+    # setup_logging (not after_setup_logger): with a setup_logging receiver (telemetry's) Celery sends no other.
+    signals.setup_logging.connect(_quiet_worker_logs, weak=False)
 
     return app
 

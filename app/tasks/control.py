@@ -302,6 +302,21 @@ def check_workers() -> ComponentHealth:
     if not found:
         return ComponentHealth(status="down", detail="no worker heartbeat")
     covered = {queue for worker in found for queue in worker.queues}
-    missing = [tier.value for tier in Tier if tier.value not in covered]
+    paused = _paused_tiers()
+    missing = [tier.value for tier in Tier if tier.value not in covered and tier.value not in paused]
     detail = f"{len(found)} worker(s)" + (f"; no worker consumes {', '.join(missing)}" if missing else "")
+    detail += f"; paused: {', '.join(sorted(paused))}" if paused else ""
     return ComponentHealth(status="down" if missing else "up", detail=detail)
+
+
+def _paused_tiers() -> set[str]:
+    """Tiers an admin paused on purpose: no consumer there is not a fault (empty when SQL cannot say)."""
+    from app.db import session_scope
+    from app.operations import service as operations
+
+    try:
+        with session_scope() as session:
+            return operations.paused_names(session=session)
+    except Exception:
+        logger.warning("Could not read the paused tiers.", exc_info=True)
+        return set()

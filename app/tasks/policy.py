@@ -85,6 +85,43 @@ POLICIES: dict[str, TaskPolicy] = {
     ),
     # Deletes run history older than HISTORY_RETENTION_DAYS; hourly from beat.
     "runs.prune_history": TaskPolicy(tier=Tier.low, rate_limit=""),
+    # --- Identity and notifications (issue 4) (section: identity)
+    # User-facing and time-sensitive: the secret-bearing messages and alerts run on the high tier.
+    "identity.send_password_reset_email": TaskPolicy(tier=Tier.high),
+    "identity.send_account_verification_email": TaskPolicy(tier=Tier.high),
+    "identity.send_mfa_code": TaskPolicy(tier=Tier.high),
+    "identity.send_security_alert": TaskPolicy(tier=Tier.high, priority=8),
+    # Hourly housekeeping.
+    "identity.cleanup_expired_sessions": TaskPolicy(tier=Tier.low, rate_limit=""),
+    "identity.cleanup_expired_tokens": TaskPolicy(tier=Tier.low, rate_limit=""),
+    "notifications.send_email": TaskPolicy(tier=Tier.high),
+    "notifications.send_sms": TaskPolicy(tier=Tier.high),
+    "notifications.send_push_notification": TaskPolicy(tier=Tier.high),
+    # Thousands of recipients in chunks, one task: its own pace, a long time limit.
+    "notifications.send_bulk_notification": TaskPolicy(
+        tier=Tier.medium, rate_limit="", soft_time_limit_s=3600, time_limit_s=3660
+    ),
+    # The scheduler must not wait behind a backlog of reports: it only publishes, so it is cheap on high.
+    "notifications.process_scheduled_notifications": TaskPolicy(tier=Tier.high, priority=3, rate_limit=""),
+    "notifications.retry_failed_notifications": TaskPolicy(tier=Tier.low, rate_limit=""),
+    # --- Audit and integrations (issue 5) (section: audit)
+    # Reports and archival read and write a lot at once: low tier, generous time limits.
+    "audit.generate_daily_report": TaskPolicy(tier=Tier.low, rate_limit="", soft_time_limit_s=1800, time_limit_s=1860),
+    "audit.generate_compliance_report": TaskPolicy(
+        tier=Tier.low, rate_limit="", soft_time_limit_s=1800, time_limit_s=1860
+    ),
+    "audit.archive_old_logs": TaskPolicy(tier=Tier.low, rate_limit="", soft_time_limit_s=3600, time_limit_s=3660),
+    # Every 5 minutes from beat; a scan is short.
+    "audit.detect_anomalies": TaskPolicy(tier=Tier.medium, rate_limit="", soft_time_limit_s=240, time_limit_s=270),
+    # One HTTP attempt each; retries are scheduled by the task itself (WEBHOOK_MAX_ATTEMPTS, Retry-After).
+    "integrations.webhook_delivery": TaskPolicy(tier=Tier.medium, rate_limit="", soft_time_limit_s=60, time_limit_s=90),
+    "integrations.dispatch_pending": TaskPolicy(tier=Tier.medium, rate_limit=""),
+    "integrations.sync_external_system": TaskPolicy(
+        tier=Tier.medium, rate_limit="", soft_time_limit_s=1800, time_limit_s=1860
+    ),
+    "integrations.sync_all_systems": TaskPolicy(tier=Tier.medium, rate_limit=""),
+    "integrations.health_check_integrations": TaskPolicy(tier=Tier.medium, rate_limit=""),
+    # --- Observability and operations (issue 7) (section: ops)
 }
 
 

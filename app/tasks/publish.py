@@ -22,8 +22,18 @@ from kombu.exceptions import KombuError, OperationalError
 
 from app import idempotency
 from app.config import get_settings
-from app.constants import TASK_EXCHANGE, TASK_META_KEY, TIER_MAX_PRIORITY, Tier
+from app.constants import (
+    DISPATCHED_AT_HEADER,
+    REQUEST_ID_HEADER,
+    TASK_EXCHANGE,
+    TASK_META_KEY,
+    TIER_MAX_PRIORITY,
+    TRIGGERED_BY_HEADER,
+    Tier,
+)
+from app.context import request_id
 from app.errors import ServiceUnavailable, Unprocessable
+from app.metrics import observe_publish
 from app.redis_store import get_redis
 from app.tasks.amqp_async import AsyncPublisher, PublishFailed
 from app.tasks.celery_app import celery_app
@@ -66,6 +76,14 @@ class _Planned:
     def meta_key(self) -> str:
         return TASK_META_KEY.format(task_id=self.task_id)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Message headers Courier adds to Celery's (a worker reads each as `task.request.<header>`)."""
+        headers = {TRIGGERED_BY_HEADER: self.meta["triggered_by"], DISPATCHED_AT_HEADER: self.meta["dispatched_at"]}
+        if self.meta["request_id"]:
+            headers[REQUEST_ID_HEADER] = self.meta["request_id"]
+        return headers
+
 
 def _plan(
     name: str,
@@ -83,7 +101,14 @@ def _plan(
         raise Unprocessable(f"priority must be between 0 and {TIER_MAX_PRIORITY[tier]} on tier {tier.value}.")
     task_id = str(uuid.uuid4())
     # The meta is written before the publish so the recorder can attribute the run as soon as it starts.
-    meta = {"name": name, "tier": tier.value, "triggered_by": triggered_by or "", "dispatched_at": repr(time.time())}
+    meta = {
+        "name": name,
+        "tier": tier.value,
+        "triggered_by": triggered_by or "",
+        "dispatched_at": repr(time.time()),
+        # The HTTP request that dispatched it (also a message header, which the task's log lines read).
+        "request_id": request_id.get() or "",
+    }
     return _Planned(
         name, task_id, tier, priority, kwargs, {k: v for k, v in (options or {}).items() if v is not None}, meta
     )
@@ -114,9 +139,12 @@ def dispatch(
         pipe.execute()
     except redis.RedisError as exc:
         raise ServiceUnavailable(_REDIS_DOWN) from exc
+    started = time.perf_counter()
     try:
         celery_app.tasks[name].apply_async(
             kwargs=kwargs,
+            headers=plan.headers,
+            timestamp=int(time.time()),  # py-amqp's property is an integer of seconds
             task_id=plan.task_id,
             queue=plan.tier.value,
             exchange=TASK_EXCHANGE,
@@ -129,6 +157,7 @@ def dispatch(
         get_redis().delete(plan.meta_key)
         logger.warning("Publishing %s (%s) failed: %r.", name, plan.task_id, exc)
         raise ServiceUnavailable(_BROKER_DOWN) from exc
+    observe_publish(plan.tier.value, time.perf_counter() - started)
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
 
 
@@ -175,6 +204,7 @@ async def dispatch_async(
             await pipe.execute()
     except redis.RedisError as exc:
         raise ServiceUnavailable(_REDIS_DOWN) from exc
+    started = time.perf_counter()
     try:
         await _publisher().publish(
             name=name,
@@ -183,11 +213,13 @@ async def dispatch_async(
             routing_key=plan.tier.value,
             priority=plan.priority,
             options=plan.options,
+            headers=plan.headers,
         )
     except PublishFailed as exc:
         await client.delete(plan.meta_key)
         logger.warning("Publishing %s (%s) failed: %s.", name, plan.task_id, exc)
         raise ServiceUnavailable(_BROKER_DOWN) from exc
+    observe_publish(plan.tier.value, time.perf_counter() - started)
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
 
 

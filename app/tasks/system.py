@@ -23,12 +23,20 @@ FAIL_MODES = ("none", "permanent", "transient", "crash", "hang")
 
 
 @courier_task("system.ping")
-def ping(self: CourierTask, *, sleep_s: float = 0.0, fail: str = "none", echo: str | None = None) -> dict[str, Any]:
+def ping(
+    self: CourierTask, *, sleep_s: float = 0.0, fail: str = "none", echo: str | None = None, steps: int = 0
+) -> dict[str, Any]:
     """Answer `pong` after `sleep_s` seconds, or fail as asked: a permanent error, a transient one (retried
     with backoff, then dead-lettered), a crash of the pool process running it (worker lost), or a hang that
-    ignores the soft time limit (only the hard one stops it)."""
+    ignores the soft time limit (only the hard one stops it). With `steps`, the sleep is cut into that many
+    steps, each reported as PROGRESS {current, total}, to rehearse live progress."""
     started = time.time()
-    _sleep(sleep_s, ignore_soft_limit=fail == "hang")
+    for step in range(1, max(0, steps) + 1):
+        _sleep(sleep_s / steps, ignore_soft_limit=fail == "hang")
+        self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+        logger.info("ping step %d/%d done.", step, steps)
+    if steps <= 0:
+        _sleep(sleep_s, ignore_soft_limit=fail == "hang")
     if fail == "permanent":
         raise PermanentError(f"ping {self.request.id} was asked to fail")
     if fail == "transient":

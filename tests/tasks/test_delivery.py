@@ -83,7 +83,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_the_task_completes_after_a_r
     # Given a worker running a slow task
     doomed = start_worker("medium", concurrency=1)
     task_id = dispatch(api, admin_key, tier="medium", sleep_s=3, echo="survivor")
-    join(lambda: "Task system.ping[" + task_id + "] received" in doomed.log(), what="the task to be received")
+    join(lambda: redis_client().get(f"courier:starts:{task_id}:0"), what="the task to start")
     # When the whole worker is SIGKILLed mid-task
     doomed.kill()
     # Then the broker still holds the message

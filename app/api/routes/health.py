@@ -1,4 +1,5 @@
-"""GET /api/v1/tasks/health: broker, result backend, database and workers, each up or down with latency."""
+"""Liveness (`/api/v1/tasks/health/live`: the process answers) and readiness (`/api/v1/tasks/health`: broker,
+result backend, database and workers, each up or down with latency)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from app.runs.schemas import HealthRead
 from app.tasks import control
 
 router = APIRouter()
+
+
+@router.get("/health/live")
+async def read_liveness() -> dict[str, str]:
+    """Liveness: the process answers (no dependency is checked; readiness is /health)."""
+    return {"status": "up"}
 
 
 @router.get("/health", response_model=HealthRead, responses={503: {"model": HealthRead}})

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
+from app.access.service import Principal
 from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, SettingsDep
-from app.constants import TaskState
-from app.db import utcnow
+from app.config import Settings
+from app.constants import TERMINAL_STATES, TaskState
+from app.db import session_scope, utcnow
 from app.errors import NotFound
 from app.runs import service as runs_service
 from app.runs.schemas import (
@@ -31,6 +38,9 @@ from app.runs.schemas import (
 from app.tasks import control, publish
 
 router = APIRouter()
+
+#: Seconds of silence after which a live-progress stream sends a comment line.
+KEEPALIVE_S = 15.0
 
 
 @router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
@@ -56,6 +66,55 @@ def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> 
     if found is None or (not principal.is_admin and found.triggered_by != principal.name):
         raise NotFound(f"No task {task_id} is known to Courier.")
     return found
+
+
+@router.get("/task/{task_id}/events", response_class=StreamingResponse)
+async def stream_task_events(
+    task_id: TaskId, request: Request, settings: SettingsDep, principal: PrincipalDep
+) -> StreamingResponse:
+    """Server-Sent Events: one `state` event per change of state or progress, then `end` once it finished."""
+    first = await run_in_threadpool(_visible_task, task_id, principal)
+    return StreamingResponse(
+        _task_events(first, request, settings),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _visible_task(task_id: str, principal: Principal) -> TaskRead:
+    with session_scope() as session:
+        found = control.task_status(session=session, task_id=task_id)
+    if found is None or (not principal.is_admin and found.triggered_by != principal.name):
+        raise NotFound(f"No task {task_id} is known to Courier.")
+    return found
+
+
+async def _task_events(first: TaskRead, request: Request, settings: Settings) -> AsyncIterator[str]:
+    """Poll the task's state (Redis, then SQL) and send what changed, until it finishes or the client leaves."""
+    deadline = time.monotonic() + settings.events_max_duration_s
+    current: TaskRead | None = first
+    last: tuple[object, ...] | None = None
+    sent = time.monotonic()
+    while current is not None:
+        seen = (current.state, current.progress)
+        if seen != last:
+            last, sent = seen, time.monotonic()
+            yield f"event: state\ndata: {current.model_dump_json()}\n\n"
+        elif time.monotonic() - sent > KEEPALIVE_S:
+            sent = time.monotonic()
+            yield ": keep-alive\n\n"  # a comment line: proxies keep an idle stream open
+        if current.state in TERMINAL_STATES:
+            yield f"event: end\ndata: {json.dumps({'task_id': current.task_id, 'state': current.state})}\n\n"
+            return
+        if time.monotonic() > deadline or await request.is_disconnected():
+            return
+        await asyncio.sleep(settings.events_poll_interval_s)
+        current = await run_in_threadpool(_read_status, current.task_id)
+
+
+def _read_status(task_id: str) -> TaskRead | None:
+    with session_scope() as session:
+        return control.task_status(session=session, task_id=task_id)
 
 
 @router.post("/task/{task_id}/revoke", response_model=RevokeRead)

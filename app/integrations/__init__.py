@@ -1,0 +1,1 @@
+"""Integrations: signed webhooks (endpoints, events, deliveries) and pulls from external systems."""

@@ -1,0 +1,139 @@
+"""Egress safety: outbound URLs are resolved, and refused when any address is loopback, private, link-local,
+cloud metadata or otherwise not public, unless EGRESS_ALLOW_LIST permits it. Requests then go to the address
+that was checked (the connection is pinned), so a DNS answer that changes between check and connect cannot
+redirect them; the check runs again on every attempt."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from app.config import Settings
+from app.integrations.exceptions import EgressRefused
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: Cloud metadata services, refused even if a network containing them is allow-listed by mistake.
+METADATA = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+
+
+def allow_list(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """EGRESS_ALLOW_LIST as networks (a bare address is a /32 or /128)."""
+    items = [item.strip() for item in settings.egress_allow_list.split(",") if item.strip()]
+    return [ipaddress.ip_network(item, strict=False) for item in items]
+
+
+def is_forbidden(address: IPAddress, settings: Settings) -> bool:
+    """True when outbound HTTP must not reach `address`."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in METADATA:
+        return True
+    if any(address in network for network in allow_list(settings)):
+        return False
+    return not address.is_global or address.is_multicast
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: what to connect to (the address) and what to say (Host header, TLS server name)."""
+
+    url: str
+    host: str
+    address: str
+    pinned_url: str
+
+
+def resolve(url: str, settings: Settings) -> Target:
+    """Check `url` and pick the address to connect to; EgressRefused when it is not allowed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise EgressRefused("The URL cannot be parsed.", details={"url": url}) from exc
+    if parts.scheme not in ("http", "https"):
+        raise EgressRefused("Only http and https URLs are allowed.", details={"url": url})
+    host = parts.hostname
+    if not host:
+        raise EgressRefused("The URL has no host.", details={"url": url})
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise EgressRefused("The URL's port is invalid.", details={"url": url}) from exc
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise EgressRefused(f"The host {host!r} does not resolve.", details={"url": url}) from exc
+    addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+    refused = [str(a) for a in addresses if is_forbidden(a, settings)]
+    if refused or not addresses:
+        raise EgressRefused(
+            f"The host {host!r} resolves to an address outbound requests may not reach "
+            "(loopback, private, link-local or cloud metadata).",
+            details={"url": url, "addresses": refused},
+        )
+    chosen = addresses[0]
+    literal = f"[{chosen}]" if chosen.version == 6 else str(chosen)
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return Target(url=url, host=parts.netloc.rsplit("@", 1)[-1], address=str(chosen), pinned_url=pinned)
+
+
+@dataclass(frozen=True)
+class Response:
+    """A size-capped response: status, headers, the first bytes of the body, and the latency."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+    latency_ms: int
+
+
+@contextmanager
+def client(timeout_s: float) -> Iterator[httpx.Client]:
+    """An HTTP client with timeouts on every phase, no redirects followed, no environment proxies."""
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as http:
+        yield http
+
+
+def request(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    settings: Settings,
+    *,
+    max_bytes: int,
+    headers: dict[str, str] | None = None,
+    content: bytes | None = None,
+    params: dict[str, Any] | None = None,
+) -> Response:
+    """Check `url`, then send the request to the checked address; read at most `max_bytes` of the body.
+
+    Raises EgressRefused before anything is sent, and httpx.HTTPError for transport failures and timeouts.
+    """
+    target = resolve(url, settings)
+    # Identity encoding: the cap counts the bytes on the wire, and no decompression can inflate them.
+    sent_headers = {**(headers or {}), "Host": target.host, "Accept-Encoding": "identity"}
+    extensions = {"sni_hostname": urlsplit(url).hostname} if url.startswith("https") else None
+    started = time.monotonic()
+    with http.stream(
+        method, target.pinned_url, headers=sent_headers, content=content, params=params, extensions=extensions
+    ) as response:
+        body = bytearray()
+        truncated = False
+        for chunk in response.iter_raw():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                truncated = True
+                del body[max_bytes:]
+                break
+    latency_ms = round((time.monotonic() - started) * 1000)
+    return Response(response.status_code, response.headers, bytes(body), truncated, latency_ms)

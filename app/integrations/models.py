@@ -1,0 +1,130 @@
+"""SQL tables of integrations: webhook endpoints, events, deliveries and their attempts; external systems."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, TimestampMixin, utcnow
+
+
+class WebhookEndpoint(TimestampMixin, Base):
+    """A receiver of signed events. The secret signs deliveries; during a rotation the previous one also signs
+    until `previous_secret_expires_at`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(500))
+    #: Subscribed event types; `["*"]` means every type.
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    #: The API key that registered it (owner), and the user to notify when it is disabled, if given.
+    owner: Mapped[str] = mapped_column(String(100))
+    owner_user_id: Mapped[int | None]
+    secret: Mapped[str] = mapped_column(String(200))
+    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_secret_expires_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WebhookEvent(Base):
+    """One event, Courier's own or a client's; fanned out as one delivery per subscribed endpoint."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Public id (`evt_...`).
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[dict[str, object]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_webhook_events_created_at", "created_at"),)
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery is: waiting (first try or a retry), delivered, or failed for good."""
+
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint. `message_id` is the `webhook-id` header: the same on every retry."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    status: Mapped[DeliveryStatus] = mapped_column(String(20), default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    #: The task carrying it; None until it was published (the sweeper publishes those left behind).
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
+        Index("ix_webhook_deliveries_status", "status"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: status code (or error), latency, and an excerpt of the response."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None]
+    latency_ms: Mapped[int | None]
+    outcome: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(String(500))
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+
+class Integration(TimestampMixin, Base):
+    """An external system Courier pulls records from (paginated with a cursor) and health-checks."""
+
+    __tablename__ = "integrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    base_url: Mapped[str] = mapped_column(String(2000))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    #: Where the next page starts; saved after each page, so a failed sync resumes instead of restarting.
+    cursor: Mapped[str | None] = mapped_column(String(500))
+    records_synced: Mapped[int] = mapped_column(Integer, default=0)
+    last_synced_at: Mapped[datetime | None]
+    sync_error: Mapped[str | None] = mapped_column(String(500))
+    health: Mapped[str] = mapped_column(String(20), default="unknown")
+    last_checked_at: Mapped[datetime | None]
+    last_latency_ms: Mapped[int | None]
+    last_status_code: Mapped[int | None]
+
+
+class ExternalRecord(Base):
+    """A record pulled from an external system, upserted by (integration, external id)."""
+
+    __tablename__ = "external_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(ForeignKey("integrations.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, object]] = mapped_column(JSON)
+    synced_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("integration_id", "external_id", name="uq_external_records_integration_id"),)

@@ -1,0 +1,1 @@
+"""Notifications: one row per message (its delivery's idempotency key), channels behind one small interface."""

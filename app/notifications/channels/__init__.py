@@ -1,0 +1,55 @@
+"""Channel backends behind one interface (`Sender`): the outbox (development), SMTP, and HTTP SMS/push."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.notifications.channels.base import (
+    DeliveryError,
+    OutgoingMessage,
+    PermanentDeliveryError,
+    Receipt,
+    Sender,
+    TransientDeliveryError,
+)
+from app.notifications.channels.http import HttpSender
+from app.notifications.channels.outbox import OutboxSender
+from app.notifications.channels.smtp import SmtpSender
+
+__all__ = [
+    "DeliveryError",
+    "OutgoingMessage",
+    "PermanentDeliveryError",
+    "Receipt",
+    "Sender",
+    "TransientDeliveryError",
+    "sender_for",
+]
+
+
+def sender_for(channel: str, settings: Settings) -> Sender:
+    """The backend configured for `channel` (EMAIL_BACKEND, SMS_BACKEND, PUSH_BACKEND)."""
+    if channel == "email":
+        return SmtpSender(settings) if settings.email_backend == "smtp" else OutboxSender(settings)
+    if channel == "sms":
+        if settings.sms_backend != "http":
+            return OutboxSender(settings)
+        return HttpSender(
+            url=settings.sms_provider_url,
+            api_key=settings.sms_provider_api_key,
+            fields=settings.sms_payload_fields,
+            sender=settings.sms_sender,
+            id_field=settings.provider_message_id_field,
+            timeout_s=settings.notification_http_timeout_s,
+        )
+    if channel == "push":
+        if settings.push_backend != "http":
+            return OutboxSender(settings)
+        return HttpSender(
+            url=settings.push_provider_url,
+            api_key=settings.push_provider_api_key,
+            fields=settings.push_payload_fields,
+            sender=settings.sms_sender,
+            id_field=settings.provider_message_id_field,
+            timeout_s=settings.notification_http_timeout_s,
+        )
+    raise ValueError(f"unknown channel {channel!r}")

@@ -1,0 +1,1 @@
+"""Operations: pausing and resuming tiers, purging queues, the status overview and performance figures."""

@@ -1,0 +1,95 @@
+"""Egress safety: loopback, private, link-local and metadata addresses are refused, after DNS resolution too,
+unless EGRESS_ALLOW_LIST permits them (the test session allows 127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from app.config import get_settings
+from app.integrations import egress
+from app.integrations.exceptions import EgressRefused
+from tests.conftest import auth
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:
+    """Make some host names resolve to chosen addresses (DNS is the external party faked here)."""
+    real = socket.getaddrinfo
+
+    def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.20/hook",
+        "http://127.0.0.2/hook",
+        "http://[::1]/hook",
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+        "http://[::1/hook",
+        "http://example.com:99999/hook",
+    ],
+)
+def test_urls_pointing_inside_are_refused(url: str):
+    with pytest.raises(EgressRefused):
+        egress.resolve(url, get_settings())
+
+
+def test_the_allow_list_permits_exactly_what_it_names():
+    assert egress.resolve("http://127.0.0.1:9/x", get_settings()).address == "127.0.0.1"
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch: pytest.MonkeyPatch):
+    _resolving(monkeypatch, {"hooks.example.com": "10.20.30.40"})
+    with pytest.raises(EgressRefused) as refused:
+        egress.resolve("https://hooks.example.com/in", get_settings())
+    assert refused.value.details["addresses"] == ["10.20.30.40"]
+
+
+def test_a_checked_request_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch, receiver):
+    # Given a name that resolves to the (allowed) local receiver
+    server = receiver()
+    port = server.url.rsplit(":", 1)[1]
+    _resolving(monkeypatch, {"hooks.example.com": "127.0.0.1"})
+    with egress.client(5) as http:
+        response = egress.request(http, "GET", f"http://hooks.example.com:{port}/x", get_settings(), max_bytes=2)
+    # Then the request reached it with the original Host header, and the body was capped
+    assert response.status_code == 200
+    assert server.received[0].headers["host"] == f"hooks.example.com:{port}"
+    assert response.body == b"ok" and not response.truncated
+
+
+def test_a_response_larger_than_the_cap_is_cut(receiver):
+    server = receiver(script=[(200, {}, b"x" * 100_000)])
+    with egress.client(5) as http:
+        response = egress.request(http, "GET", server.url, get_settings(), max_bytes=1000)
+    assert response.truncated and len(response.body) == 1000
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/hook", "http://10.0.0.1/hook"])
+def test_the_api_refuses_to_register_a_webhook_pointing_inside(api, admin_key, url):
+    response = api.post(
+        "/api/v1/integrations/webhooks", json={"url": url, "event_types": ["*"]}, headers=auth(admin_key)
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "egress_refused"
+
+
+def test_the_api_refuses_an_external_system_pointing_at_metadata(api, admin_key):
+    response = api.post(
+        "/api/v1/integrations/systems",
+        json={"name": "meta", "base_url": "http://169.254.169.254/latest"},
+        headers=auth(admin_key),
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "egress_refused"

@@ -1,0 +1,22 @@
+"""Notification tests run against a real SMTP server, a fake HTTP SMS/push provider and a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import RecorderProcess
+from tests.delivery import Delivery, delivery_stack
+
+
+@pytest.fixture(scope="module")
+def stack(recorder: RecorderProcess) -> Iterator[Delivery]:
+    yield from delivery_stack("notifications")
+
+
+@pytest.fixture
+def delivered(stack: Delivery) -> Delivery:
+    stack.inbox.clear()
+    stack.provider.clear()
+    return stack

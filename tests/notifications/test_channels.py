@@ -1,0 +1,112 @@
+"""Channel backends on their own: the development outbox, and the HTTP provider's answers mapped to outcomes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.config import get_settings
+from app.db import session_scope
+from app.notifications import delivery
+from app.notifications import service as notification_service
+from app.notifications.channels import OutgoingMessage, PermanentDeliveryError, TransientDeliveryError
+from app.notifications.channels.http import HttpSender
+from app.notifications.models import Notification
+from tests.conftest import ROOT
+from tests.delivery import start_provider
+
+
+def test_the_development_outbox_keeps_each_message_as_a_readable_file_once():
+    # Given the default backends (outbox) and an email notification
+    with session_scope() as session:
+        row = notification_service.create(
+            session=session,
+            channel="email",
+            recipient="reader@example.com",
+            subject="Hello",
+            body="Plain words",
+            template="message",
+        )
+    # When it is delivered twice (a redelivery)
+    first = delivery.deliver(row.id, final_attempt=False)
+    second = delivery.deliver(row.id, final_attempt=False)
+    # Then one .eml file holds it, and the second delivery sent nothing
+    assert (first.result, second.result) == ("sent", "already")
+    path = get_settings().var_dir / "outbox" / "email" / f"notification-{row.id}.eml"
+    assert path.is_file() and "Subject: Hello" in path.read_text()
+    # And the reader shows it as a person reads it
+    shown = subprocess.run(
+        [sys.executable, "-m", "app.notifications.outbox", "latest", "email"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "To: reader@example.com" in shown.stdout and "Plain words" in shown.stdout
+
+
+def test_a_cancelled_notification_is_never_delivered():
+    with session_scope() as session:
+        row = notification_service.create(session=session, channel="sms", recipient="+4915100000000", body="x")
+    with session_scope() as session:
+        notification_service.cancel(session=session, notification_id=row.id)
+    assert delivery.deliver(row.id, final_attempt=True).result == "already"
+    with session_scope() as session:
+        assert session.get(Notification, row.id).attempts == 0
+
+
+@pytest.fixture
+def provider():
+    server = start_provider()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _sender(provider, fields="to:recipient,body:text,ref:reference"):
+    return HttpSender(
+        url=f"{provider.url}/sms", api_key="k-123", fields=fields, sender="Courier", id_field="id", timeout_s=2
+    )
+
+
+MESSAGE = OutgoingMessage(reference="notification-7", channel="sms", recipient="+4915100000001", subject="", text="hi")
+
+
+def test_the_http_payload_takes_the_configured_shape_and_key(provider):
+    sender = _sender(provider, fields="msisdn:recipient,content:text,client_ref:reference,from:sender")
+    receipt = sender.send(MESSAGE)
+    sender.close()
+    call = provider.calls[0]
+    assert call.body == {"msisdn": "+4915100000001", "content": "hi", "client_ref": "notification-7", "from": "Courier"}
+    assert call.headers["Authorization"] == "Bearer k-123" and call.headers["Idempotency-Key"] == "notification-7"
+    assert receipt.provider_message_id.startswith("prov-")
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retry_after"),
+    [
+        (500, TransientDeliveryError, None),
+        (503, TransientDeliveryError, None),
+        (429, TransientDeliveryError, 7.0),
+        (400, PermanentDeliveryError, None),
+        (404, PermanentDeliveryError, None),
+    ],
+)
+def test_provider_answers_map_to_transient_or_permanent_failures(provider, status, error, retry_after):
+    provider.script["/sms"] = [(status, {"error": f"status {status}"})]
+    if retry_after:
+        provider.script["/sms"] = [(status, {"error": "slow down"}, {"Retry-After": "7"})]
+    sender = _sender(provider)
+    with pytest.raises(error) as raised:
+        sender.send(MESSAGE)
+    sender.close()
+    assert str(status) in raised.value.reason
+    assert raised.value.retry_after == retry_after
+
+
+def test_an_unreachable_provider_is_a_transient_failure():
+    sender = HttpSender(
+        url="http://127.0.0.1:9/sms", api_key="", fields="to:recipient", sender="", id_field="id", timeout_s=1
+    )
+    with pytest.raises(TransientDeliveryError):
+        sender.send(MESSAGE)
+    sender.close()

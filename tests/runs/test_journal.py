@@ -1,0 +1,114 @@
+"""The run-history journal: workers append each run's start and outcome to a Redis stream in round trips they
+already make, and the recorder turns it into SQL, acknowledging only after its commit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.constants import HISTORY_GROUP, HISTORY_STREAM
+from tests.conftest import auth, dispatch, join, redis_client
+
+
+def _entries_of(task_id: str) -> list[dict[str, Any]]:
+    events = (json.loads(fields["e"]) for _, fields in redis_client().xrange(HISTORY_STREAM))
+    return [event for event in events if event.get("uuid") == task_id]
+
+
+def _finished(api: Any, key: tuple[str, str], task_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(key)).json()
+        return body if body["state"] in ("SUCCESS", "FAILURE") else None
+
+    return join(done, what=f"task {task_id} to finish")  # type: ignore[no-any-return]
+
+
+def _run(api: Any, key: tuple[str, str], task_id: str) -> dict[str, Any] | None:
+    runs = api.get("/api/v1/tasks/runs", params={"limit": 200}, headers=auth(key)).json()["items"]
+    return next((r for r in runs if r["task_id"] == task_id and r["state"] == "SUCCESS"), None)
+
+
+def test_a_run_is_journaled_then_recorded_and_removed_from_the_stream(api, admin_key, start_worker, recorder):
+    # Given no recorder running, so the journal keeps what the worker writes
+    recorder.stop()
+    try:
+        worker = start_worker("medium", concurrency=1)
+        task_id = dispatch(api, admin_key, echo="journal")
+        _finished(api, admin_key, task_id)
+        # Then the stream holds the start and the outcome, with what the history needs
+        started, succeeded = _entries_of(task_id)
+        assert (started["type"], succeeded["type"]) == ("task-started", "task-succeeded")
+        assert started["name"] == succeeded["name"] == "system.ping"
+        assert started["hostname"] == worker.hostname and started["retries"] == 0
+        assert 0 <= succeeded["runtime"] < 60 and succeeded["timestamp"] >= started["timestamp"]
+        # with the publisher's meta from the message headers
+        assert (started["tier"], started["triggered_by"]) == ("medium", admin_key[0])
+        assert started["timestamp"] - 60 < float(started["dispatched_at"]) <= started["timestamp"]
+        redis_client().delete(f"courier:task:{task_id}")  # (so the recorder can only use the entry)
+    finally:
+        recorder.start()
+    # When the recorder runs, the run reaches SQL, attributed, and its entries leave the stream
+    run = join(lambda: _run(api, admin_key, task_id), what="the run to be recorded")
+    assert run["attempts"] == 1 and run["worker"] == worker.hostname and run["runtime_s"] is not None
+    assert (run["tier"], run["triggered_by"]) == ("medium", admin_key[0])
+    join(lambda: not _entries_of(task_id), what="the entries to be deleted after the commit")
+
+
+def test_entries_a_recorder_took_but_never_committed_are_recorded_after_its_restart(
+    api, admin_key, start_worker, recorder
+):
+    recorder.stop()
+    try:
+        start_worker("medium", concurrency=1)
+        task_id = dispatch(api, admin_key, echo="pending")
+        _finished(api, admin_key, task_id)
+        # Given the recorder's consumer took the entries and died before its commit (they are pending)
+        assert any(g["name"] == HISTORY_GROUP for g in redis_client().xinfo_groups(HISTORY_STREAM))
+        taken = redis_client().xreadgroup(HISTORY_GROUP, "recorder", {HISTORY_STREAM: ">"})
+        assert taken and any(json.loads(f["e"])["uuid"] == task_id for _, f in taken[0][1])
+        assert redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] >= 2
+    finally:
+        recorder.start()
+    # Then the restarted recorder records them and acknowledges them
+    join(lambda: _run(api, admin_key, task_id), what="the pending entries to be recorded")
+    join(lambda: redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] == 0, what="no pending entries")
+
+
+def test_with_history_off_a_worker_journals_nothing(api, admin_key, start_worker, recorder):
+    recorder.stop()  # (so nothing could have been recorded and deleted before the look)
+    try:
+        start_worker("low", concurrency=1, env={"HISTORY_ENABLED": "false"})
+        task_id = dispatch(api, admin_key, tier="low", echo="quiet")
+        assert _finished(api, admin_key, task_id)["state"] == "SUCCESS"
+        assert _entries_of(task_id) == []
+    finally:
+        recorder.start()
+
+
+def test_the_healthcheck_sees_a_running_recorder_and_not_a_stopped_one(recorder):
+    import subprocess
+    import sys
+
+    def check() -> int:
+        return subprocess.run([sys.executable, "-m", "app.runs.recorder", "--check"], check=False).returncode
+
+    assert join(lambda: check() == 0, what="the running recorder to be seen")
+    from app.runs import recorder as module
+
+    assert module.is_alive(max_idle_s=1.0)  # a running recorder asks at least every 100 ms
+    recorder.stop()
+    try:
+        join(lambda: not module.is_alive(max_idle_s=1.0), what="the stopped recorder to go quiet")
+    finally:
+        recorder.start()
+
+
+def test_the_recorder_runs_behind_the_workers_at_a_lower_cpu_priority(recorder):
+    import os
+
+    from app.config import get_settings
+
+    assert recorder.process is not None
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    pid, wanted = recorder.process.pid, own + get_settings().history_recorder_nice
+    join(lambda: os.getpriority(os.PRIO_PROCESS, pid) == wanted, what="the recorder to lower its priority")
