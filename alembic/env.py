@@ -61,6 +61,9 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if url.startswith("sqlite"):
+            # WAL lives in the file: set it here, once, before any worker or API process opens it concurrently.
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
 if context.is_offline_mode():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -52,6 +55,20 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+def _ensure_wal(cursor: Any) -> None:
+    """Put a SQLite file in WAL mode. WAL is remembered in the file (migrations set it first), and switching takes
+    an exclusive lock that ignores the busy timeout, so two processes opening a fresh file at once may both try:
+    the loser waits for the winner's switch instead of failing."""
+    deadline = time.monotonic() + 30
+    while str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @lru_cache
 def get_engine() -> Engine:
     """The process-wide engine for the configured SQL URL (SQLite gets WAL and a busy timeout)."""
@@ -63,10 +80,7 @@ def get_engine() -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
-            # WAL is remembered in the file. Switching needs an exclusive lock that ignores the busy timeout
-            # ("database is locked" while another process writes), so only the first connection switches.
-            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
+            _ensure_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
