@@ -12,10 +12,10 @@ after their batch is committed to SQL, so entries written while it is down wait 
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
 from celery import states
 
 from app.constants import DISPATCHED_AT_HEADER, HISTORY_STREAM_MAX_LENGTH, TRIGGERED_BY_HEADER
@@ -88,8 +88,8 @@ def describe_exception(result: Any) -> str | None:
 def decode(fields: dict[str, str]) -> dict[str, Any] | None:
     """The event of one stream entry; None for an entry that is not ours (never fatal for the recorder)."""
     try:
-        event = json.loads(fields.get(FIELD, ""))
-    except ValueError:
+        event = orjson.loads(fields.get(FIELD, ""))
+    except orjson.JSONDecodeError:
         return None
     return event if isinstance(event, dict) else None
 
@@ -100,4 +100,4 @@ def xadd_args() -> dict[str, Any]:
 
 
 def _encode(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), default=str)
+    return orjson.dumps(event, default=str).decode()

@@ -8,13 +8,14 @@ on those round trips.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+from redis.commands.core import Script
 
 from app.config import get_settings
 from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH
@@ -64,8 +65,14 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
             get_redis().xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
         return result
 
+    @cached_property
+    def _store_script(self) -> Script:
+        """STORE_SCRIPT on this backend's client: EVALSHA, loading the script again if Redis forgot it."""
+        script: Script = self.client.register_script(STORE_SCRIPT)
+        return script
+
     def _store_once(self, key: bytes, value: Any, expires: int, entry: str | None) -> None:
-        self.client.eval(STORE_SCRIPT, 2, key, HISTORY_STREAM, value, expires, entry or "", HISTORY_STREAM_MAX_LENGTH)
+        self._store_script(keys=[key, HISTORY_STREAM], args=[value, expires, entry or "", HISTORY_STREAM_MAX_LENGTH])
 
     @staticmethod
     def _journal_entry(task_id: str, state: str, result: Any, traceback: Any, request: Any) -> str | None:

@@ -22,3 +22,18 @@ def test_results_are_stored_with_their_ttl_and_a_success_is_final():
     meta = backend.get_task_meta(task_id)
     assert (meta["status"], meta["result"]) == ("SUCCESS", {"answer": 42})
     assert 0 < redis_client().ttl(f"celery-task-meta-{task_id}") <= 86_400
+
+
+def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, admin_key, start_worker):
+    """The worker runs its two scripts by digest (EVALSHA): after a restart or SCRIPT FLUSH, Redis no longer
+    knows them, and the worker must load them again rather than fail the task."""
+    from tests.conftest import dispatch, join
+
+    start_worker("low", concurrency=1)
+    first = dispatch(api, admin_key, tier="low", echo="before")
+    join(lambda: celery_app.backend.get_task_meta(first)["status"] == "SUCCESS", what="the first run")
+    redis_client().script_flush()
+    second = dispatch(api, admin_key, tier="low", echo="after")
+    join(lambda: celery_app.backend.get_task_meta(second)["status"] == "SUCCESS", what="the run after the flush")
+    assert celery_app.backend.get_task_meta(second)["result"]["echo"] == "after"
+    assert redis_client().get(f"courier:starts:{second}:0") == "1"
