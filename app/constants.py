@@ -79,5 +79,7 @@ DISPATCHED_AT_HEADER = "courier_dispatched_at"
 HISTORY_STREAM = REDIS_PREFIX + "history"
 #: The recorder's consumer group on HISTORY_STREAM.
 HISTORY_GROUP = "recorder"
+#: `courier:recorder:heartbeat` → the time (epoch seconds) the recorder last went round its loop (TTL 60 s).
+RECORDER_HEARTBEAT_KEY = REDIS_PREFIX + "recorder:heartbeat"
 #: Entries kept for a recorder that is down (approximate cap; about 200 bytes each, so ~100 MB at most).
 HISTORY_STREAM_MAX_LENGTH = 500_000

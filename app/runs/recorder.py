@@ -24,7 +24,7 @@ from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.constants import HISTORY_GROUP, HISTORY_STREAM, TASK_META_KEY
+from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
 from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.redis_store import get_redis
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 CONSUMER = "recorder"
 #: Longest a read of the journal blocks before the recorder looks at the dead-letter queue again.
 POLL_MS = 100
+#: Seconds between two heartbeats of a running recorder (read by `--check`).
+HEARTBEAT_S = 0.5
 
 
 class Recorder:
@@ -50,6 +52,7 @@ class Recorder:
         self.messages: list[Message] = []
         self.dead: list[Message] = []
         self.running = True
+        self._last_beat = float("-inf")
         celery_app.loader.import_default_modules()
 
     def on_dead_letter(self, message: Message) -> None:
@@ -158,9 +161,11 @@ class Recorder:
                 logger.info("The run-history recorder is reading %s and the dead-letter archive.", HISTORY_STREAM)
                 # First what this consumer took before a crash or restart and never acknowledged.
                 while self.running and self.read_journal(pending=True, block_ms=None):
+                    self._beat()
                     self.flush()
                 deadline = time.monotonic() + interval
                 while self.running:
+                    self._beat()
                     wait_ms = int(max(0.0, min(POLL_MS / 1000, deadline - time.monotonic())) * 1000)
                     self.read_journal(pending=False, block_ms=max(1, wait_ms))
                     try:
@@ -172,6 +177,14 @@ class Recorder:
                         conn.heartbeat_check()
                         deadline = time.monotonic() + interval
                 self.flush()
+
+    def _beat(self) -> None:
+        """Say this recorder is going round its loop (Redis 7.0 does not refresh a consumer's idle time on a
+        blocking read that finds nothing, so the consumer group cannot tell an idle recorder from a dead one)."""
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_S:
+            get_redis().set(RECORDER_HEARTBEAT_KEY, repr(time.time()), ex=60)
+            self._last_beat = now
 
     def stop(self, *_: object) -> None:
         """Finish the current batch and exit."""
@@ -188,13 +201,13 @@ def _ensure_group() -> None:
 
 
 def is_alive(max_idle_s: float = 30.0) -> bool:
-    """Whether a recorder is reading the journal: its consumer asked for entries within `max_idle_s` (it asks
-    at least every POLL_MS while running)."""
+    """Whether a recorder is reading the journal: it went round its loop within `max_idle_s` (a running one
+    beats every HEARTBEAT_S, with or without work)."""
     try:
-        consumers = get_redis().xinfo_consumers(HISTORY_STREAM, HISTORY_GROUP)
+        beat = get_redis().get(RECORDER_HEARTBEAT_KEY)
     except redis.RedisError:
         return False
-    return any(c["name"] == CONSUMER and int(c["idle"]) < max_idle_s * 1000 for c in consumers)
+    return beat is not None and time.time() - float(beat) < max_idle_s
 
 
 def main() -> None:

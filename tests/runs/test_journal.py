@@ -4,6 +4,7 @@ already make, and the recorder turns it into SQL, acknowledging only after its c
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from app.constants import HISTORY_GROUP, HISTORY_STREAM
@@ -95,9 +96,11 @@ def test_the_healthcheck_sees_a_running_recorder_and_not_a_stopped_one(recorder)
     assert join(lambda: check() == 0, what="the running recorder to be seen")
     from app.runs import recorder as module
 
-    # The fixture may have just restarted it, and the old process's consumer entry outlives it: the check above
-    # can pass before the new one reads. Once it reads, it asks at least every 100 ms.
-    assert join(lambda: module.is_alive(max_idle_s=1.0), what="the restarted recorder's first read")
+    # A running recorder beats every 0.5 s; the fixture may have just restarted it, hence the wait for the first.
+    assert join(lambda: module.is_alive(max_idle_s=1.0), what="the recorder's first heartbeat")
+    # With nothing to record it stays alive (Redis 7.0 leaves a consumer's idle time growing on empty reads).
+    time.sleep(3)
+    assert module.is_alive(max_idle_s=2.0)
     recorder.stop()
     try:
         join(lambda: not module.is_alive(max_idle_s=1.0), what="the stopped recorder to go quiet")
