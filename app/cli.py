@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -366,11 +366,22 @@ def status(
             pass
 
 
+def _table(title: str | None, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> Any:
+    """A rich table with these columns and rows (titled on the left when titled)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 @cli.command()
 def active(as_json: JsonOption = False) -> None:
     """Tasks executing now, per worker."""
     from rich.console import Console
-    from rich.table import Table
 
     from app.tasks import control
 
@@ -378,19 +389,14 @@ def active(as_json: JsonOption = False) -> None:
     if as_json:
         _print_json(found)
         return
-    table = Table(title=f"Active tasks ({len(found)})", title_justify="left")
-    for column in ("task id", "name", "worker", "started"):
-        table.add_column(column)
-    for t in found:
-        table.add_row(t.task_id, t.name or "-", t.worker, t.started_at.isoformat() if t.started_at else "-")
-    Console().print(table)
+    rows = [(t.task_id, t.name or "-", t.worker, t.started_at.isoformat() if t.started_at else "-") for t in found]
+    Console().print(_table(f"Active tasks ({len(found)})", ("task id", "name", "worker", "started"), rows))
 
 
 @cli.command()
 def scheduled(as_json: JsonOption = False) -> None:
     """Countdown/ETA tasks held by workers, and beat's periodic schedule."""
     from rich.console import Console
-    from rich.table import Table
 
     from app.tasks import control
 
@@ -398,16 +404,16 @@ def scheduled(as_json: JsonOption = False) -> None:
     if as_json:
         _print_json(found)
         return
-    held = Table(title=f"Held by workers ({len(found.held)})", title_justify="left")
-    for column in ("task id", "name", "eta", "worker"):
-        held.add_column(column)
-    for h in found.held:
-        held.add_row(str(h.get("task_id")), str(h.get("name")), str(h.get("eta")), str(h.get("worker")))
-    periodic = Table(title="Periodic (beat)", title_justify="left")
-    for column in ("entry", "task", "schedule", "queue"):
-        periodic.add_column(column)
-    for p in found.periodic:
-        periodic.add_row(p["name"], p["task"], p["schedule"], str(p.get("queue")))
+    held = _table(
+        f"Held by workers ({len(found.held)})",
+        ("task id", "name", "eta", "worker"),
+        [(str(h.get("task_id")), str(h.get("name")), str(h.get("eta")), str(h.get("worker"))) for h in found.held],
+    )
+    periodic = _table(
+        "Periodic (beat)",
+        ("entry", "task", "schedule", "queue"),
+        [(p["name"], p["task"], p["schedule"], str(p.get("queue"))) for p in found.periodic],
+    )
     Console().print(held, periodic)
 
 
@@ -504,7 +510,6 @@ def performance(
 def queues_list(as_json: JsonOption = False) -> None:
     """Ready, unacked and consumers of every Courier queue."""
     from rich.console import Console
-    from rich.table import Table
 
     from app.tasks import control
 
@@ -515,12 +520,8 @@ def queues_list(as_json: JsonOption = False) -> None:
     if as_json:
         _print_json(found)
         return
-    table = Table()
-    for column in ("queue", "ready", "unacked", "consumers"):
-        table.add_column(column)
-    for q in found:
-        table.add_row(q.name, str(q.ready), str(q.unacked), str(q.consumers))
-    Console().print(table)
+    rows = [(q.name, str(q.ready), str(q.unacked), str(q.consumers)) for q in found]
+    Console().print(_table(None, ("queue", "ready", "unacked", "consumers"), rows))
 
 
 @queues_cli.command("pause")
