@@ -6,6 +6,7 @@ set -euo pipefail
 # shellcheck source=scripts/start_tasks.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
 ensure_dev_venv
+ensure_local_services
 if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $EUID -eq 0 ]]; then
     log "Installing wrk (the HTTP load generator) from Debian packages"
     apt-get install -y -q wrk >/dev/null 2>&1 || warn "Could not install wrk; the API is measured with the Python load generator."

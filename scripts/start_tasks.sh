@@ -306,6 +306,17 @@ ensure_management() {
     done
 }
 
+# The local RabbitMQ (with its management API), Redis and PostgreSQL that the tests and the benchmark use,
+# started (and the management plugin enabled) when they do not answer: test.sh and bench.sh.
+ensure_local_services() {
+    MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
+    MANAGEMENT_HOST="127.0.0.1"
+    ensure_service RabbitMQ "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 rabbitmq-server start_rabbitmq
+    ensure_management
+    ensure_service Redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379 redis-server start_redis
+    ensure_service PostgreSQL 127.0.0.1 5432 pg_ctlcluster start_postgres
+}
+
 # Create the PostgreSQL database named by DATABASE_URL when it does not exist yet.
 ensure_database() {
     [[ "$DB_KIND" == postgresql ]] || return 0

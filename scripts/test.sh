@@ -10,11 +10,6 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/start_tasks.sh"
 ensure_dev_venv
 
-MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
-MANAGEMENT_HOST="127.0.0.1"
-ensure_service RabbitMQ "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 rabbitmq-server start_rabbitmq
-ensure_management
-ensure_service Redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379 redis-server start_redis
-ensure_service PostgreSQL 127.0.0.1 5432 pg_ctlcluster start_postgres
+ensure_local_services
 
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,9 +1,12 @@
-"""The API's publisher: Celery task messages over aio-pika, with publisher confirms awaited concurrently.
+"""The API's publisher: Celery task messages over aiormq, with publisher confirms awaited concurrently.
 
 Celery's own publish blocks a thread per message until RabbitMQ confirms it, so an API serving many clients
 spends its time in a thread pool waiting. Here a few confirm-mode channels on one connection carry many
 publishes in flight at once: each request awaits its own confirm, and the confirms are pipelined. The
 message itself is built by Celery (`as_task_v2`), so workers see exactly what `apply_async` would send.
+
+aiormq is aio-pika's protocol layer. Publishing on it directly spent about 0.20 ms of CPU per confirmed
+message against 0.29 ms through aio-pika's wrappers (the benchmark's publisher, 4,000 messages, one run).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection
 from kombu.serialization import dumps
+from pamqp.commands import Basic
 
 from app.config import Settings
 from app.constants import TASK_EXCHANGE
@@ -24,13 +29,35 @@ from app.tasks.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
 
+#: Persistent delivery (AMQP delivery_mode 2): the message survives a broker restart.
+PERSISTENT = 2
+
 
 class PublishFailed(RuntimeError):
     """The broker is unreachable, refused the message, or did not confirm it in time."""
 
 
+@dataclass(frozen=True)
+class TaskMessage:
+    """A task message ready to publish: its body and AMQP properties."""
+
+    body: bytes
+    properties: Basic.Properties
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+    @property
+    def timestamp(self) -> datetime | None:
+        return self.properties.timestamp
+
+
 class AsyncPublisher:
     """A lazily opened connection with `channels` confirm-mode channels, used round robin.
+
+    A channel the broker closed (a channel error) is reopened on its next use; a lost connection is reopened
+    on the next publish.
 
     Parameters:
         settings: broker URL and publish timeout.
@@ -43,34 +70,42 @@ class AsyncPublisher:
     def __init__(self, settings: Settings, channels: int = 4) -> None:
         self.settings = settings
         self.channel_count = channels
-        self._connection: AbstractRobustConnection | None = None
-        self._exchanges: list[AbstractExchange] = []
-        self._next: itertools.cycle[AbstractExchange] | None = None
+        self._connection: AbstractConnection | None = None
+        self._channels: list[AbstractChannel] = []
+        self._turn = itertools.count()
         self._lock = asyncio.Lock()
 
-    async def _ensure(self) -> itertools.cycle[AbstractExchange]:
-        if self._next is not None and self._connection is not None and not self._connection.is_closed:
-            return self._next
+    async def _channel(self) -> AbstractChannel:
+        index = next(self._turn) % self.channel_count
+        if self._usable(index):
+            return self._channels[index]
         async with self._lock:
-            if self._next is None or self._connection is None or self._connection.is_closed:
+            if self._connection is None or self._connection.is_closed:
                 await self._open()
-            assert self._next is not None
-            return self._next
+            elif not self._usable(index):
+                self._channels[index] = await self._new_channel(self._connection)
+            return self._channels[index]
+
+    def _usable(self, index: int) -> bool:
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and index < len(self._channels)
+            and not self._channels[index].is_closed
+        )
+
+    async def _new_channel(self, connection: AbstractConnection) -> AbstractChannel:
+        # on_return_raises: an unroutable message (mandatory) fails its publish instead of being confirmed.
+        return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def _open(self) -> None:
         timeout = self.settings.publish_timeout_s
         try:
-            connection = await asyncio.wait_for(
-                aio_pika.connect_robust(self.settings.broker_url, timeout=timeout), timeout
-            )
-            exchanges = []
-            for _ in range(self.channel_count):
-                channel = await connection.channel(publisher_confirms=True)
-                exchanges.append(await channel.get_exchange(TASK_EXCHANGE, ensure=False))
-        except (OSError, TimeoutError, aio_pika.exceptions.AMQPException) as exc:
+            connection = await asyncio.wait_for(aiormq.connect(self.settings.broker_url), timeout)
+            channels = [await self._new_channel(connection) for _ in range(self.channel_count)]
+        except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
             raise PublishFailed(f"cannot open a publishing connection: {exc!r}") from exc
-        self._connection, self._exchanges = connection, exchanges
-        self._next = itertools.cycle(exchanges)
+        self._connection, self._channels = connection, channels
 
     async def publish(
         self,
@@ -87,21 +122,27 @@ class AsyncPublisher:
         message = build_message(
             name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options, headers=headers
         )
-        exchanges = await self._ensure()
+        channel = await self._channel()
         try:
-            confirmation = await next(exchanges).publish(
-                message, routing_key=routing_key, timeout=self.settings.publish_timeout_s
-            )
-        except (OSError, TimeoutError, aio_pika.exceptions.AMQPException, asyncio.CancelledError) as exc:
+            # One deadline for the whole publish: aiormq's own `timeout` wraps each of its three waits in
+            # asyncio.wait_for, a task apiece.
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await channel.basic_publish(
+                    message.body,
+                    exchange=TASK_EXCHANGE,
+                    routing_key=routing_key,
+                    properties=message.properties,
+                    mandatory=True,
+                )
+        except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError, asyncio.CancelledError) as exc:
+            # RuntimeError covers aiormq's ChannelInvalidStateError (a channel closed under the publish).
             raise PublishFailed(f"{name}[{task_id}] was not confirmed: {exc!r}") from exc
-        if confirmation is not None and type(confirmation).__name__ != "Ack":
-            raise PublishFailed(f"{name}[{task_id}] was refused by the broker ({type(confirmation).__name__})")
 
     async def close(self) -> None:
         """Close the connection (on API shutdown)."""
-        if self._connection is not None:
+        if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
-        self._connection, self._next = None, None
+        self._connection, self._channels = None, []
 
 
 def build_message(
@@ -112,10 +153,10 @@ def build_message(
     priority: int,
     options: dict[str, Any],
     headers: dict[str, str] | None = None,
-) -> aio_pika.Message:
-    """The Celery protocol-2 message `apply_async` would publish, as an aio-pika message; `headers` are added to
-    Celery's (a worker sees each as `task.request.<name>`). The timestamp lets RabbitMQ report the age of the
-    oldest message in a queue."""
+) -> TaskMessage:
+    """The Celery protocol-2 message `apply_async` would publish; `headers` are added to Celery's (a worker sees
+    each as `task.request.<name>`). The timestamp lets RabbitMQ report the age of the oldest message in a queue.
+    The message id is the task id (aiormq tracks returned messages by it)."""
     built = celery_app.amqp.as_task_v2(
         task_id,
         name,
@@ -126,14 +167,17 @@ def build_message(
         soft_time_limit=options.get("soft_time_limit"),
     )
     content_type, content_encoding, body = dumps(built.body, serializer="json")
-    return aio_pika.Message(
+    return TaskMessage(
         body=body if isinstance(body, bytes) else body.encode(content_encoding),
-        headers={**built.headers, **(headers or {})},
-        content_type=content_type,
-        timestamp=datetime.now(UTC),
-        content_encoding=content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=priority,
-        correlation_id=built.properties.get("correlation_id") or task_id,
-        reply_to=built.properties.get("reply_to") or None,
+        properties=Basic.Properties(
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers={**built.headers, **(headers or {})},
+            delivery_mode=PERSISTENT,
+            priority=priority,
+            correlation_id=built.properties.get("correlation_id") or task_id,
+            reply_to=built.properties.get("reply_to") or None,
+            message_id=task_id,
+            timestamp=datetime.now(UTC),
+        ),
     )

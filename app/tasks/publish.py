@@ -1,12 +1,14 @@
 """Confirmed publishing: a 202 only after RabbitMQ confirmed the persistent message.
 
 Two paths share everything but the publish itself:
-- `dispatch_async` (the API's hot path): aio-pika with pipelined confirms (app/tasks/amqp_async.py);
+- `dispatch_async` (the API's hot path): aiormq with pipelined confirms (app/tasks/amqp_async.py), and the
+  task metas of concurrent dispatches written to Redis in one round trip (`MetaWriter`);
 - `dispatch` (CLI, tasks, sync callers, and eager mode): Celery's `apply_async` with `confirm_publish`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -180,6 +182,64 @@ def _async_redis() -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+class MetaWriter:
+    """Writes the task metas of concurrent dispatches to Redis in one pipeline per turn of the event loop.
+
+    Each dispatch still waits until its own meta is written (or gets the batch's error) before it publishes;
+    the batch only shares the round trip. Writing each meta alone cost the publisher about 0.15 ms of CPU
+    per dispatch, a third of its total (the benchmark's publisher, 4,000 dispatches, 64 in flight).
+    """
+
+    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self._pending: list[tuple[str, dict[str, str], asyncio.Future[None]]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def write(self, key: str, meta: dict[str, str]) -> None:
+        """Store `meta` under `key` (with the results' TTL); raises redis.RedisError when Redis refused it."""
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            # After the callbacks already due in this turn: the dispatches they start join this batch.
+            loop.call_soon(self._flush)
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((key, meta, done))
+        await done
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._write(batch))
+        self._writes.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, batch: list[tuple[str, dict[str, str], asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, meta, _ in batch:
+                    pipe.hset(key, mapping=meta)  # type: ignore[arg-type]  # redis-py wants a wider key type
+                    pipe.expire(key, self.ttl_s)
+                await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+        except BaseException as exc:  # cancelled on shutdown: the waiting dispatches must not hang
+            error = redis.ConnectionError(f"the meta write was interrupted: {exc!r}")
+            raise
+        finally:
+            for _, _, done in batch:
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+
+@lru_cache
+def _meta_writer() -> MetaWriter:
+    return MetaWriter(_async_redis(), get_settings().result_expires_s)
+
+
 async def dispatch_async(
     name: str,
     *,
@@ -196,12 +256,8 @@ async def dispatch_async(
             dispatch, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
         )
     plan = _plan(name, kwargs, triggered_by, tier, priority, options)
-    client = _async_redis()
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.hset(plan.meta_key, mapping=dict(plan.meta))  # type: ignore[arg-type]
-            pipe.expire(plan.meta_key, settings.result_expires_s)
-            await pipe.execute()
+        await _meta_writer().write(plan.meta_key, dict(plan.meta))
     except redis.RedisError as exc:
         raise ServiceUnavailable(_REDIS_DOWN) from exc
     started = time.perf_counter()
@@ -216,7 +272,7 @@ async def dispatch_async(
             headers=plan.headers,
         )
     except PublishFailed as exc:
-        await client.delete(plan.meta_key)
+        await _async_redis().delete(plan.meta_key)
         logger.warning("Publishing %s (%s) failed: %s.", name, plan.task_id, exc)
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
@@ -230,6 +286,7 @@ async def close() -> None:
     if _async_redis.cache_info().currsize:
         await _async_redis().aclose()
     _publisher.cache_clear()
+    _meta_writer.cache_clear()
     _async_redis.cache_clear()
 
 

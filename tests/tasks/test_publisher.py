@@ -1,0 +1,94 @@
+"""The API's publisher: confirms awaited concurrently, unroutable messages refused, channels reopened, and the
+task metas of concurrent dispatches written together without losing any or leaving one waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.config import get_settings
+from app.constants import Tier
+from app.tasks import publish
+from app.tasks.amqp_async import AsyncPublisher, PublishFailed
+from tests.conftest import REDIS_DB, REDIS_HOST, queue_depth, redis_client
+
+
+def _publish(publisher: AsyncPublisher, routing_key: str) -> asyncio.Future[None]:
+    return asyncio.ensure_future(
+        publisher.publish(
+            name="system.ping", task_id=str(uuid.uuid4()), kwargs={}, routing_key=routing_key, priority=1, options={}
+        )
+    )
+
+
+def test_many_publishes_in_flight_are_each_confirmed_and_an_unroutable_one_is_refused(empty_queues):
+    async def run() -> None:
+        publisher = AsyncPublisher(get_settings(), channels=2)
+        try:
+            # When 40 publishes are in flight at once, Then each is confirmed and all are in the queue
+            await asyncio.gather(*(_publish(publisher, Tier.low.value) for _ in range(40)))
+            assert queue_depth("low")["ready"] == 40
+            # When a message cannot be routed (no queue is bound to its key), Then its publish fails
+            with pytest.raises(PublishFailed):
+                await _publish(publisher, "no-such-tier")
+            # And the channel it used still publishes
+            await asyncio.gather(*(_publish(publisher, Tier.low.value) for _ in range(4)))
+        finally:
+            await publisher.close()
+
+    asyncio.run(run())
+    assert queue_depth("low")["ready"] == 44
+
+
+def test_a_channel_the_broker_closed_is_reopened_on_its_next_use(empty_queues):
+    async def run() -> None:
+        publisher = AsyncPublisher(get_settings(), channels=1)
+        try:
+            await _publish(publisher, Tier.low.value)
+            # Given its only channel is closed (as the broker closes a channel on a channel error)
+            await publisher._channels[0].close()
+            # When the next message is published, Then it is confirmed on a new channel
+            await _publish(publisher, Tier.low.value)
+        finally:
+            await publisher.close()
+
+    asyncio.run(run())
+    assert queue_depth("low")["ready"] == 2
+
+
+def test_concurrent_metas_are_all_written_with_their_ttl():
+    keys = [f"courier:test-meta:{uuid.uuid4()}" for _ in range(50)]
+
+    async def run() -> None:
+        client = aioredis.Redis(host=REDIS_HOST, db=REDIS_DB, decode_responses=True)
+        writer = publish.MetaWriter(client, ttl_s=300)
+        try:
+            await asyncio.gather(
+                *(writer.write(key, {"name": "system.ping", "n": str(i)}) for i, key in enumerate(keys))
+            )
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    stored = redis_client()
+    assert [stored.hget(key, "n") for key in keys] == [str(i) for i in range(len(keys))]
+    assert all(0 < stored.ttl(key) <= 300 for key in keys)
+
+
+def test_when_redis_is_unreachable_every_waiting_dispatch_gets_the_error():
+    async def run() -> list[BaseException | None]:
+        client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)  # nothing listens on port 1
+        writer = publish.MetaWriter(client, ttl_s=300)
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(writer.write(f"k{i}", {"a": "b"}) for i in range(10)), return_exceptions=True), 10
+            )
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(run())
+    assert len(outcomes) == 10 and all(isinstance(o, redis.RedisError) for o in outcomes)
