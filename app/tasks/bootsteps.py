@@ -80,7 +80,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                     "pid": os.getpid(),
                     "queues": queues,
                     "concurrency": worker.concurrency,
-                    "pool": type(worker.pool).__module__.rsplit(".", 1)[-1] if worker.pool else None,
+                    "pool": _pool_kind(worker.pool),
                     "started_at": started,
                     "ts": time.time(),
                 }
@@ -100,6 +100,13 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             get_redis().delete(WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname))
         except Exception:
             logger.warning("Could not clear the heartbeat of %s.", worker.hostname, exc_info=True)
+
+
+def _pool_kind(pool: Any) -> str | None:
+    """`prefork` or `solo` for Courier's pools (app/tasks/pool.py), else the module of Celery's pool."""
+    if pool is None:
+        return None
+    return str(getattr(pool, "kind", None) or type(pool).__module__.rsplit(".", 1)[-1])
 
 
 def install(app: Celery) -> None:

@@ -11,7 +11,7 @@ from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.tasks import policy, topology
+from app.tasks import policy, pool, topology
 
 #: Modules whose tasks the worker registers.
 TASK_MODULES = [
@@ -64,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_eta_task_limit": 1000,
         "worker_concurrency": settings.celery_worker_concurrency,
-        "worker_pool": settings.celery_worker_pool,
+        # Celery's pool, with successful results stored in batches by the main process (app/tasks/pool.py).
+        "worker_pool": pool.POOLS[settings.celery_worker_pool],
         "worker_hijack_root_logger": False,
         # The run history is journaled by the tasks themselves (app/runs/journal.py); events are for Flower.
         "worker_send_task_events": settings.task_events_enabled,

@@ -1,9 +1,10 @@
-"""CourierRedisBackend: Celery's Redis result backend, storing each result in one round trip.
+"""CourierRedisBackend: Celery's Redis result backend, storing results in one round trip, many at a time.
 
 Celery's backend reads the current result before writing (so a duplicate run never overwrites SUCCESS), then
-writes it: two round trips per task, and a race between them. Here one Lua script does both atomically. The
-benchmark's profile of a worker child showed result storage at about 40 % of its time, most of it waiting
-on those round trips.
+writes it: two round trips per task, and a race between them. Here one Lua script does both atomically, for
+one result or for a batch: the worker's main process stores the SUCCESS results its pool children hand back
+in one call per turn of its event loop (app/tasks/pool.py). The benchmark's profile of a worker child showed
+result storage at about 40 % of its time, most of it waiting on those round trips.
 """
 
 from __future__ import annotations
@@ -21,26 +22,38 @@ from app.config import get_settings
 from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH
 from app.redis_store import get_redis
 from app.runs import journal
+from app.tasks import pool
+from app.tasks.pool import Deferred
 
-#: Journal the outcome (when given) for the run history; refuse to overwrite a SUCCESS result; otherwise store
-#: (with a TTL when given) and publish, as Celery does. KEYS: result key, history stream. ARGV: value, TTL,
-#: journal entry or "", the stream's approximate cap.
+#: For each result: journal its outcome (when given) for the run history; refuse to overwrite a SUCCESS result;
+#: otherwise store it (with a TTL when given) and publish it, as Celery does. KEYS: the history stream, then one
+#: result key per result. ARGV: the stream's approximate cap, then (value, TTL or 0, journal entry or "") per
+#: result. Returns how many results were stored.
 STORE_SCRIPT = """
-if ARGV[3] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
+local stored = 0
+for i = 2, #KEYS do
+  local at = 3 * (i - 2) + 2
+  local value, ttl, entry = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  if entry ~= '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', entry)
+  end
+  local final = false
+  local current = redis.call('GET', KEYS[i])
+  if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    final = ok and type(decoded) == 'table' and decoded['status'] == 'SUCCESS'
+  end
+  if not final then
+    if ttl > 0 then
+      redis.call('SETEX', KEYS[i], ttl, value)
+    else
+      redis.call('SET', KEYS[i], value)
+    end
+    redis.call('PUBLISH', KEYS[i], value)
+    stored = stored + 1
+  end
 end
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, decoded = pcall(cjson.decode, current)
-  if ok and type(decoded) == 'table' and decoded['status'] == 'SUCCESS' then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+return stored
 """
 
 
@@ -57,22 +70,33 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         entry = self._journal_entry(bytes_to_str(task_id), state, result, traceback, request)
-        shared = entry is not None and _journal_shares_this_redis()
-        self.ensure(
-            self._store_once, (self.get_key_for_task(task_id), value, int(expires or 0), entry if shared else None)
-        )
-        if entry is not None and not shared:  # REDIS_URL names another Redis: one more round trip
-            get_redis().xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
+        deferred: Deferred = (self.get_key_for_task(task_id), value, int(expires or 0), entry)
+        collected = pool.collecting()
+        if collected is not None and state == states.SUCCESS:
+            collected.append(deferred)  # stored by the worker's main process with others (app/tasks/pool.py)
+        else:
+            self.ensure(self.store_many, ([deferred],))
         return result
+
+    def store_many(self, deferred: list[Deferred]) -> None:
+        """Store results (and journal their outcomes) in one round trip: STORE_SCRIPT."""
+        shared = _journal_shares_this_redis()
+        args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]
+        for _, value, expires, entry in deferred:
+            args += [value, expires, (entry or "") if shared else ""]
+        self._store_script(keys=[HISTORY_STREAM, *(key for key, *_ in deferred)], args=args)
+        entries = [entry for *_, entry in deferred if entry is not None]
+        if entries and not shared:  # REDIS_URL names another Redis: one more round trip
+            pipe = get_redis().pipeline(transaction=False)
+            for entry in entries:
+                pipe.xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
+            pipe.execute()
 
     @cached_property
     def _store_script(self) -> Script:
         """STORE_SCRIPT on this backend's client: EVALSHA, loading the script again if Redis forgot it."""
         script: Script = self.client.register_script(STORE_SCRIPT)
         return script
-
-    def _store_once(self, key: bytes, value: Any, expires: int, entry: str | None) -> None:
-        self._store_script(keys=[key, HISTORY_STREAM], args=[value, expires, entry or "", HISTORY_STREAM_MAX_LENGTH])
 
     @staticmethod
     def _journal_entry(task_id: str, state: str, result: Any, traceback: Any, request: Any) -> str | None:
