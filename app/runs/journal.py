@@ -2,9 +2,11 @@
 
 The entries have the shape of Celery task events (`type`, `uuid`, `timestamp`, `hostname`, ...), so the
 history folds them with the same rules (app/runs/service.py). They ride Redis round trips the worker makes
-anyway: the start goes into `before_start`'s pipeline, the outcome into the result-store script
-(app/tasks/results.py). Celery's own task events cost three broker messages per task, published from the
-worker's consumer loop; the benchmark measured them at about a third of its throughput.
+anyway: an outcome rides the result-store script (app/tasks/results.py), and carries the run's start with it.
+A run still going after START_ENTRY_AFTER_S also gets a start entry of its own, written by the worker's main
+process (app/tasks/pool.py), so the history shows it running. A short run is thus one entry, not two: the
+recorder's work per run was mostly per entry. Celery's own task events cost three broker messages per task,
+published from the worker's consumer loop; the benchmark measured them at about a third of its throughput.
 
 The recorder (app/runs/recorder.py) reads the stream through a consumer group and acknowledges entries only
 after their batch is committed to SQL, so entries written while it is down wait for it.
@@ -31,27 +33,50 @@ STATE_EVENTS = {
 TRACEBACK_MAX_CHARS = 8000
 #: Field of a stream entry that holds the JSON event.
 FIELD = "e"
+#: A run still going this many seconds after it started gets a start entry of its own.
+START_ENTRY_AFTER_S = 0.5
+#: Key of an outcome entry that holds its run's start event.
+START_FIELD = "start"
 
 
-def started(*, task_id: str, request: Any) -> str:
-    """The JSON entry for an attempt that starts now."""
-    event = {
+def started(*, task_id: str, request: Any) -> dict[str, Any]:
+    """The start event of the attempt a task request describes (in the worker child), started now."""
+    return start_event(
+        task_id=task_id,
+        at=time.time(),
+        name=request.task,
+        retries=request.retries or 0,
+        hostname=request.hostname,
+        routing_key=(request.delivery_info or {}).get("routing_key"),
+        headers={h: getattr(request, h, None) for h in (TRIGGERED_BY_HEADER, DISPATCHED_AT_HEADER)},
+    )
+
+
+def start_event(
+    *, task_id: str, at: float, name: str, retries: int, hostname: str, routing_key: str | None, headers: Any
+) -> dict[str, Any]:
+    """A `task-started` event; `headers` are the message's (what the publisher recorded, so the recorder needs no
+    Redis lookup to attribute the run)."""
+    event: dict[str, Any] = {
         "type": "task-started",
         "uuid": task_id,
-        "timestamp": time.time(),
-        "hostname": request.hostname,
-        "name": request.task,
-        "retries": request.retries or 0,
+        "timestamp": at,
+        "hostname": hostname,
+        "name": name,
+        "retries": retries,
     }
-    # What the publisher recorded, from the message's headers: the recorder then needs no Redis lookup.
-    routing_key = (request.delivery_info or {}).get("routing_key")
     if routing_key:
         event["tier"] = routing_key
     for header, field in ((TRIGGERED_BY_HEADER, "triggered_by"), (DISPATCHED_AT_HEADER, "dispatched_at")):
-        value = getattr(request, header, None)
+        value = headers.get(header)
         if value is not None:
             event[field] = value
-    return _encode(event)
+    return event
+
+
+def encode(event: dict[str, Any]) -> str:
+    """The JSON of a stream entry."""
+    return orjson.dumps(event, default=str).decode()
 
 
 def outcome(*, task_id: str, state: str, result: Any, traceback: Any, request: Any) -> str | None:
@@ -67,11 +92,14 @@ def outcome(*, task_id: str, state: str, result: Any, traceback: Any, request: A
         began = getattr(request, "courier_started", None)
         if kind == "task-succeeded" and began is not None:
             event["runtime"] = round(time.monotonic() - began, 6)
+        start = getattr(request, "courier_start_event", None)
+        if start is not None:
+            event[START_FIELD] = start
     if kind in ("task-failed", "task-retried"):
         event["exception"] = describe_exception(result)
         if traceback:
             event["traceback"] = str(traceback)[-TRACEBACK_MAX_CHARS:]
-    return _encode(event)
+    return encode(event)
 
 
 def describe_exception(result: Any) -> str | None:
@@ -85,19 +113,19 @@ def describe_exception(result: Any) -> str | None:
     return None
 
 
-def decode(fields: dict[str, str]) -> dict[str, Any] | None:
-    """The event of one stream entry; None for an entry that is not ours (never fatal for the recorder)."""
+def decode(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The events of one stream entry: an outcome's start (when it carries one), then the entry's own event.
+    An entry that is not ours gives none (never fatal for the recorder)."""
     try:
         event = orjson.loads(fields.get(FIELD, ""))
     except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
+        return []
+    if not isinstance(event, dict):
+        return []
+    start = event.pop(START_FIELD, None)
+    return [start, event] if isinstance(start, dict) else [event]
 
 
 def xadd_args() -> dict[str, Any]:
     """Keyword arguments of XADD that cap the stream (approximate trimming: O(1))."""
     return {"maxlen": HISTORY_STREAM_MAX_LENGTH, "approximate": True}
-
-
-def _encode(event: dict[str, Any]) -> str:
-    return orjson.dumps(event, default=str).decode()

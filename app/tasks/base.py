@@ -14,7 +14,7 @@ from celery.exceptions import Ignore
 from redis.commands.core import Script
 
 from app.config import get_settings
-from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH, REVOKED_KEY, STARTS_KEY, Tier
+from app.constants import REVOKED_KEY, STARTS_KEY, Tier
 from app.redis_store import get_redis
 from app.runs import journal
 from app.tasks import topology
@@ -26,17 +26,13 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: Before a task body runs. KEYS: revocation key, this attempt's start counter, history stream. ARGV: the
-#: counter's TTL, the journal entry or "", the stream's approximate cap. Returns {revoked (0/1), starts}.
-#: One script instead of a four-command pipeline: the worker child spent about 30 µs less per task packing
-#: and parsing it (redis-py's per-command overhead), and EVALSHA sends only the script's digest.
+#: Before a task body runs. KEYS: revocation key, this attempt's start counter. ARGV: the counter's TTL.
+#: Returns {revoked (0/1), starts}. One script instead of a pipeline: the worker child spent about 30 µs less
+#: per task packing and parsing it (redis-py's per-command overhead), and EVALSHA sends only the script's digest.
 START_SCRIPT = """
 local revoked = redis.call('EXISTS', KEYS[1])
 local starts = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[2])
-end
 return {revoked, starts}
 """
 
@@ -74,26 +70,26 @@ class CourierTask(Task):  # type: ignore[misc]
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
 
-        One Redis round trip (START_SCRIPT): EXISTS on the revocation key, INCR of this attempt's start count,
-        and the run's start in the history journal. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times never
-        finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected to
-        the dead-letter queue as `worker_lost`.
+        One Redis round trip (START_SCRIPT): EXISTS on the revocation key and INCR of this attempt's start count.
+        An attempt that starts more than MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each
+        time: classic queues count no redeliveries), so it is rejected to the dead-letter queue as `worker_lost`.
+        The run's start is journaled with its outcome (app/runs/journal.py).
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
-        entry = journal.started(task_id=task_id, request=self.request) if settings.history_enabled else ""
         revoked, starts = _start_script()(
             keys=[
                 REVOKED_KEY.format(task_id=task_id),
                 STARTS_KEY.format(task_id=task_id, retries=self.request.retries or 0),
-                HISTORY_STREAM,
             ],
-            args=[settings.result_expires_s, entry, HISTORY_STREAM_MAX_LENGTH],
+            args=[settings.result_expires_s],
         )
         if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)
             raise Ignore()
+        if settings.history_enabled:
+            self.request.courier_start_event = journal.started(task_id=task_id, request=self.request)
         if starts > settings.max_starts_per_attempt:
             lost = WorkerKilledRepeatedly(
                 f"attempt {self.request.retries or 0} of {self.name}[{task_id}] started {starts - 1} times "

@@ -1,5 +1,6 @@
-"""The run-history journal: workers append each run's start and outcome to a Redis stream in round trips they
-already make, and the recorder turns it into SQL, acknowledging only after its commit."""
+"""The run-history journal: workers append each run's outcome, carrying its start, to a Redis stream in round
+trips they already make (a long run's start also gets an entry of its own while it runs), and the recorder turns
+it into SQL, acknowledging only after its commit."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def test_a_run_is_journaled_then_recorded_and_removed_from_the_stream(api, admin
         worker = start_worker("medium", concurrency=1)
         task_id = dispatch(api, admin_key, echo="journal")
         _finished(api, admin_key, task_id)
-        # Then the stream holds the start and the outcome, with what the history needs
-        started, succeeded = _entries_of(task_id)
+        # Then the stream holds one entry, the outcome, which carries the start: what the history needs
+        (succeeded,) = _entries_of(task_id)
+        started = succeeded["start"]
         assert (started["type"], succeeded["type"]) == ("task-started", "task-succeeded")
         assert started["name"] == succeeded["name"] == "system.ping"
         assert started["hostname"] == worker.hostname and started["retries"] == 0
@@ -55,6 +57,27 @@ def test_a_run_is_journaled_then_recorded_and_removed_from_the_stream(api, admin
     join(lambda: not _entries_of(task_id), what="the entries to be deleted after the commit")
 
 
+def test_a_long_run_is_journaled_as_started_while_it_runs_and_recorded_as_running(
+    api, admin_key, start_worker, recorder
+):
+    from app.runs.journal import START_ENTRY_AFTER_S
+
+    worker = start_worker("medium", concurrency=1)
+    task_id = dispatch(api, admin_key, sleep_s=START_ENTRY_AFTER_S + 4)
+
+    def running() -> dict[str, Any] | None:
+        runs = api.get("/api/v1/tasks/runs", params={"limit": 200}, headers=auth(admin_key)).json()["items"]
+        return next((r for r in runs if r["task_id"] == task_id and r["state"] == "STARTED"), None)
+
+    # While it runs, the worker's main process journals its start, and the history shows it running, attributed
+    run = join(running, what="the run to be recorded as running")
+    assert (run["name"], run["worker"], run["tier"]) == ("system.ping", worker.hostname, "medium")
+    assert run["triggered_by"] == admin_key[0] and run["attempts"] == 1
+    # And when it ends, it is recorded as a success, once
+    assert _finished(api, admin_key, task_id)["state"] == "SUCCESS"
+    assert join(lambda: _run(api, admin_key, task_id), what="the success to be recorded")["attempts"] == 1
+
+
 def test_entries_a_recorder_took_but_never_committed_are_recorded_after_its_restart(
     api, admin_key, start_worker, recorder
 ):
@@ -67,7 +90,7 @@ def test_entries_a_recorder_took_but_never_committed_are_recorded_after_its_rest
         assert any(g["name"] == HISTORY_GROUP for g in redis_client().xinfo_groups(HISTORY_STREAM))
         taken = redis_client().xreadgroup(HISTORY_GROUP, "recorder", {HISTORY_STREAM: ">"})
         assert taken and any(json.loads(f["e"])["uuid"] == task_id for _, f in taken[0][1])
-        assert redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] >= 2
+        assert redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] >= 1
     finally:
         recorder.start()
     # Then the restarted recorder records them and acknowledges them
