@@ -15,3 +15,10 @@ def get_redis() -> redis.Redis:
     return redis.Redis.from_url(
         get_settings().redis_dsn, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
     )
+
+
+@lru_cache
+def shares_result_backend() -> bool:
+    """Whether Courier's Redis (journal, revocations) is the result backend's, so one round trip reaches both."""
+    settings = get_settings()
+    return settings.redis_dsn == settings.result_backend_dsn

@@ -6,40 +6,22 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Ignore
-from redis.commands.core import Script
 
 from app.config import get_settings
-from app.constants import REVOKED_KEY, STARTS_KEY, Tier
-from app.redis_store import get_redis
+from app.constants import Tier
 from app.runs import journal
-from app.tasks import topology
+from app.tasks import pool, topology
+from app.tasks import starts as starts_check
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-#: Before a task body runs. KEYS: revocation key, this attempt's start counter. ARGV: the counter's TTL.
-#: Returns {revoked (0/1), starts}. One script instead of a pipeline: the worker child spent about 30 µs less
-#: per task packing and parsing it (redis-py's per-command overhead), and EVALSHA sends only the script's digest.
-START_SCRIPT = """
-local revoked = redis.call('EXISTS', KEYS[1])
-local starts = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return {revoked, starts}
-"""
-
-
-@lru_cache
-def _start_script() -> Script:
-    return get_redis().register_script(START_SCRIPT)
 
 
 class TransientError(Exception):
@@ -70,20 +52,15 @@ class CourierTask(Task):  # type: ignore[misc]
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
 
-        One Redis round trip (START_SCRIPT): EXISTS on the revocation key and INCR of this attempt's start count.
-        An attempt that starts more than MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each
-        time: classic queues count no redeliveries), so it is rejected to the dead-letter queue as `worker_lost`.
-        The run's start is journaled with its outcome (app/runs/journal.py).
+        The answer comes from app/tasks/starts.py: EXISTS on the revocation key and INCR of this attempt's start
+        count, asked by the worker's main process for every job it hands to its pool children in one round trip,
+        or here when the task runs any other way. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times
+        never finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected
+        to the dead-letter queue as `worker_lost`. The run's start is journaled with its outcome (app/runs/journal.py).
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
-        revoked, starts = _start_script()(
-            keys=[
-                REVOKED_KEY.format(task_id=task_id),
-                STARTS_KEY.format(task_id=task_id, retries=self.request.retries or 0),
-            ],
-            args=[settings.result_expires_s],
-        )
+        revoked, starts = pool.start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
         if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)

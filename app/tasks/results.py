@@ -9,7 +9,7 @@ result storage at about 40 % of its time, most of it waiting on those round trip
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
 from celery import states
@@ -20,10 +20,11 @@ from redis.commands.core import Script
 
 from app.config import get_settings
 from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH
-from app.redis_store import get_redis
+from app.redis_store import get_redis, shares_result_backend
 from app.runs import journal
-from app.tasks import pool
+from app.tasks import pool, starts
 from app.tasks.pool import Deferred
+from app.tasks.starts import Answer
 
 #: For each result: journal its outcome (when given) for the run history; refuse to overwrite a SUCCESS result;
 #: otherwise store it (with a TTL when given) and publish it, as Celery does. KEYS: the history stream, then one
@@ -78,19 +79,30 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
             self.ensure(self.store_many, ([deferred],))
         return result
 
-    def store_many(self, deferred: list[Deferred]) -> None:
-        """Store results (and journal their outcomes) in one round trip: STORE_SCRIPT."""
-        shared = _journal_shares_this_redis()
+    def store_many(self, deferred: list[Deferred], attempts: list[tuple[str, int]] | None = None) -> list[Answer]:
+        """Store results (and journal their outcomes) in one round trip: STORE_SCRIPT. With `attempts`, their
+        start check (app/tasks/starts.py) rides the same round trip, and its answers are returned."""
+        shared = shares_result_backend()
         args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]
         for _, value, expires, entry in deferred:
             args += [value, expires, (entry or "") if shared else ""]
-        self._store_script(keys=[HISTORY_STREAM, *(key for key, *_ in deferred)], args=args)
+        keys: list[str | bytes] = [HISTORY_STREAM, *(key for key, *_ in deferred)]
+        answers: list[Answer] = []
+        if attempts:
+            pipe = self.client.pipeline(transaction=False)
+            if deferred:  # EVAL: a pipeline cannot reload a script Redis forgot
+                pipe.eval(STORE_SCRIPT, len(keys), *keys, *args)
+            starts.queue(pipe, attempts)
+            answers = starts.parse(pipe.execute()[-1])
+        elif deferred:
+            self._store_script(keys=keys, args=args)
         entries = [entry for *_, entry in deferred if entry is not None]
         if entries and not shared:  # REDIS_URL names another Redis: one more round trip
             pipe = get_redis().pipeline(transaction=False)
             for entry in entries:
                 pipe.xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
             pipe.execute()
+        return answers
 
     @cached_property
     def _store_script(self) -> Script:
@@ -103,10 +115,3 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         if not get_settings().history_enabled:
             return None
         return journal.outcome(task_id=task_id, state=state, result=result, traceback=traceback, request=request)
-
-
-@lru_cache
-def _journal_shares_this_redis() -> bool:
-    """Whether Courier's Redis (the journal's) is the result backend's, so one script can write both."""
-    settings = get_settings()
-    return settings.redis_dsn == settings.result_backend_dsn

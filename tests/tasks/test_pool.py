@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from billiard.einfo import ExceptionInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -25,7 +26,7 @@ def test_a_child_hands_its_success_back_and_the_batch_stores_it_before_the_callb
     batch = pool.ResultBatch(celery_app.backend.store_many)
     for task_id in task_ids:
         # Given a task run under run_deferring (as in a pool child): its result is not in Redis yet
-        returned = pool.run_deferring(_trace_ok, task_id)
+        returned = pool.run_deferring(_trace_ok, None, task_id)
         assert returned[3] and redis_client().get(f"celery-task-meta-{task_id}") is None
 
         def callback(outcome, task_id=task_id):
@@ -48,7 +49,7 @@ def test_when_the_store_fails_each_task_takes_the_failure_path_instead_of_being_
 
     batch = pool.ResultBatch(unreachable)
     for _ in range(2):
-        batch.add(outcomes.append, pool.run_deferring(_trace_ok, str(uuid.uuid4())))
+        batch.add(outcomes.append, pool.run_deferring(_trace_ok, None, str(uuid.uuid4())))
     batch.flush()
     # Celery's on_success turns failed=1 into on_failure: rejected without requeue, i.e. dead-lettered
     assert [o[0] for o in outcomes] == [1, 1]
@@ -60,3 +61,53 @@ def test_outside_a_pool_child_a_success_is_stored_at_once():
     _trace_ok(task_id)
     assert pool.collecting() is None
     assert celery_app.backend.get_task_meta(task_id)["status"] == "SUCCESS"
+
+
+def test_one_start_check_answers_for_many_attempts_and_counts_each_start():
+    from app.runs import revocations
+    from app.tasks import starts
+
+    fresh, revoked, again = (str(uuid.uuid4()) for _ in range(3))
+    redis_client().set(f"courier:revoked:{revoked}", "1", ex=60)
+    assert not revocations.is_revoked(fresh) and revocations.is_revoked(revoked)
+    # When three attempts are checked at once (one of them a second start of the same attempt)
+    answers = starts.check([(fresh, 0), (revoked, 0), (again, 2), (again, 2)])
+    # Then each gets its own answer, and each start is counted
+    assert answers == [(False, 1), (True, 1), (False, 1), (False, 2)]
+    assert starts.check([(fresh, 1)]) == [(False, 1)]  # a retry is a new attempt
+
+
+def test_a_child_uses_the_main_process_answer_instead_of_asking_redis():
+    seen: list[object] = []
+
+    def trace(task_id: str) -> tuple[int, None, float]:
+        seen.append(pool.start_answer())
+        return 0, None, 0.0
+
+    pool.run_deferring(trace, (True, 3), "t")
+    assert seen == [(True, 3)] and pool.start_answer() is None
+
+
+@pytest.mark.parametrize("pool_kind", ["prefork", "solo"])
+def test_a_job_waiting_behind_a_running_one_is_checked_when_it_starts_not_when_it_arrived(
+    pool_kind, api, admin_key, start_worker, empty_queues
+):
+    """A prefork job waits in Celery's semaphore until a child is free, an inline (solo) job until the one before
+    it ends: either way its revocation check must come when it starts. The revocation is written to Redis only,
+    as when the broadcast to the workers is lost, so nothing but the check can stop it."""
+    from tests.conftest import dispatch, join
+
+    # Given two tasks queued before the worker starts, so that it takes both at once (prefetch)
+    running = dispatch(api, admin_key, tier="low", sleep_s=2)
+    waiting = dispatch(api, admin_key, tier="low", echo="must not run")
+    start_worker("low", concurrency=1, env={"CELERY_WORKER_POOL": pool_kind})
+    join(lambda: _started(running), what="the first task to start")
+    # When the waiting job is revoked while the first one runs
+    redis_client().set(f"courier:revoked:{waiting}", "1", ex=600)
+    # Then the first succeeds and the waiting one is never run
+    join(lambda: celery_app.backend.get_task_meta(running)["status"] == "SUCCESS", what="the running task")
+    join(lambda: celery_app.backend.get_task_meta(waiting)["status"] == "REVOKED", what="the revoked task")
+
+
+def _started(task_id: str) -> bool:
+    return bool(redis_client().exists(f"courier:starts:{task_id}:0"))
