@@ -83,6 +83,8 @@ class ResultBatch:
 
     def __init__(self, store_many: Callable[[list[Deferred]], Any]) -> None:
         self.store_many = store_many
+        #: Store each result as it comes instead of on the loop's tick (a warm shutdown: the loop has stopped).
+        self.immediate = False
         self._pending: list[Pending] = []
 
     @property
@@ -96,6 +98,8 @@ class ResultBatch:
             callback((failed, retval, runtime))
             return
         self._pending.append((callback, (failed, retval, runtime), deferred))
+        if self.immediate:
+            self.flush()
 
     def take(self) -> list[Pending]:
         """The held outcomes, to store and then `settle`."""
@@ -223,6 +227,16 @@ class _BatchingPool:
         if get_settings().history_enabled:
             self._starts = StartJournal()
             hub.call_repeatedly(StartJournal.CHECK_S, self._starts.journal_due)
+
+    def on_stop(self) -> None:
+        """Warm shutdown: the loop no longer ticks while the pool waits for its running jobs, so the results that
+        came back are stored (and acked) now, and those still to come as they come. Held jobs never started:
+        they stay unacked, and the broker redelivers them."""
+        if self._batch is not None:
+            self._held = []
+            self._batch.immediate = True
+            self._batch.flush()
+        super().on_stop()  # type: ignore[misc]
 
     def _tick(self) -> None:
         """Once per turn of the loop: store the results that came back and check the held jobs (one Redis round

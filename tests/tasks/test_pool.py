@@ -111,3 +111,30 @@ def test_a_job_waiting_behind_a_running_one_is_checked_when_it_starts_not_when_i
 
 def _started(task_id: str) -> bool:
     return bool(redis_client().exists(f"courier:starts:{task_id}:0"))
+
+
+def test_a_task_running_through_a_warm_shutdown_is_stored_and_acked_not_run_again(start_worker, empty_queues):
+    import os
+    import signal
+    import subprocess
+
+    from app.constants import Tier
+    from app.tasks import publish
+    from tests.conftest import join, queue_depth
+
+    worker = start_worker("low", concurrency=1)
+    task_id = publish.dispatch(
+        "system.ping", kwargs={"sleep_s": 3, "steps": 6}, triggered_by="test", tier=Tier.low
+    ).task_id
+    # (its first PROGRESS comes from the pool child: the task is running, not just handed over)
+    join(lambda: celery_app.backend.get_task_meta(task_id)["status"] == "PROGRESS", what="the task to run")
+    # When the worker's main process is asked to stop (a warm shutdown, as `celery worker` gets from systemd)
+    os.kill(worker.process.pid, signal.SIGTERM)
+    try:
+        exit_code = worker.process.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not finish its warm shutdown:\n{worker.log()[-4000:]}")
+    assert exit_code == 0, worker.log()[-4000:]
+    # Then the running task finished: its result is stored and its message acked, so it will not run again
+    assert celery_app.backend.get_task_meta(task_id)["status"] == "SUCCESS"
+    assert queue_depth("low")["ready"] == 0
