@@ -3,6 +3,7 @@ when the store fails, and stored at once outside a pool child."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -138,3 +139,45 @@ def test_a_task_running_through_a_warm_shutdown_is_stored_and_acked_not_run_agai
     # Then the running task finished: its result is stored and its message acked, so it will not run again
     assert celery_app.backend.get_task_meta(task_id)["status"] == "SUCCESS"
     assert queue_depth("low")["ready"] == 0
+
+
+def test_with_results_in_another_redis_the_worker_checks_and_journals_in_courier_s_own(
+    api, admin_key, start_worker, empty_queues, recorder
+):
+    """REDIS_URL and CELERY_RESULT_BACKEND may name different Redis databases: then the start checks and the
+    journal go to Courier's (REDIS_URL) and the results to the backend's, in a round trip each."""
+    import redis
+
+    from tests.conftest import REDIS_DB, REDIS_HOST, _claim_redis_db, dispatch, join
+
+    results_db = _claim_redis_db()
+    results = redis.Redis(host=REDIS_HOST, db=results_db, decode_responses=True)
+    recorder.stop()  # (so the journal keeps what the worker writes)
+    try:
+        done = dispatch(api, admin_key, tier="low", echo="elsewhere")
+        revoked = dispatch(api, admin_key, tier="low", echo="must not run")
+        redis_client().set(f"courier:revoked:{revoked}", "1", ex=600)
+        start_worker(
+            "low",
+            concurrency=1,
+            env={
+                "REDIS_URL": f"redis://{REDIS_HOST}:6379/{REDIS_DB}",
+                "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{results_db}",
+            },
+        )
+
+        def status(task_id: str) -> str | None:
+            stored = results.get(f"celery-task-meta-{task_id}")
+            return json.loads(stored)["status"] if stored else None
+
+        join(lambda: status(done) == "SUCCESS", what="the result in the backend's Redis")
+        join(lambda: status(revoked) == "REVOKED", what="the revoked task refused")
+        # The start was counted, and the outcome journaled, in Courier's Redis, not the backend's
+        assert _started(done) and not results.exists(f"courier:starts:{done}:0")
+        journal = [json.loads(f["e"]) for _, f in redis_client().xrange("courier:history")]
+        assert any(e["uuid"] == done and e["type"] == "task-succeeded" for e in journal)
+        assert not results.exists("courier:history")
+    finally:
+        recorder.start()
+        results.flushdb()
+        results.close()
