@@ -60,7 +60,7 @@ class CourierTask(Task):  # type: ignore[misc]
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
-        revoked, starts = pool.start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
+        revoked, starts = pool.take_start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
         if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)

@@ -58,9 +58,12 @@ def collecting() -> list[Deferred] | None:
     return _collected
 
 
-def start_answer() -> starts.Answer | None:
-    """The main process's start check for the attempt running now, or None when the task must ask itself."""
-    return _answer
+def take_start_answer() -> starts.Answer | None:
+    """The main process's start check for the attempt running now, once (a task the attempt runs inline, eagerly,
+    asks for itself), or None when the task must ask itself."""
+    global _answer
+    answer, _answer = _answer, None
+    return answer
 
 
 def run_deferring(
