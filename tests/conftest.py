@@ -74,6 +74,29 @@ TEST_ENV = {
     "WEBHOOK_RETRY_MAX_S": "2",
 }
 os.environ.update(TEST_ENV)
+
+
+def _import_anyio_now() -> None:
+    """Resolve anyio's lazily imported names here, in the main thread.
+
+    anyio ships a pytest plugin, so pytest's assertion rewriter imports every anyio module (with or without
+    `-p no:anyio`), parsing its source. A module anyio first imports lazily inside the TestClient's thread (a
+    FileResponse's `anyio.open_file`) was then parsed there, concurrently with the main thread, and CPython
+    3.11.7 failed it twice in CI with "SystemError: AST constructor recursion depth mismatch": a 500 on a report
+    download.
+    """
+    import warnings
+
+    import anyio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated aliases warn when resolved
+        for name in dir(anyio):
+            if not name.startswith("_"):
+                getattr(anyio, name)
+
+
+_import_anyio_now()
 # A developer's .env must not leak into the tests: Settings reads the process environment first, and
 # everything that matters is set above.
 
