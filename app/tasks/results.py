@@ -80,15 +80,16 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         return result
 
     def store_many(self, deferred: list[Deferred], attempts: list[tuple[str, int]] | None = None) -> list[Answer]:
-        """Store results (and journal their outcomes) in one round trip: STORE_SCRIPT. With `attempts`, their
-        start check (app/tasks/starts.py) rides the same round trip, and its answers are returned."""
+        """Store results (and journal their outcomes) with STORE_SCRIPT, and check the start of `attempts`
+        (app/tasks/starts.py), returning their answers: one round trip when Courier's Redis is this one, else
+        one each."""
         shared = shares_result_backend()
         args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]
         for _, value, expires, entry in deferred:
             args += [value, expires, (entry or "") if shared else ""]
         keys: list[str | bytes] = [HISTORY_STREAM, *(key for key, *_ in deferred)]
         answers: list[Answer] = []
-        if attempts:
+        if attempts and shared:
             pipe = self.client.pipeline(transaction=False)
             if deferred:  # EVAL: a pipeline cannot reload a script Redis forgot
                 pipe.eval(STORE_SCRIPT, len(keys), *keys, *args)
@@ -96,8 +97,10 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
             answers = starts.parse(pipe.execute()[-1])
         elif deferred:
             self._store_script(keys=keys, args=args)
+        if attempts and not shared:  # REDIS_URL names another Redis: the checks go there
+            answers = starts.check(attempts)
         entries = [entry for *_, entry in deferred if entry is not None]
-        if entries and not shared:  # REDIS_URL names another Redis: one more round trip
+        if entries and not shared:  # and so does the journal
             pipe = get_redis().pipeline(transaction=False)
             for entry in entries:
                 pipe.xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
