@@ -31,6 +31,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that carry Courier's guarantees (see README, "Delivery guarantees")."""
     return {
         "broker_url": settings.broker_url,
+        # kombu's pyamqp transport with buffered frame reads and batched acks (app/tasks/amqp_transport.py).
+        "broker_transport": "app.tasks.amqp_transport:Transport",
         # Celery's Redis backend, storing each result in one atomic round trip (app/tasks/results.py).
         "result_backend": _one_trip_backend(settings.result_backend_dsn),
         # JSON only: nothing that can execute code on decode.

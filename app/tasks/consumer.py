@@ -8,6 +8,7 @@ are rejected without requeue, so they land in the dead-letter queue as `malforme
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,29 @@ logger = logging.getLogger(__name__)
 
 class CourierConsumer(Consumer):  # type: ignore[misc]
     """The worker's consumer; selected by the `worker_consumer` setting."""
+
+    #: The thread running the consumer's event loop.
+    _loop_thread: int | None = None
+
+    def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        super().start()
+
+    def call_soon_ack(self, p: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Ack (or reject) now when called from the event loop's own thread, instead of at the loop's next turn.
+
+        Celery defers it to the next turn, after the loop's poll. A worker that has read every prefetched message
+        at once (app/tasks/amqp_transport.py) then has nothing left to wake that poll: the acks, and with them
+        the broker's next deliveries, waited for a timer. The pool's batch of acks goes out in one send
+        (`batched_writes`). From any other thread, Celery's way (which wakes the loop) stands.
+        """
+        if self.hub is None or threading.get_ident() != self._loop_thread:
+            return super().call_soon_ack(p, *args, **kwargs)
+        try:
+            p(*args, **kwargs)
+        except Exception:  # as Celery's own immediate path: a failed ack is logged, never raised into the pool
+            logger.exception("Acknowledging a message failed.")
+        return p
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         """Dead-letter a message whose body cannot be decoded (Celery would ack and drop it)."""
