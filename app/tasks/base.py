@@ -16,10 +16,11 @@ from app.constants import Tier
 from app.runs import journal
 from app.tasks import pool, topology
 from app.tasks import starts as starts_check
-from app.tasks.celery_app import celery_app
+from app.tasks.celery_app import TRACE_LOGGER, celery_app
 from app.tasks.policy import POLICIES
 
 logger = logging.getLogger(__name__)
+_trace_logger = logging.getLogger(TRACE_LOGGER)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,6 +75,11 @@ class CourierTask(Task):  # type: ignore[misc]
             )
             logger.error("Dead-lettering %s[%s]: %s.", self.name, task_id, lost)
             raise lost
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Log the retry (Celery's own line is off with the success lines: app/tasks/celery_app.py)."""
+        if not _trace_logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] retry: %r", self.name, task_id, exc)
 
     def signature_from_request(
         self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any
