@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.exceptions import RedisError
+from sqlalchemy.orm import configure_mappers
+from starlette.concurrency import run_in_threadpool
 
 from app import errors
 from app.api.router import api_router
@@ -14,16 +18,38 @@ from app.config import get_settings
 from app.context import RequestIdMiddleware
 from app.logging import configure_logging
 from app.metrics import MetricsMiddleware
+from app.tasks.amqp_async import PublishFailed
+
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    """Configure logging; connections open lazily and are pooled per process."""
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Configure logging and warm up; connections are pooled per process (and reopened as needed)."""
     configure_logging(get_settings().log_level)
+    await _warm_up(app)
     yield
     from app.tasks import publish
 
     await publish.close()
+
+
+async def _warm_up(app: FastAPI) -> None:
+    """Do now what each process's first requests would otherwise wait for: py-spy of a first POST (300 ms
+    against 3 ms for the next) showed FastAPI building its routes' models, SQLAlchemy configuring its mappers,
+    the SQL engine's first connection and the publishing connection. A service that is down does not stop the
+    start: requests reconnect."""
+    from app.tasks import control, publish
+
+    app.openapi()  # (builds every route's models, which FastAPI otherwise does on the first match)
+    configure_mappers()  # (SQLAlchemy otherwise configures every mapper on the first query)
+    database = await run_in_threadpool(control.check_database)
+    if database.status != "up":
+        logger.warning("The database did not answer at start-up: %s.", database.detail)
+    try:
+        await publish.warm_up()
+    except (PublishFailed, RedisError, OSError) as exc:
+        logger.warning("The broker or Redis did not answer at start-up: %r.", exc)
 
 
 def create_app() -> FastAPI:

@@ -75,6 +75,11 @@ class AsyncPublisher:
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
 
+    async def connect(self) -> None:
+        """Open the connection and its channels unless they are open (a publish opens them when needed)."""
+        for _ in range(self.channel_count):
+            await self._channel()
+
     async def _channel(self) -> AbstractChannel:
         index = next(self._turn) % self.channel_count
         if self._usable(index):

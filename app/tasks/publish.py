@@ -279,6 +279,13 @@ async def dispatch_async(
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
 
 
+async def warm_up() -> None:
+    """Open the publishing connection and a Redis connection now (API start-up), so the first requests do not
+    wait for them. Raises PublishFailed or redis.RedisError when one is down; requests retry on their own."""
+    await _publisher().connect()
+    await _async_redis().ping()
+
+
 async def close() -> None:
     """Release the API's publishing connection and Redis pool (on shutdown)."""
     if _publisher.cache_info().currsize:
