@@ -28,10 +28,16 @@ from struct import unpack_from
 from typing import Any
 
 import amqp.transport
+import kombu.connection
+import kombu.transport
 from amqp.exceptions import RecoverableConnectionError, UnexpectedFrame
 from kombu.transport import pyamqp
 
 logger = logging.getLogger(__name__)
+
+#: The name `broker_transport` gives this transport. kombu shows its connections' URLs as amqp:// (the worker's
+#: banner, Flower's broker page, which parses the scheme), as it does for its own `pyamqp`.
+ALIAS = "courier-amqp"
 
 #: Bytes asked of the socket per read: a few hundred small task messages.
 READ_SIZE = 256 * 1024
@@ -226,3 +232,7 @@ class Transport(pyamqp.Transport):
                 transport.receives_left = None
 
         return read
+
+
+kombu.transport.TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")
+kombu.connection.resolve_aliases.setdefault(ALIAS, "amqp")

@@ -11,7 +11,7 @@ from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.tasks import policy, pool, topology
+from app.tasks import amqp_transport, policy, pool, topology
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
 TRACE_LOGGER = "celery.app.trace"
@@ -35,7 +35,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         # kombu's pyamqp transport with buffered frame reads and batched acks (app/tasks/amqp_transport.py).
-        "broker_transport": "app.tasks.amqp_transport:Transport",
+        "broker_transport": amqp_transport.ALIAS,
         # Celery's Redis backend, storing each result in one atomic round trip (app/tasks/results.py).
         "result_backend": _one_trip_backend(settings.result_backend_dsn),
         # JSON only: nothing that can execute code on decode.

@@ -190,3 +190,11 @@ def test_jobs_freed_by_a_batch_s_acks_are_handed_over_in_the_same_tick():
     # Then the job the acks freed went to a child too, checked like the first
     assert the_pool.handed == [first, freed]
     assert the_pool._held == []
+
+
+def test_the_worker_s_broker_url_still_reads_amqp_for_tools_that_parse_it():
+    """Flower's broker page (and the worker's banner) parse the connection's URL: it must not show the
+    transport's import path as a scheme."""
+    with Connection(get_settings().broker_url, transport=celery_app.conf.broker_transport) as connection:
+        assert connection.as_uri().startswith("amqp://")
+        assert isinstance(connection.transport, amqp_transport.Transport)
