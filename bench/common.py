@@ -109,11 +109,17 @@ class Process:
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         with open(self.log_path, "ab") as log:
+            # A restarted process appends to its predecessor's log: only what it writes itself is its own (a
+            # stale "ready." once let a worker's boot count as part of an end-to-end run).
+            self._log_start = log.tell()
             self.popen = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process has written to its log."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
         def seen() -> bool:
