@@ -221,7 +221,7 @@ class _BatchingPool:
     _batch: ResultBatch | None = None
     _starts: StartJournal | None = None
     _held: list[Held]
-    _schedule_writes: Callable[[], None] | None = None
+    _on_poll_start: Callable[[], None] | None = None
     _loop_hub: Any = None
 
     def register_with_event_loop(self, hub: Any) -> None:
@@ -235,10 +235,10 @@ class _BatchingPool:
         # The tick's order is a set's: run it right after ours, or the jobs this tick hands over would wait for
         # the next event (a worker with two children drained under 200 tasks/s). Ours writes to idle children
         # first (`_write_jobs`).
-        schedule_writes = getattr(getattr(self, "_pool", None), "on_poll_start", None)
-        if schedule_writes is not None and schedule_writes in hub.on_tick:
-            hub.on_tick.discard(schedule_writes)
-            self._schedule_writes = schedule_writes
+        on_poll_start = getattr(getattr(self, "_pool", None), "on_poll_start", None)
+        if on_poll_start is not None and on_poll_start in hub.on_tick:
+            hub.on_tick.discard(on_poll_start)
+            self._on_poll_start = on_poll_start
         hub.on_tick.add(self._on_tick)
         if get_settings().history_enabled:
             self._starts = StartJournal()
@@ -256,10 +256,10 @@ class _BatchingPool:
 
     def _on_tick(self) -> None:
         self._tick()
-        if self._schedule_writes is not None:
-            self._write_jobs()
+        if self._on_poll_start is not None:
+            self._write_jobs(self._on_poll_start)
 
-    def _write_jobs(self) -> None:
+    def _write_jobs(self, on_poll_start: Callable[[], None]) -> None:
         """Write the jobs handed over to idle children now, instead of through Celery's way.
 
         Celery registers every idle child's pipe with the poller, polls, writes one job per writable pipe, and
@@ -277,8 +277,7 @@ class _BatchingPool:
             if idle:
                 hub.consolidate_callback(idle)  # Celery's schedule_writes, given the pipes it would have polled for
         if outbound or any(fd in hub.writers for fd in inactive):
-            assert self._schedule_writes is not None
-            self._schedule_writes()
+            on_poll_start()
 
     def _tick(self) -> None:
         """Once per turn of the loop: store the results that came back and check the held jobs (one Redis round
@@ -292,12 +291,12 @@ class _BatchingPool:
         # an inline pool runs them at once. Nothing would wake the loop's poll for them (the broker sends no more
         # until it has the acks, and the worker has already read what it sent).
         while self._held or self._batch.pending:
-            if not self.checks_in_batches:
+            if self.checks_in_batches:
+                held, self._held = self._held, []
+                self._store_check_and_hand_over(self._batch.take(), held)
+            else:
                 self._batch.flush()
                 self._release_one_by_one()
-                continue
-            held, self._held = self._held, []
-            self._store_check_and_hand_over(self._batch.take(), held)
 
     def apply_async(self, target: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         args = tuple(args or ())

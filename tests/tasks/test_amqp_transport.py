@@ -198,3 +198,33 @@ def test_the_worker_s_broker_url_still_reads_amqp_for_tools_that_parse_it():
     with Connection(get_settings().broker_url, transport=celery_app.conf.broker_transport) as connection:
         assert connection.as_uri().startswith("amqp://")
         assert isinstance(connection.transport, amqp_transport.Transport)
+
+
+def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next_task(start_worker, empty_queues):
+    """The broker closing the worker's connection (a RabbitMQ restart, a failover, an operator) reaches the
+    consumer through the buffered transport as a lost connection: the worker reconnects and goes on."""
+    import time
+    from urllib.parse import quote
+
+    from app.constants import Tier
+    from app.tasks import publish
+    from tests.conftest import VHOST, _mgmt, join
+
+    def connections() -> set[str]:
+        return {c["name"] for c in _mgmt("GET", f"/vhosts/{quote(VHOST)}/connections").json()}
+
+    before = connections()
+    worker = start_worker("low", concurrency=1)
+    join(lambda: connections() - before, what="the worker's connection in the management API")
+    time.sleep(1)  # (any second connection of the worker's is listed too)
+    # When the broker closes every connection the worker opened
+    for name in connections() - before:
+        _mgmt("DELETE", f"/connections/{quote(name)}")
+    join(lambda: "Connection to broker lost" in worker.log(), what="the worker to see its connection closed")
+    # Then a task published afterwards still runs
+    task_id = publish.dispatch("system.ping", kwargs={}, triggered_by="test", tier=Tier.low).task_id
+    join(
+        lambda: celery_app.backend.get_task_meta(task_id)["status"] == "SUCCESS",
+        timeout=60,
+        what="the task published after the reconnect",
+    )
