@@ -11,7 +11,7 @@ from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.tasks import amqp_transport, policy, pool, topology
+from app.tasks import amqp_transport, policy, pool, topology, tracing
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
 TRACE_LOGGER = "celery.app.trace"
@@ -164,6 +164,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
     telemetry.install(app)
 
+    # Before the pool forks: a cheaper repr of each result in Celery's tracer (app/tasks/tracing.py).
+    signals.worker_init.connect(lambda **_: tracing.install(), weak=False)
     # setup_logging (not after_setup_logger): with a setup_logging receiver (telemetry's) Celery sends no other.
     signals.setup_logging.connect(_quiet_worker_logs, weak=False)
 

@@ -37,3 +37,44 @@ def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, ad
     join(lambda: celery_app.backend.get_task_meta(second)["status"] == "SUCCESS", what="the run after the flush")
     assert celery_app.backend.get_task_meta(second)["result"]["echo"] == "after"
     assert redis_client().get(f"courier:starts:{second}:0") == "1"
+
+
+def _no_lookup(*_: object, **__: object) -> object:
+    raise AssertionError("looked up per call")
+
+
+def _request(**extra: object) -> object:
+    from celery.app.task import Context
+
+    fields = {"id": "t-1", "task": "system.ping", "args": [1], "kwargs": {"echo": "x"}, "hostname": "medium@host",
+              "retries": 2, "delivery_info": {"routing_key": "medium", "exchange": "courier.tasks"}, "children": []}
+    return Context(**{**fields, **extra})
+
+
+def test_the_result_meta_is_celerys_built_without_its_settings_lookups(monkeypatch):
+    """CourierRedisBackend builds the extended meta itself (Celery looks two settings up per call); the stored
+    JSON must not change: same keys in the same order, same values, a UTC date for a finished state only."""
+    from celery.backends.redis import RedisBackend
+
+    backend = celery_app.backend
+    assert backend._extended_with_utc
+    for state, extra in (("SUCCESS", {}), ("FAILURE", {"group": "g-1", "parent_id": "p-1"}), ("STARTED", {})):
+        with monkeypatch.context() as patched:  # what Celery's meta looks up per call
+            patched.setattr(type(backend.app.conf), "find_value_for_key", _no_lookup)
+            patched.setattr(type(backend.app), "now", _no_lookup)
+            ours = backend._get_result_meta({"pong": True}, state, None, _request(**extra))
+        celerys = RedisBackend._get_result_meta(backend, {"pong": True}, state, None, _request(**extra))
+        ours_done, celerys_done = ours.pop("date_done"), celerys.pop("date_done")
+        assert list(ours.items()) == list(celerys.items())
+        assert (ours_done is None) == (celerys_done is None) == (state == "STARTED")
+        if ours_done is not None:
+            assert ours_done.endswith("+00:00") and ours_done[:16] == celerys_done[:16]
+    assert "name" not in backend._get_result_meta(None, "SUCCESS", None, None)  # no request: no extended fields
+
+
+def test_stamped_requests_and_encoded_args_take_celerys_meta():
+    backend = celery_app.backend
+    stamped = _request(stamps={"on": "yes"}, stamped_headers=["on"])
+    assert backend._get_result_meta(None, "SUCCESS", None, stamped)["on"] == "yes"
+    encoded = backend._get_result_meta(None, "SUCCESS", None, _request(), encode=True)
+    assert encoded["args"] == b"[1]"
