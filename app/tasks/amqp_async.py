@@ -16,16 +16,19 @@ import itertools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
+from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps
 from pamqp.commands import Basic
 
 from app.config import Settings
 from app.constants import TASK_EXCHANGE
 from app.tasks.celery_app import celery_app
+from app.tasks.tracing import bounded_repr
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +153,12 @@ class AsyncPublisher:
         self._connection, self._channels = None, []
 
 
+@lru_cache
+def _origin() -> str:
+    """What Celery puts in a message's `origin` header: this process's node name."""
+    return str(anon_nodename())
+
+
 def build_message(
     *,
     name: str,
@@ -161,8 +170,11 @@ def build_message(
 ) -> TaskMessage:
     """The Celery protocol-2 message `apply_async` would publish; `headers` are added to Celery's (a worker sees
     each as `task.request.<name>`). The timestamp lets RabbitMQ report the age of the oldest message in a queue.
-    The message id is the task id (aiormq tracks returned messages by it)."""
-    built = celery_app.amqp.as_task_v2(
+    The message id is the task id (aiormq tracks returned messages by it). The `argsrepr`/`kwargsrepr` headers
+    come from the builtin repr, and `origin` is computed once: Celery's saferepr and host lookup were a tenth of
+    the publisher's time per message."""
+    amqp = celery_app.amqp
+    built = amqp.as_task_v2(
         task_id,
         name,
         args=(),
@@ -170,6 +182,9 @@ def build_message(
         expires=options.get("expires"),
         time_limit=options.get("time_limit"),
         soft_time_limit=options.get("soft_time_limit"),
+        argsrepr=bounded_repr((), amqp.argsrepr_maxsize),
+        kwargsrepr=bounded_repr(kwargs, amqp.kwargsrepr_maxsize),
+        origin=_origin(),
     )
     content_type, content_encoding, body = dumps(built.body, serializer="json")
     return TaskMessage(

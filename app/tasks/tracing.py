@@ -1,11 +1,13 @@
-"""Celery's per-task trace in the pool child, made cheaper where nobody reads what it computes.
+"""Bounded reprs of task values from the builtin `repr`, where Celery takes `saferepr` on every task.
 
-Celery's tracer takes `saferepr` of every successful task's return value and sends that text back to the
-worker's main process, where only the success log line ("Task ... succeeded in ...: <repr>") and the
-`task-succeeded` event read it. saferepr walks the value in Python, about 25 µs for the probe's small dict:
-a sixth of a pool child's time per no-op task (py-spy, 20,000-task drain). `result_repr` gives the same
-bounded text from the builtin `repr`, which is written in C, and falls back to saferepr for a value whose
-`repr` raises.
+- Celery's tracer, in the pool child, takes `saferepr` of every successful task's return value and sends that
+  text back to the worker's main process, where only the success log line ("Task ... succeeded in ...:
+  <repr>") and the `task-succeeded` event read it. saferepr walks the value in Python, about 25 µs for the
+  probe's small dict: a sixth of a pool child's time per no-op task (py-spy, 20,000-task drain).
+- Each message's `argsrepr` and `kwargsrepr` headers (app/tasks/amqp_async.py).
+
+`bounded_repr` gives the same bounded text from the builtin `repr`, which is written in C, and falls back to
+saferepr for a value whose `repr` raises.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from celery.utils.saferepr import saferepr
 ELLIPSIS = "..."
 
 
-def result_repr(value: Any, maxlen: int = 1024) -> str:
+def bounded_repr(value: Any, maxlen: int = 1024) -> str:
     """`repr(value)`, cut to `maxlen` characters; saferepr's text when `repr` raises."""
     try:
         text = repr(value)
@@ -31,5 +33,5 @@ def result_repr(value: Any, maxlen: int = 1024) -> str:
 
 
 def install() -> None:
-    """Have Celery's tracer use `result_repr` (its tracer looks the name up in its module on every task)."""
-    trace.saferepr = result_repr
+    """Have Celery's tracer use `bounded_repr` (its tracer looks the name up in its module on every task)."""
+    trace.saferepr = bounded_repr

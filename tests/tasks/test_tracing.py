@@ -11,9 +11,9 @@ from app.tasks import tracing
 
 def test_a_result_is_represented_as_repr_does_cut_to_the_limit():
     value = {"pong": True, "echo": None, "worker": "medium@host"}
-    assert tracing.result_repr(value) == repr(value)
+    assert tracing.bounded_repr(value) == repr(value)
     long = list(range(1000))
-    text = tracing.result_repr(long, 50)
+    text = tracing.bounded_repr(long, 50)
     assert len(text) == 50 and text.endswith("...") and text.startswith("[0, 1, 2")
 
 
@@ -22,7 +22,7 @@ def test_a_broken_repr_is_reported_not_raised():
         def __repr__(self) -> str:
             raise ValueError("no repr")
 
-    assert "Unrepresentable" in tracing.result_repr(Broken())
+    assert "Unrepresentable" in tracing.bounded_repr(Broken())
 
 
 def test_the_worker_has_celerys_tracer_use_it():
@@ -31,6 +31,6 @@ def test_the_worker_has_celerys_tracer_use_it():
     try:
         trace.saferepr = saferepr
         signals.worker_init.send(sender=None)
-        assert trace.saferepr is tracing.result_repr
+        assert trace.saferepr is tracing.bounded_repr
     finally:
         trace.saferepr = original
