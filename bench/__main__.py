@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stats[f"ceiling.publish_{args.publishers}"].values.append(peers.pika_publish(n, args.publishers))
         stats["ceiling.consume_prefetch_1"].values.append(peers.pika_consume(n, 1))
         stats["ceiling.consume_prefetch_50"].values.append(peers.pika_consume(n, 50))
-        enqueue, e2e = peers.stock_celery(n, log_dir)
+        enqueue, e2e, cpu = peers.stock_celery(n, log_dir)
         stats["celery.enqueue"].values.append(enqueue)
         stats["celery.e2e"].values.append(e2e)
+        for part, ms in cpu.items():  # (where stock Celery's CPU goes, next to Courier's)
+            stats[f"celery.e2e_cpu_per_task_{part}_ms"].values.append(ms)
         stats["dramatiq.e2e_confirms_off"].values.append(peers.dramatiq_e2e(n, False, log_dir))
         stats["dramatiq.e2e_confirms_on"].values.append(peers.dramatiq_e2e(n, True, log_dir))
 
@@ -150,11 +152,7 @@ def _table(report: dict[str, Any]) -> str:
     rows += [line(name, figure) for name, figure in report["figures"].items()
              if "latency" not in name and not name.endswith(("_s", "_ms"))]
     rows += [line(name, figure, " s") for name, figure in report["figures"].items() if name.endswith("_s")]
-    cpu = {name: figure for name, figure in report["figures"].items() if "_cpu_per_task_" in name}
-    if cpu:
-        rows += ["", "CPU per task end to end (ms, all processes; where the 2 cores go):"]
-        rows += [f"  {name.split('_cpu_per_task_')[1][:-3]:<20} {figure['median']:.3f}" for name, figure in cpu.items()]
-        rows.append(f"  {'total':<20} {sum(f['median'] for f in cpu.values()):.3f}")
+    rows += _cpu_table(report["figures"])
     rows += ["", "API dispatch (authenticated, confirmed):"]
     for level, figures in report["api"].items():
         rows.append(f"  {level:<4} {figures['rps']['median']:>8.1f} req/s   p50 {figures['p50_ms']['median']:.1f} ms"
@@ -166,6 +164,27 @@ def _table(report: dict[str, Any]) -> str:
     rows += [f"  {name:<40} {value!s:>8}   {'met' if report['goals_met'].get(_goal_key(name), False) else 'NOT met'}"
              for name, value in report["goals"].items()]
     return "\n".join(rows)
+
+
+def _cpu_table(figures: dict[str, Any]) -> list[str]:
+    """CPU per task end to end of each part, Courier's next to stock Celery's (medians, ms)."""
+    by_part: dict[str, dict[str, float]] = defaultdict(dict)
+    for name, figure in figures.items():
+        if "_cpu_per_task_" in name:
+            peer, part = name.split(".", 1)[0], name.split("_cpu_per_task_")[1].removesuffix("_ms")
+            by_part[part][peer] = figure["median"]
+    if not by_part:
+        return []
+    columns = ("courier", "celery")
+    totals = {peer: sum(spent.get(peer, 0.0) for spent in by_part.values()) for peer in columns}
+
+    def row(label: str, spent: dict[str, float]) -> str:
+        return f"  {label:<20}" + "".join(f" {spent[p]:>13.3f}" if p in spent else f" {'-':>13}" for p in columns)
+
+    return ["", "CPU per task end to end (ms, all processes; where the 2 cores go):",
+            f"  {'part':<20} {'courier':>13} {'stock celery':>13}",
+            *(row(part, spent) for part, spent in by_part.items()),
+            row("total", {peer: total for peer, total in totals.items() if total})]
 
 
 def _goal_key(name: str) -> str:

@@ -159,6 +159,24 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes `pids`, from /proc (a process gone counts 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def pgrep(*args: str) -> list[int]:
+    """The pids `pgrep` finds with `args`."""
+    return [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]
+
+
 def python() -> str:
     """The interpreter running the benchmark (its venv has every peer installed)."""
     return sys.executable

@@ -20,7 +20,19 @@ from typing import Any
 import psycopg
 import redis
 
-from bench.common import queue_ready, ROOT, Process, amqp_url, percentile, python, vhost, wait_drained, wait_until
+from bench.common import (
+    ROOT,
+    Process,
+    amqp_url,
+    cpu_of,
+    percentile,
+    pgrep,
+    python,
+    queue_ready,
+    vhost,
+    wait_drained,
+    wait_until,
+)
 
 PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -159,18 +171,6 @@ def drain_rate(stack: CourierStack, tier: str, messages: int, *, history: bool =
 
 def cpu_seconds(stack: CourierStack) -> dict[str, float]:
     """CPU time (user + system) used so far by each part of the stack, from /proc: where a task's cost goes."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def of(pid: int) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / tick
-
-    def pgrep(*args: str) -> list[int]:
-        return [int(p) for p in subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()]
-
     main = stack.processes["worker-medium"].popen.pid
     groups = {
         "worker_main": [main],
@@ -181,7 +181,7 @@ def cpu_seconds(stack: CourierStack) -> dict[str, float]:
         "postgresql": pgrep("-x", "postgres"),
         "publisher": [os.getpid()],
     }
-    return {name: sum(of(pid) for pid in pids) for name, pids in groups.items()}
+    return {name: cpu_of(pids) for name, pids in groups.items()}
 
 
 def recorded_runs() -> int:

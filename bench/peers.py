@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pika
 
-from bench.common import Process, amqp_url, python, vhost, wait_drained
+import os
+
+from bench.common import Process, amqp_url, cpu_of, pgrep, python, vhost, wait_drained
 
 QUEUE = "bench"
 
@@ -66,8 +68,9 @@ def pika_consume(messages: int, prefetch: int) -> float:
         return messages / elapsed
 
 
-def stock_celery(messages: int, log_dir: Path) -> tuple[float, float]:
-    """(enqueue rate with no worker, end-to-end rate with a worker running) of an out-of-the-box Celery."""
+def stock_celery(messages: int, log_dir: Path) -> tuple[float, float, dict[str, float]]:
+    """(enqueue rate with no worker, end-to-end rate with a worker running, CPU ms per task of each part end to
+    end) of an out-of-the-box Celery."""
     from bench import stock_celery_app
 
     with vhost("celery") as name:
@@ -82,14 +85,19 @@ def stock_celery(messages: int, log_dir: Path) -> tuple[float, float]:
                                                  "--loglevel", "INFO"], {"BENCH_BROKER_URL": amqp_url(name)}, log_dir)
         try:
             worker.wait_for_log("ready.")
+            main = worker.popen.pid
+            parts = {"worker_main": [main], "worker_children": pgrep("-P", str(main)),
+                     "rabbitmq": pgrep("-f", "beam.smp"), "publisher": [os.getpid()]}
+            before = {part: cpu_of(pids) for part, pids in parts.items()}
             started = time.monotonic()
             for _ in range(messages):
                 noop.delay()
             finished = wait_drained(name, "celery", timeout=600)
+            cpu = {part: 1000 * (cpu_of(pids) - before[part]) / messages for part, pids in parts.items()}
         finally:
             worker.stop()
             app.close()
-        return enqueue, messages / (finished - started)
+        return enqueue, messages / (finished - started), cpu
 
 
 def dramatiq_e2e(messages: int, confirm: bool, log_dir: Path) -> float:

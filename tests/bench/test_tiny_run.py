@@ -62,6 +62,7 @@ def test_a_tiny_benchmark_run_measures_every_peer_and_every_courier_figure(tmp_p
             f"courier.e2e_cpu_per_task_{part}_ms"
             for part in ("worker_main", "worker_children", "recorder", "rabbitmq", "redis", "postgresql", "publisher")
         ),
+        *(f"celery.e2e_cpu_per_task_{part}_ms" for part in ("worker_main", "worker_children", "rabbitmq", "publisher")),
     }
     assert expected <= set(report["figures"])
     never_zero = {n for n in expected if not n.endswith(("errors", "_s", "_ms"))}
@@ -79,4 +80,4 @@ def test_a_tiny_benchmark_run_measures_every_peer_and_every_courier_figure(tmp_p
         "history_cost",
     }
     assert "goals (ratios from this run)" in done.stdout
-    assert "CPU per task end to end" in done.stdout
+    assert "CPU per task end to end" in done.stdout and "stock celery" in done.stdout
