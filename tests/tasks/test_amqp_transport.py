@@ -228,3 +228,49 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
         timeout=60,
         what="the task published after the reconnect",
     )
+
+
+def _transport_over(sock: Any) -> amqp_transport.BufferedTransport:
+    """A BufferedTransport on one end of a socket pair (the other end plays the broker)."""
+    transport = amqp_transport.BufferedTransport.__new__(amqp_transport.BufferedTransport)
+    transport.sock, transport.connected = sock, True
+    transport._setup_transport()
+    return transport
+
+
+def test_a_frame_with_a_corrupt_end_octet_is_refused_and_the_connection_marked_lost():
+    import socket
+    import struct
+
+    from amqp.exceptions import UnexpectedFrame
+
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        transport = _transport_over(ours)
+        good = struct.pack(">BHI", 1, 1, 3) + b"abc" + bytes([amqp_transport.FRAME_END])
+        corrupt = struct.pack(">BHI", 1, 1, 3) + b"xyz" + b"\x00"
+        broker.sendall(good + corrupt)
+        assert transport.read_frame() == (1, 1, b"abc")
+        with pytest.raises(UnexpectedFrame):
+            transport.read_frame()
+        assert transport.connected is False
+
+
+def test_a_held_send_that_fails_is_logged_and_the_other_connections_still_get_theirs(caplog):
+    """A batch's acks on a lost connection are dropped like Celery's failed acks (the broker redelivers), and
+    must not keep the acks of another connection in the same batch from going out."""
+    import socket
+
+    lost_ours, lost_broker = socket.socketpair()
+    live_ours, live_broker = socket.socketpair()
+    with lost_broker, live_ours, live_broker:
+        lost, live = _transport_over(lost_ours), _transport_over(live_ours)
+        with amqp_transport.batched_writes():
+            lost.write(b"ack-1")
+            live.write(b"ack-2")
+            live.write(b"ack-3")
+            lost_ours.close()  # the connection dies before the batch is sent
+        assert lost.connected is False
+        assert "Could not send the frames held" in caplog.text
+        live_broker.settimeout(5)
+        assert live_broker.recv(100) == b"ack-2ack-3"
