@@ -96,3 +96,43 @@ def test_prune_deletes_only_old_finished_runs():
     with session_scope() as session:
         assert session.get(TaskRun, old_done) is None
         assert session.get(TaskRun, old_running) is not None
+
+
+def test_a_large_batch_is_recorded_whole_and_a_second_batch_in_the_same_transaction_sees_only_its_rows():
+    """PostgreSQL batches go through a staging table (binary COPY, then one upsert). Every run of a batch lands,
+    a REVOKED run in it stays REVOKED, and a second batch in the same transaction (the staging table is emptied
+    only at commit) upserts only its own rows: the same run twice in one upsert is an error in PostgreSQL."""
+    revoked = str(uuid.uuid4())
+    with session_scope() as session:
+        service.mark_revoked(session=session, task_id=revoked, name="system.ping", revoked_by="admin")
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    now = time.time()
+    meta = {task_id: {"tier": "medium", "triggered_by": "k", "dispatched_at": str(now - 1)} for task_id in ids}
+    started = [_event("task-started", t, now, name="system.ping", retries=0) for t in [*ids, revoked]]
+    with session_scope() as session:
+        assert service.record_events(session=session, events=started, meta=meta) == 301
+        succeeded = [_event("task-succeeded", t, now + 1, runtime=0.25) for t in ids[:100]]
+        assert service.record_events(session=session, events=succeeded) == 100
+    with session_scope() as session:
+        runs = {run.task_id: run for run in session.query(TaskRun).filter(TaskRun.task_id.in_([*ids, revoked]))}
+    assert len(runs) == 301 and runs[revoked].state == TaskState.REVOKED
+    assert {runs[t].state for t in ids[:100]} == {TaskState.SUCCESS}
+    assert {runs[t].state for t in ids[100:]} == {TaskState.STARTED}
+    assert runs[ids[0]].runtime_s == 0.25 and runs[ids[0]].triggered_by == "k" and runs[ids[0]].tier == "medium"
+    assert runs[ids[-1]].started_at is not None and runs[ids[-1]].finished_at is None
+
+
+def test_a_batch_after_one_that_rolled_back_is_still_recorded():
+    """The staging table is made inside the first batch's transaction; a rollback takes it away again."""
+    import pytest
+
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(RuntimeError), session_scope() as session:
+        service.record_events(session=session, events=[_event("task-started", first, time.time(), name="n")])
+        raise RuntimeError("the commit never happens")
+    for _ in range(3):  # (whichever pooled connection the next batches get)
+        with session_scope() as session:
+            service.record_events(session=session, events=[_event("task-started", second, time.time(), name="n")])
+    with session_scope() as session:
+        assert session.get(TaskRun, first) is None
+        assert session.get(TaskRun, second).state == TaskState.STARTED
