@@ -203,22 +203,22 @@ def test_the_worker_s_broker_url_still_reads_amqp_for_tools_that_parse_it():
 def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next_task(start_worker, empty_queues):
     """The broker closing the worker's connection (a RabbitMQ restart, a failover, an operator) reaches the
     consumer through the buffered transport as a lost connection: the worker reconnects and goes on."""
-    import time
     from urllib.parse import quote
 
     from app.constants import Tier
     from app.tasks import publish
     from tests.conftest import VHOST, _mgmt, join
 
-    def connections() -> set[str]:
-        return {c["name"] for c in _mgmt("GET", f"/vhosts/{quote(VHOST)}/connections").json()}
+    def consuming_connections() -> set[str]:
+        """The connections of the `low` queue's consumers (the worker's consumer connection, by name): listing
+        the connections that appeared once the worker started could catch another of its connections first."""
+        queue = _mgmt("GET", f"/queues/{quote(VHOST)}/low").json()
+        return {c["channel_details"]["connection_name"] for c in queue.get("consumer_details") or []}
 
-    before = connections()
     worker = start_worker("low", concurrency=1)
-    join(lambda: connections() - before, what="the worker's connection in the management API")
-    time.sleep(1)  # (any second connection of the worker's is listed too)
-    # When the broker closes every connection the worker opened
-    for name in connections() - before:
+    names = join(consuming_connections, what="the worker's consumer in the management API")
+    # When the broker closes the worker's consumer connection
+    for name in names:
         _mgmt("DELETE", f"/connections/{quote(name)}")
     join(lambda: "Connection to broker lost" in worker.log(), what="the worker to see its connection closed")
     # Then a task published afterwards still runs
