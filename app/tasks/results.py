@@ -86,7 +86,8 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         """Celery's result meta (extended: name, args, worker, ...), built without Celery's two settings lookups
         per call (`result_extended` by name, and the app's time zone for `date_done`): a tenth of a pool child's
         time per no-op task. Stamped requests, and the forms that encode args or keep a datetime, take Celery's."""
-        if not (format_date and not encode and self._extended_with_utc) or getattr(request, "stamps", None):
+        celerys = not format_date or encode or not self._extended_with_utc or getattr(request, "stamps", None)
+        if celerys:
             return dict(super()._get_result_meta(result, state, traceback, request, format_date, encode))
         meta: dict[str, Any] = {
             "status": state,

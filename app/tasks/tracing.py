@@ -7,7 +7,8 @@
 - Each message's `argsrepr` and `kwargsrepr` headers (app/tasks/amqp_async.py).
 
 `bounded_repr` gives the same bounded text from the builtin `repr`, which is written in C, and falls back to
-saferepr for a value whose `repr` raises.
+saferepr for a value whose `repr` raises. Unlike saferepr it builds the whole text before cutting it: for a
+result, no more than the JSON the backend has just encoded from the same value.
 """
 
 from __future__ import annotations
