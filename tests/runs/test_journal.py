@@ -5,8 +5,12 @@ it into SQL, acknowledging only after its commit."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
+
+import pytest
+import redis
 
 from app.constants import HISTORY_GROUP, HISTORY_STREAM
 from tests.conftest import auth, dispatch, join, redis_client
@@ -96,6 +100,40 @@ def test_entries_a_recorder_took_but_never_committed_are_recorded_after_its_rest
     # Then the restarted recorder records them and acknowledges them
     join(lambda: _run(api, admin_key, task_id), what="the pending entries to be recorded")
     join(lambda: redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] == 0, what="no pending entries")
+
+
+def test_a_batch_committed_just_before_redis_was_lost_is_recorded_once_when_it_returns(
+    api, admin_key, start_worker, recorder, monkeypatch
+):
+    from app.config import get_settings
+    from app.runs import recorder as recording
+
+    recorder.stop()
+    try:
+        start_worker("medium", concurrency=1)
+        task_id = dispatch(api, admin_key, echo="lost redis")
+        _finished(api, admin_key, task_id)
+        # Given a recorder took the run's entries
+        taking = recording.Recorder(get_settings())
+        assert taking.read_journal(pending=False, block_ms=None) >= 1
+        # When Redis is gone between its commit and its acknowledgement (nothing listens on that port)
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            gone = redis.Redis(port=unused.getsockname()[1], socket_connect_timeout=1)
+            monkeypatch.setattr(recording, "get_redis", lambda: gone)
+            with pytest.raises(redis.ConnectionError):
+                taking.flush()
+        monkeypatch.undo()
+        # Then the run is in SQL and its entries are still pending
+        assert _run(api, admin_key, task_id) is not None
+        assert redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] >= 1
+    finally:
+        recorder.start()
+    # And the recorder, back, records them again without a second run or attempt, and acknowledges them
+    join(lambda: redis_client().xpending(HISTORY_STREAM, HISTORY_GROUP)["pending"] == 0, what="no pending entries")
+    runs = api.get("/api/v1/tasks/runs", params={"limit": 200}, headers=auth(admin_key)).json()["items"]
+    (run,) = [r for r in runs if r["task_id"] == task_id]
+    assert (run["state"], run["attempts"]) == ("SUCCESS", 1)
 
 
 def test_with_history_off_a_worker_journals_nothing(api, admin_key, start_worker, recorder):
