@@ -11,6 +11,7 @@ from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
+from app.memory import freeze_start_up_objects
 from app.tasks import amqp_transport, policy, pool, topology, tracing
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
@@ -166,6 +167,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
     # Before the pool forks: a cheaper repr of each result in Celery's tracer (app/tasks/tracing.py).
     signals.worker_init.connect(lambda **_: tracing.install(), weak=False)
+    # Start-up objects out of full garbage collections (app/memory.py): before the pool forks, so the children
+    # inherit the frozen set, and once more when the main process has built its consumer and pool.
+    signals.worker_init.connect(lambda **_: freeze_start_up_objects(), weak=False)
+    signals.worker_ready.connect(lambda **_: freeze_start_up_objects(), weak=False)
     # setup_logging (not after_setup_logger): with a setup_logging receiver (telemetry's) Celery sends no other.
     signals.setup_logging.connect(_quiet_worker_logs, weak=False)
 
