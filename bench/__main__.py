@@ -121,6 +121,16 @@ def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dic
         "latency_100rps_p99_ms": round(stats["courier.latency_100rps_p99_ms"].median, 1),
         "history_cost": round(history_cost, 3),
     }
+    # Each printed figure against its own bound (a goal of two figures is met when both are).
+    within = {
+        "e2e_vs_stock_celery": goals["e2e_vs_stock_celery"] >= 1.0,
+        "e2e_vs_dramatiq_confirms": goals["e2e_vs_dramatiq_confirms"] >= 1.0,
+        "api_c64_vs_single_confirmed_publisher": goals["api_c64_vs_single_confirmed_publisher"] >= 2.0,
+        "api_c64_p99_ms": goals["api_c64_p99_ms"] < 50 and c64["errors"].median == 0,
+        "latency_100rps_p50_ms": goals["latency_100rps_p50_ms"] < 10,
+        "latency_100rps_p99_ms": goals["latency_100rps_p99_ms"] < 50,
+        "history_cost": history_cost < 0.10,
+    }
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -132,13 +142,13 @@ def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dic
         "memory": memory,
         "goals": goals,
         "goals_met": {
-            "e2e_vs_stock_celery": goals["e2e_vs_stock_celery"] >= 1.0,
-            "e2e_vs_dramatiq_confirms": goals["e2e_vs_dramatiq_confirms"] >= 1.0,
-            "api_c64": goals["api_c64_vs_single_confirmed_publisher"] >= 2.0 and goals["api_c64_p99_ms"] < 50
-            and c64["errors"].median == 0,
-            "latency": goals["latency_100rps_p50_ms"] < 10 and goals["latency_100rps_p99_ms"] < 50,
-            "history_cost": history_cost < 0.10,
+            "e2e_vs_stock_celery": within["e2e_vs_stock_celery"],
+            "e2e_vs_dramatiq_confirms": within["e2e_vs_dramatiq_confirms"],
+            "api_c64": within["api_c64_vs_single_confirmed_publisher"] and within["api_c64_p99_ms"],
+            "latency": within["latency_100rps_p50_ms"] and within["latency_100rps_p99_ms"],
+            "history_cost": within["history_cost"],
         },
+        "figures_within_goal": within,
     }
 
 
@@ -161,7 +171,7 @@ def _table(report: dict[str, Any]) -> str:
     rows += ["", f"end-to-end latency at 100 req/s: p50 {report['goals']['latency_100rps_p50_ms']} ms, "
                  f"p99 {report['goals']['latency_100rps_p99_ms']} ms",
              f"memory after the run (KiB): {report['memory']}", "", "goals (ratios from this run):"]
-    rows += [f"  {name:<40} {value!s:>8}   {'met' if report['goals_met'].get(_goal_key(name), False) else 'NOT met'}"
+    rows += [f"  {name:<40} {value!s:>8}   {'met' if report['figures_within_goal'][name] else 'NOT met'}"
              for name, value in report["goals"].items()]
     return "\n".join(rows)
 
@@ -185,14 +195,6 @@ def _cpu_table(figures: dict[str, Any]) -> list[str]:
             f"  {'part':<20} {'courier':>13} {'stock celery':>13}",
             *(row(part, spent) for part, spent in by_part.items()),
             row("total", {peer: total for peer, total in totals.items() if total})]
-
-
-def _goal_key(name: str) -> str:
-    if name.startswith("api_c64"):
-        return "api_c64"
-    if name.startswith("latency"):
-        return "latency"
-    return name
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,5 +79,6 @@ def test_a_tiny_benchmark_run_measures_every_peer_and_every_courier_figure(tmp_p
         "latency",
         "history_cost",
     }
+    assert set(report["figures_within_goal"]) == set(report["goals"])
     assert "goals (ratios from this run)" in done.stdout
     assert "CPU per task end to end" in done.stdout and "stock celery" in done.stdout
