@@ -41,48 +41,42 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement, `args.reps` times; returns the report."""
+    """Every measurement, `args.reps` times; returns the report.
+
+    Each repetition measures the peers and Courier back to back, and the three end-to-end figures the goals
+    compare next to each other (stock Celery, Courier, Dramatiq with confirms): this machine's speed drifts by
+    minutes, and a ratio of figures taken minutes apart measured the drift as much as the software.
+    """
+    from bench import courier_bench as cb
+
     log_dir = Path(tempfile.mkdtemp(prefix="courier-bench-"))
     stats: dict[str, Stat] = defaultdict(Stat)
     api: dict[int, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
     n = args.messages
     parts = set(args.parts.split(","))
-    for _ in range(args.reps if "peers" in parts else 0):
-        stats["ceiling.publish_1"].values.append(peers.pika_publish(n, 1))
-        stats[f"ceiling.publish_{args.publishers}"].values.append(peers.pika_publish(n, args.publishers))
-        stats["ceiling.consume_prefetch_1"].values.append(peers.pika_consume(n, 1))
-        stats["ceiling.consume_prefetch_50"].values.append(peers.pika_consume(n, 50))
-        enqueue, e2e, cpu = peers.stock_celery(n, log_dir)
-        stats["celery.enqueue"].values.append(enqueue)
-        stats["celery.e2e"].values.append(e2e)
-        for part, ms in cpu.items():  # (where stock Celery's CPU goes, next to Courier's)
-            stats[f"celery.e2e_cpu_per_task_{part}_ms"].values.append(ms)
-        stats["dramatiq.e2e_confirms_off"].values.append(peers.dramatiq_e2e(n, False, log_dir))
-        stats["dramatiq.e2e_confirms_on"].values.append(peers.dramatiq_e2e(n, True, log_dir))
-
-    from bench import courier_bench as cb  # configures the environment for `app`: import after the peers
-
     memory: dict[str, int] = {}
     with cb.courier_stack(log_dir) as stack:
         stack.start("recorder", [cb.python(), "-m", "app.runs.recorder"], None)
-        for _ in range(args.reps if "courier" in parts else 0):
-            for tier in ("high", "low", "medium"):
-                recorded = cb.recorded_runs()
-                stats[f"courier.drain_{tier}"].values.append(cb.drain_rate(stack, tier, n))
-                # The history is written behind the workers: how long after the drain it holds every run.
-                stats["courier.history_catch_up_s"].values.append(
-                    cb.history_catch_up(stack, recorded + n, time.monotonic()))
-            # Right after the medium drain with the history, in the same conditions: the history's cost.
-            stats["courier.drain_medium_without_history"].values.append(
-                cb.drain_rate(stack, "medium", n, history=False))
-            cb.ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true"})  # (started before the CPU count,
-            time.sleep(2)  # and settled: its boot is not a task's cost)
-            recorded, cpu_before = cb.recorded_runs(), cb.cpu_seconds(stack)
-            stats["courier.e2e"].values.append(cb.end_to_end_rate(stack, n))
-            cb.history_catch_up(stack, recorded + n, time.monotonic())  # (so the next figure starts from a quiet history)
-            for part, spent in cb.cpu_seconds(stack).items():
-                # CPU per task of each part, from the publish to the history
-                stats[f"courier.e2e_cpu_per_task_{part}_ms"].values.append(1000 * (spent - cpu_before[part]) / n)
+        cb.freeze_harness()
+        for _ in range(args.reps):
+            if "peers" in parts:
+                for key, value in peers.ceiling(n, args.publishers).items():
+                    stats[key].values.append(value)
+            if "courier" in parts:
+                _courier_drains(stats, cb, stack, n)
+            if "peers" in parts:
+                with cb.outside_courier(stack):
+                    enqueue, e2e, cpu = peers.stock_celery(n, log_dir)
+                stats["celery.enqueue"].values.append(enqueue)
+                stats["celery.e2e"].values.append(e2e)
+                for part, ms in cpu.items():  # (where stock Celery's CPU goes, next to Courier's)
+                    stats[f"celery.e2e_cpu_per_task_{part}_ms"].values.append(ms)
+            if "courier" in parts:
+                _courier_e2e(stats, cb, stack, n)
+            if "peers" in parts:
+                with cb.outside_courier(stack):
+                    stats["dramatiq.e2e_confirms_on"].values.append(peers.dramatiq_e2e(n, True, log_dir))
+                    stats["dramatiq.e2e_confirms_off"].values.append(peers.dramatiq_e2e(n, False, log_dir))
         stack.stop("worker-medium")
         if "api" not in parts:
             return _report(args, stats, api, memory)
@@ -102,6 +96,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         memory = {"api_kib": stack.processes["api"].rss_kib(), "worker_medium_kib":
                   stack.processes["worker-medium"].rss_kib(), "recorder_kib": stack.processes["recorder"].rss_kib()}
     return _report(args, stats, api, memory)
+
+
+def _courier_drains(stats: dict[str, Stat], cb: Any, stack: Any, n: int) -> None:
+    """One repetition of Courier's drain rates: each tier, then medium without the history."""
+    for tier in ("high", "low", "medium"):
+        recorded = cb.recorded_runs()
+        stats[f"courier.drain_{tier}"].values.append(cb.drain_rate(stack, tier, n))
+        # The history is written behind the workers: how long after the drain it holds every run.
+        stats["courier.history_catch_up_s"].values.append(cb.history_catch_up(stack, recorded + n, time.monotonic()))
+    # Right after the medium drain with the history, in the same conditions: the history's cost.
+    stats["courier.drain_medium_without_history"].values.append(cb.drain_rate(stack, "medium", n, history=False))
+
+
+def _courier_e2e(stats: dict[str, Stat], cb: Any, stack: Any, n: int) -> None:
+    """One repetition of Courier's end-to-end rate, with the CPU per task of each part."""
+    cb.ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true"})  # (started before the CPU count,
+    time.sleep(2)  # and settled: its boot is not a task's cost)
+    recorded, cpu_before = cb.recorded_runs(), cb.cpu_seconds(stack)
+    stats["courier.e2e"].values.append(cb.end_to_end_rate(stack, n))
+    cb.history_catch_up(stack, recorded + n, time.monotonic())  # (so the next figure starts from a quiet history)
+    for part, spent in cb.cpu_seconds(stack).items():
+        # CPU per task of each part, from the publish to the history
+        stats[f"courier.e2e_cpu_per_task_{part}_ms"].values.append(1000 * (spent - cpu_before[part]) / n)
 
 
 def _ratio(a: Stat, b: Stat) -> float:

@@ -117,6 +117,28 @@ def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
             redis.Redis(host=REDIS_HOST, db=redis_db).flushdb()
 
 
+@contextmanager
+def outside_courier(stack: CourierStack) -> Iterator[None]:
+    """While a peer runs: no Courier worker takes CPU from it, and Courier's broker and result URLs, which
+    Celery reads from the environment ahead of any configuration, do not steer it (nor reach its processes)."""
+    for name in [n for n in stack.processes if n.startswith("worker-")]:
+        stack.stop(name)
+    saved = {name: os.environ.pop(name) for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def freeze_harness() -> None:
+    """Import the publish path now and freeze what this process holds, as the API does at start-up
+    (app/memory.py): this process publishes in the API's place, and for stock Celery, from the same heap."""
+    from app.memory import freeze_start_up_objects
+    from app.tasks import publish  # noqa: F401
+
+    freeze_start_up_objects()
+
+
 def publish_many(messages: int, tier: str) -> float:
     """Publish no-op probes through the API's publish path (pipelined confirms), IN_FLIGHT at a time; returns s."""
     import asyncio

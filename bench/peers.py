@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import pika
-
-import os
 
 from bench.common import Process, amqp_url, cpu_of, pgrep, python, vhost, wait_drained
 
@@ -45,6 +44,17 @@ def pika_publish(messages: int, publishers: int) -> float:
         for thread in threads:
             thread.join()
         return share * publishers / (time.monotonic() - started)
+
+
+def ceiling(messages: int, publishers: int) -> dict[str, float]:
+    """One repetition of the raw-AMQP ceiling: confirmed publishes with 1 and `publishers` publishers, acked
+    consumption at prefetch 1 and 50."""
+    return {
+        "ceiling.publish_1": pika_publish(messages, 1),
+        f"ceiling.publish_{publishers}": pika_publish(messages, publishers),
+        "ceiling.consume_prefetch_1": pika_consume(messages, 1),
+        "ceiling.consume_prefetch_50": pika_consume(messages, 50),
+    }
 
 
 def pika_consume(messages: int, prefetch: int) -> float:
