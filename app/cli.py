@@ -88,6 +88,22 @@ def list_api_keys() -> None:
             typer.echo(f"{key.name}\t{key.role}\t{key.prefix}…\t{key.created_at.isoformat()}\t{revoked}")
 
 
+@cli.command("reencrypt-secrets")
+def reencrypt_secrets() -> None:
+    """Rewrite stored secrets under the first DATA_ENCRYPTION_KEYS key (then the old key can be dropped)."""
+    from app.crypto import SecretUnreadable
+    from app.db import session_scope
+    from app.integrations import webhooks
+
+    try:
+        with session_scope() as session:
+            count = webhooks.reencrypt_secrets(session=session)
+    except SecretUnreadable as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+    _err(f"Re-encrypted the signing secrets of {count} webhook endpoint(s) under the first key.")
+
+
 @cli.command()
 def provision() -> None:
     """Create the broker vhost and user (tags monitoring, policymaker) with the RABBITMQ_ADMIN_* account."""

@@ -15,6 +15,8 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
 
 #: Secrets that ship in `.env.example`; refused outside development.
 DEV_PLACEHOLDERS = frozenset({"courier_dev_pass", "flower_dev_pass", "guest"})
+#: DATA_ENCRYPTION_KEYS' development default: published here, so production refuses it.
+DEV_DATA_ENCRYPTION_KEY = "Y291cmllci1kZXZlbG9wbWVudC1vbmx5LWtleS0wMDA="
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -225,6 +227,10 @@ class Settings(BaseSettings):
     webhook_retry_max_s: Seconds = 3600.0
     webhook_disable_after_failures: int = Field(default=5, ge=1)
     webhook_secret_grace_s: int = Field(default=86_400, ge=0)
+    #: Fernet keys (comma-separated) of the secrets Courier stores and reads back, such as webhook signing
+    #: secrets (app/crypto.py): the first encrypts, every one decrypts. The development key is refused in
+    #: production.
+    data_encryption_keys: str = DEV_DATA_ENCRYPTION_KEY
     webhook_response_max_bytes: int = Field(default=65_536, ge=256)
     #: External systems: request timeout, page size asked for, and the largest page body accepted.
     integration_timeout_s: Seconds = 15.0
@@ -254,6 +260,14 @@ class Settings(BaseSettings):
             value = value.split("+", 1)[1]
         return value.rstrip("/") if value.startswith("http") else value
 
+    @field_validator("data_encryption_keys")
+    @classmethod
+    def _valid_encryption_keys(cls, value: str) -> str:
+        from app.crypto import parse_keys
+
+        parse_keys(value)
+        return value
+
     @field_validator("var_dir")
     @classmethod
     def _anchor_var_dir(cls, value: Path) -> Path:
@@ -266,6 +280,8 @@ class Settings(BaseSettings):
         if self.celery_task_always_eager:
             raise ValueError("CELERY_TASK_ALWAYS_EAGER is for development only; unset it in production.")
         weak = [name for name in ("rabbitmq_password", "flower_password") if getattr(self, name) in DEV_PLACEHOLDERS]
+        if DEV_DATA_ENCRYPTION_KEY in self.data_encryption_keys:
+            weak.append("data_encryption_keys")
         if weak:
             raise ValueError(f"Development placeholder secrets are set in production: {', '.join(weak)}.")
         if self.task_time_limit_s <= self.task_soft_time_limit_s:

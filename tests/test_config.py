@@ -7,8 +7,11 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import DEV_DATA_ENCRYPTION_KEY, Settings
 from tests.conftest import ROOT, TEST_ENV
+
+#: A key that is not the development one (32 url-safe base64 bytes, as Fernet wants).
+PRODUCTION_KEY = "cHJvZHVjdGlvbi1rZXktZm9yLWNvbmZpZy10ZXN0cyE="
 
 
 def _example_names() -> set[str]:
@@ -56,10 +59,11 @@ def test_a_redis_password_is_added_to_urls_that_carry_none():
         ({"celery_task_always_eager": True}, "CELERY_TASK_ALWAYS_EAGER"),
         ({"rabbitmq_password": "courier_dev_pass"}, "placeholder"),
         ({"flower_password": "flower_dev_pass"}, "placeholder"),
+        ({"data_encryption_keys": f"{PRODUCTION_KEY},{DEV_DATA_ENCRYPTION_KEY}"}, "data_encryption_keys"),
     ],
 )
 def test_production_refuses_development_shortcuts(overrides, message):
-    safe = {"rabbitmq_password": "x" * 20, "flower_password": "y" * 20}
+    safe = {"rabbitmq_password": "x" * 20, "flower_password": "y" * 20, "data_encryption_keys": PRODUCTION_KEY}
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None, environment="production", **{**safe, **overrides})
     Settings(_env_file=None, environment="production", **safe)
@@ -70,3 +74,9 @@ def test_a_celery_backend_class_prefix_in_the_result_url_is_normalised_away():
     settings = Settings(_env_file=None, celery_result_backend="app.tasks.results:CourierRedisBackend+redis://h:6379/3")
     assert settings.celery_result_backend == "redis://h:6379/3"
     assert settings.redis_dsn == "redis://h:6379/3"
+
+
+@pytest.mark.parametrize("keys", ["", "not-a-key", f"{PRODUCTION_KEY},short"])
+def test_encryption_keys_that_are_not_fernet_keys_are_refused_at_start(keys):
+    with pytest.raises(ValidationError, match="32 url-safe base64-encoded bytes|holds no key"):
+        Settings(_env_file=None, data_encryption_keys=keys)

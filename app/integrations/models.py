@@ -8,6 +8,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.crypto import EncryptedText
 from app.db import Base, TimestampMixin, utcnow
 
 
@@ -27,8 +28,10 @@ class WebhookEndpoint(TimestampMixin, Base):
     #: The API key that registered it (owner), and the user to notify when it is disabled, if given.
     owner: Mapped[str] = mapped_column(String(100))
     owner_user_id: Mapped[int | None]
-    secret: Mapped[str] = mapped_column(String(200))
-    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    #: Signing secrets, stored encrypted (app/crypto.py): HMAC keys must be read back, so they cannot be hashed.
+    #: Loaded (and decrypted) only when read: listing or updating endpoints never touches them.
+    secret: Mapped[str] = mapped_column(EncryptedText, deferred=True)
+    previous_secret: Mapped[str | None] = mapped_column(EncryptedText, deferred=True)
     previous_secret_expires_at: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
 

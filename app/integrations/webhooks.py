@@ -14,10 +14,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import Text, func, select
+from sqlalchemy import column as sa_column
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select
+from sqlalchemy import table as sa_table
 from sqlalchemy.orm import Session
 
+from app import crypto
 from app.access.service import Principal
 from app.audit import service as audit_service
 from app.config import Settings
@@ -115,6 +118,21 @@ def delete(*, session: Session, endpoint_id: int) -> None:
     session.execute(sa_delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id))
     session.delete(endpoint)
     session.flush()
+
+
+def reencrypt_secrets(*, session: Session) -> int:
+    """Rewrite every stored signing secret under the first DATA_ENCRYPTION_KEYS key (a key rotation's second
+    step); returns how many endpoints were rewritten. It works on the stored tokens, never on the secrets."""
+    raw = sa_table(
+        WebhookEndpoint.__tablename__, sa_column("id"), sa_column("secret", Text), sa_column("previous_secret", Text)
+    )
+    rows = session.execute(select(raw.c.id, raw.c.secret, raw.c.previous_secret)).all()
+    for row in rows:
+        previous = None if row.previous_secret is None else crypto.reencrypt(row.previous_secret)
+        session.execute(
+            raw.update().where(raw.c.id == row.id).values(secret=crypto.reencrypt(row.secret), previous_secret=previous)
+        )
+    return len(rows)
 
 
 def secrets_in_use(endpoint: WebhookEndpoint) -> list[str]:

@@ -4,15 +4,20 @@ goes away and comes back; each delivery is verified with an independent Standard
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from cryptography.fernet import Fernet
+from sqlalchemy import select, text
 from standardwebhooks.webhooks import Webhook
 
+from app import crypto
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.identity.models import User
@@ -20,7 +25,7 @@ from app.integrations import events, webhooks
 from app.integrations.models import WebhookDelivery, WebhookEndpoint
 from app.notifications.models import Notification
 from app.tasks import publish
-from tests.conftest import auth, join
+from tests.conftest import ROOT, auth, join
 from tests.integrations.receiver import Receiver
 
 
@@ -141,6 +146,65 @@ def test_after_a_rotation_deliveries_carry_both_signatures(api, admin_key, worke
     assert len(server.received[0].headers["webhook-signature"].split()) == 2
     verified(endpoint["secret"], server)
     verified(new_secret, server)
+
+
+def _stored_secrets(endpoint_id: int) -> tuple[str, str]:
+    """The signing secrets as SQL holds them."""
+    with session_scope() as session:
+        row = session.execute(
+            text("SELECT secret, previous_secret FROM webhook_endpoints WHERE id = :id"), {"id": endpoint_id}
+        ).one()
+    return str(row.secret), str(row.previous_secret)
+
+
+def _reencrypt(keys: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "reencrypt-secrets"],
+        cwd=ROOT,
+        env={**os.environ, "DATA_ENCRYPTION_KEYS": keys},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_signing_secrets_are_stored_encrypted_and_a_new_key_rewrites_them(api, admin_key, worker, receiver):
+    kind = f"keys{uuid.uuid4().hex[:6]}.rotated"
+    server = receiver()
+    endpoint = register(api, admin_key, server.url, [kind])
+    rotated = api.post(f"/api/v1/integrations/webhooks/{endpoint['id']}/rotate-secret", headers=auth(admin_key))
+    new_secret = rotated.json()["secret"]
+    # SQL holds neither secret in clear, only tokens the configured key opens
+    stored, previous = _stored_secrets(endpoint["id"])
+    assert "whsec_" not in stored + previous and new_secret not in stored
+    assert (crypto.decrypt(stored), crypto.decrypt(previous)) == (new_secret, endpoint["secret"])
+    # When an operator puts a new key first and re-encrypts
+    configured = get_settings().data_encryption_keys
+    new_key = Fernet.generate_key().decode()
+    _reencrypt(f"{new_key},{configured}")
+    try:
+        # Then the new key alone opens them, and the old one no longer does
+        stored, previous = _stored_secrets(endpoint["id"])
+        assert Fernet(new_key).decrypt(stored.encode()).decode() == new_secret
+        assert Fernet(new_key).decrypt(previous.encode()).decode() == endpoint["secret"]
+        with pytest.raises(crypto.SecretUnreadable):
+            crypto.decrypt(stored)
+        # and endpoints are still listed: their secrets are not loaded for that
+        assert api.get("/api/v1/integrations/webhooks", headers=auth(admin_key)).status_code == 200
+        # while a worker that lacks the new key dead-letters the delivery instead of signing it with anything
+        emit(api, admin_key, kind, {})
+
+        def letter() -> list[dict[str, Any]]:
+            params = {"task_name": "integrations.webhook_delivery", "error_class": "SecretUnreadable"}
+            items = api.get("/api/v1/tasks/dead-letters", params=params, headers=auth(admin_key)).json()["items"]
+            return list(items)
+
+        join(letter, timeout=60, what="the delivery's dead letter")
+        assert not server.received
+    finally:
+        _reencrypt(f"{configured},{new_key}")  # (back under the session's key)
+    assert crypto.decrypt(_stored_secrets(endpoint["id"])[0]) == new_secret
 
 
 def test_endpoints_in_a_row_of_permanent_failures_are_disabled(receiver):

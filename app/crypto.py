@@ -1,0 +1,88 @@
+"""Secrets Courier has to read back, stored encrypted: webhook signing secrets (HMAC keys cannot be hashed).
+
+Each value is a Fernet token (AES-128-CBC and HMAC-SHA256, from the `cryptography` library) under the first key
+of DATA_ENCRYPTION_KEYS; every listed key decrypts, so a key is rotated by putting a new one first, running
+`python -m app.cli reencrypt-secrets`, and then dropping the old one. A database dump or backup holds no usable secret.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from app.config import get_settings
+
+
+class SecretUnreadable(RuntimeError):
+    """A stored secret none of the configured keys decrypts."""
+
+
+def parse_keys(keys: str) -> list[Fernet]:
+    """The Fernet keys of a DATA_ENCRYPTION_KEYS value, first one first.
+
+    Raises:
+        ValueError: when the value holds no key, or a key that is not 32 url-safe base64-encoded bytes.
+    """
+    names = [k.strip() for k in keys.split(",") if k.strip()]
+    if not names:
+        raise ValueError("DATA_ENCRYPTION_KEYS holds no key")
+    try:
+        return [Fernet(name) for name in names]
+    except ValueError as exc:
+        raise ValueError(
+            "each DATA_ENCRYPTION_KEYS key must be 32 url-safe base64-encoded bytes "
+            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
+        ) from exc
+
+
+@lru_cache
+def _cipher(keys: str) -> MultiFernet:
+    return MultiFernet(parse_keys(keys))
+
+
+def cipher() -> MultiFernet:
+    """The cipher of the configured keys."""
+    return _cipher(get_settings().data_encryption_keys)
+
+
+def encrypt(text: str) -> str:
+    """The token of `text` under the first key."""
+    return cipher().encrypt(text.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    """The text of a token written under any configured key.
+
+    Raises:
+        SecretUnreadable: when no configured key wrote it (a key was dropped too soon, or another deployment's).
+    """
+    try:
+        return cipher().decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise SecretUnreadable(
+            "a stored secret cannot be decrypted with any key in DATA_ENCRYPTION_KEYS "
+            "(was the key it was written with removed?)"
+        ) from None
+
+
+def reencrypt(token: str) -> str:
+    """The same secret under the first key (for a key rotation)."""
+    return cipher().rotate(token.encode()).decode()
+
+
+class EncryptedText(TypeDecorator[str]):
+    """A text column stored as a Fernet token and read back as the text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else encrypt(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else decrypt(str(value))
