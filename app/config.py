@@ -227,11 +227,11 @@ class Settings(BaseSettings):
     webhook_retry_max_s: Seconds = 3600.0
     webhook_disable_after_failures: int = Field(default=5, ge=1)
     webhook_secret_grace_s: int = Field(default=86_400, ge=0)
+    webhook_response_max_bytes: int = Field(default=65_536, ge=256)
     #: Fernet keys (comma-separated) of the secrets Courier stores and reads back, such as webhook signing
     #: secrets (app/crypto.py): the first encrypts, every one decrypts. The development key is refused in
     #: production.
     data_encryption_keys: str = DEV_DATA_ENCRYPTION_KEY
-    webhook_response_max_bytes: int = Field(default=65_536, ge=256)
     #: External systems: request timeout, page size asked for, and the largest page body accepted.
     integration_timeout_s: Seconds = 15.0
     integration_page_size: int = Field(default=100, ge=1, le=1000)

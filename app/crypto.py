@@ -7,6 +7,7 @@ of DATA_ENCRYPTION_KEYS; every listed key decrypts, so a key is rotated by putti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -61,18 +62,26 @@ def decrypt(token: str) -> str:
     Raises:
         SecretUnreadable: when no configured key wrote it (a key was dropped too soon, or another deployment's).
     """
+    return _opened(cipher().decrypt, token)
+
+
+def reencrypt(token: str) -> str:
+    """The same secret under the first key (for a key rotation).
+
+    Raises:
+        SecretUnreadable: as `decrypt`.
+    """
+    return _opened(cipher().rotate, token)
+
+
+def _opened(open_: Callable[[bytes], bytes], token: str) -> str:
     try:
-        return cipher().decrypt(token.encode()).decode()
+        return open_(token.encode()).decode()
     except InvalidToken:
         raise SecretUnreadable(
             "a stored secret cannot be decrypted with any key in DATA_ENCRYPTION_KEYS "
             "(was the key it was written with removed?)"
         ) from None
-
-
-def reencrypt(token: str) -> str:
-    """The same secret under the first key (for a key rotation)."""
-    return cipher().rotate(token.encode()).decode()
 
 
 class EncryptedText(TypeDecorator[str]):
