@@ -23,6 +23,7 @@ from app.audit.schemas import (
 )
 from app.db import utcnow
 from app.errors import ServiceUnavailable
+from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -44,8 +45,8 @@ def list_audit_events(
     outcome: Annotated[str | None, Query(max_length=20)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> AuditEventPage:
     """Audit entries, newest first, filtered by actor, action, target, outcome and time."""
     filters = audit_service.EventFilter(
@@ -91,7 +92,7 @@ def request_report(body: ReportCreate, session: SessionDep, settings: SettingsDe
 
 
 @router.get("/reports/{report_id}", response_model=ReportRead)
-def read_report(report_id: int, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ReportRead:
+def read_report(report_id: Id, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ReportRead:
     """A report's state and summary; `download_url` once it is ready."""
     found = ReportRead.model_validate(reports.get(session=session, report_id=report_id))
     if found.status is ReportStatus.ready:
@@ -101,7 +102,7 @@ def read_report(report_id: int, session: SessionDep, settings: SettingsDep, _: A
 
 @router.get("/reports/{report_id}/download", response_class=FileResponse)
 def download_report(
-    report_id: int,
+    report_id: Id,
     session: SessionDep,
     settings: SettingsDep,
     _: AdminDep,

@@ -24,6 +24,7 @@ from app.deadletters.schemas import (
     ReplayCreate,
 )
 from app.runs import service as runs_service
+from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -52,8 +53,8 @@ def list_dead_letters(
     until: datetime | None = None,
     state: Annotated[Status | None, Query(alias="status")] = Status.pending,
     task_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> DeadLetterPage:
     """Dead letters, newest first, with counts grouped by task, reason and error class."""
     filters = deadletters.DeadLetterFilter(
@@ -77,7 +78,7 @@ def list_dead_letters(
 
 
 @router.get("/{letter_id}", response_model=DeadLetterRead)
-def read_dead_letter(letter_id: int, session: SessionDep, _: AdminDep) -> DeadLetterRead:
+def read_dead_letter(letter_id: Id, session: SessionDep, _: AdminDep) -> DeadLetterRead:
     """Everything recorded about one dead letter, with every failed attempt of its task."""
     letter = deadletters.get(session=session, letter_id=letter_id)
     found = DeadLetterRead.model_validate(letter)
@@ -123,7 +124,7 @@ def purge_dead_letters(body: PurgeCreate, session: SessionDep, admin: AdminDep) 
 
 @router.post("/{letter_id}/replay", response_model=DeadLetterRead)
 def replay_dead_letter(
-    letter_id: int, session: SessionDep, admin: AdminDep, body: ReplayCreate | None = None
+    letter_id: Id, session: SessionDep, admin: AdminDep, body: ReplayCreate | None = None
 ) -> DeadLetterRead:
     """Publish it back to its queue under the same task id, with a fresh retry budget (optionally new kwargs)."""
     body = body or ReplayCreate()
@@ -133,7 +134,7 @@ def replay_dead_letter(
 
 @router.delete("/{letter_id}", response_model=DeadLetterRead)
 def discard_dead_letter(
-    letter_id: int, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
+    letter_id: Id, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> DeadLetterRead:
     """Discard one letter with a reason; the record stays, marked discarded."""
     return DeadLetterRead.model_validate(

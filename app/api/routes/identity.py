@@ -32,6 +32,7 @@ from app.identity.schemas import (
     UserRead,
 )
 from app.runs.schemas import DispatchedRead
+from app.schema_types import Id
 from app.tasks import publish
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _forget_user(user_id: int) -> None:
 
 
 @router.get("/users/{user_id}", response_model=UserRead)
-def read_user(user_id: int, session: SessionDep, _: PrincipalDep) -> User:
+def read_user(user_id: Id, session: SessionDep, _: PrincipalDep) -> User:
     """One user (verified, MFA, locale)."""
     return identity_service.get(session=session, user_id=user_id)
 
@@ -215,6 +216,6 @@ def _alert_mfa_exhausted(user_id: int, code_id: int, triggered_by: str) -> None:
 
 
 @router.post("/users/{user_id}/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceRead)
-def create_device(user_id: int, body: DeviceCreate, session: SessionDep, _: PrincipalDep) -> object:
+def create_device(user_id: Id, body: DeviceCreate, session: SessionDep, _: PrincipalDep) -> object:
     """Register a push device for a user (security alerts and pushes reach it)."""
     return identity_service.add_device(session=session, user_id=user_id, token=body.token, platform=body.platform)

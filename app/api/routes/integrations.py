@@ -30,6 +30,7 @@ from app.integrations.schemas import (
     WebhookEndpointRead,
     WebhookEndpointUpdate,
 )
+from app.schema_types import Id, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -60,14 +61,14 @@ def list_webhooks(session: SessionDep, principal: PrincipalDep) -> list[WebhookE
 
 
 @router.get("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead)
-def read_webhook(endpoint_id: int, session: SessionDep, principal: PrincipalDep) -> WebhookEndpointRead:
+def read_webhook(endpoint_id: Id, session: SessionDep, principal: PrincipalDep) -> WebhookEndpointRead:
     """One endpoint."""
     return WebhookEndpointRead.model_validate(_owned(session, endpoint_id, principal))
 
 
 @router.patch("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead)
 def update_webhook(
-    endpoint_id: int, body: WebhookEndpointUpdate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+    endpoint_id: Id, body: WebhookEndpointUpdate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> WebhookEndpointRead:
     """Change its URL, event types, description, or enable/disable it."""
     _owned(session, endpoint_id, principal)
@@ -78,7 +79,7 @@ def update_webhook(
 
 
 @router.delete("/webhooks/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_webhook(endpoint_id: int, session: SessionDep, principal: PrincipalDep) -> None:
+def delete_webhook(endpoint_id: Id, session: SessionDep, principal: PrincipalDep) -> None:
     """Remove the endpoint and its delivery log."""
     _owned(session, endpoint_id, principal)
     webhooks.delete(session=session, endpoint_id=endpoint_id)
@@ -86,7 +87,7 @@ def delete_webhook(endpoint_id: int, session: SessionDep, principal: PrincipalDe
 
 @router.post("/webhooks/{endpoint_id}/rotate-secret", response_model=SecretRotated)
 def rotate_webhook_secret(
-    endpoint_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+    endpoint_id: Id, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> SecretRotated:
     """A new secret (shown once); deliveries carry both signatures until the old one's grace period ends."""
     _owned(session, endpoint_id, principal)
@@ -96,12 +97,12 @@ def rotate_webhook_secret(
 
 @router.get("/webhooks/{endpoint_id}/deliveries", response_model=DeliveryPage)
 def list_webhook_deliveries(
-    endpoint_id: int,
+    endpoint_id: Id,
     session: SessionDep,
     principal: PrincipalDep,
     state: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DeliveryPage:
     """The delivery log, newest first: each delivery with every attempt (status, latency, response excerpt)."""
     _owned(session, endpoint_id, principal)
@@ -128,9 +129,7 @@ def list_webhook_deliveries(
 
 
 @router.post("/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver", status_code=status.HTTP_202_ACCEPTED)
-def redeliver_webhook(
-    endpoint_id: int, delivery_id: int, session: SessionDep, principal: PrincipalDep
-) -> dict[str, int]:
+def redeliver_webhook(endpoint_id: Id, delivery_id: Id, session: SessionDep, principal: PrincipalDep) -> dict[str, int]:
     """Send one delivery again: same `webhook-id`, fresh attempts."""
     _owned(session, endpoint_id, principal)
     delivery = webhooks.redeliver(session=session, endpoint_id=endpoint_id, delivery_id=delivery_id)
@@ -138,7 +137,7 @@ def redeliver_webhook(
 
 
 @router.post("/webhooks/{endpoint_id}/recover", response_model=RecoverRead, status_code=status.HTTP_202_ACCEPTED)
-def recover_webhook(endpoint_id: int, body: RecoverCreate, session: SessionDep, principal: PrincipalDep) -> RecoverRead:
+def recover_webhook(endpoint_id: Id, body: RecoverCreate, session: SessionDep, principal: PrincipalDep) -> RecoverRead:
     """Replay a time range after an outage: every subscribed event since `since` not yet delivered here."""
     _owned(session, endpoint_id, principal)
     queued = webhooks.recover(session=session, endpoint_id=endpoint_id, since=body.since, until=body.until)
@@ -170,13 +169,13 @@ def list_integrations(session: SessionDep, _: AdminDep) -> list[IntegrationRead]
 
 
 @router.get("/systems/{integration_id}", response_model=IntegrationRead)
-def read_integration(integration_id: int, session: SessionDep, _: AdminDep) -> IntegrationRead:
+def read_integration(integration_id: Id, session: SessionDep, _: AdminDep) -> IntegrationRead:
     """One external system."""
     return IntegrationRead.model_validate(sync.get(session=session, integration_id=integration_id))
 
 
 @router.post("/systems/{integration_id}/sync", response_model=Dispatched, status_code=status.HTTP_202_ACCEPTED)
-def sync_integration(integration_id: int, session: SessionDep, admin: AdminDep) -> Dispatched:
+def sync_integration(integration_id: Id, session: SessionDep, admin: AdminDep) -> Dispatched:
     """Pull its records now (from the saved cursor on)."""
     sync.get(session=session, integration_id=integration_id)
     dispatched = publish.dispatch(

@@ -22,6 +22,7 @@ from app.notifications.schemas import (
     NotificationDispatched,
     NotificationRead,
 )
+from app.schema_types import Id
 from app.tasks import publish
 
 router = APIRouter()
@@ -142,12 +143,12 @@ def _withdraw_batch(batch_id: str) -> None:
 
 
 @router.get("/{notification_id}", response_model=NotificationRead)
-def read_notification(notification_id: int, session: SessionDep, principal: PrincipalDep) -> Notification:
+def read_notification(notification_id: Id, session: SessionDep, principal: PrincipalDep) -> Notification:
     """Status, attempts, timestamps, provider id and last error of one notification."""
     return notification_service.get(session=session, notification_id=notification_id, owner=_owner(principal))
 
 
 @router.post("/{notification_id}/cancel", response_model=NotificationRead)
-def cancel_notification(notification_id: int, session: SessionDep, principal: PrincipalDep) -> Notification:
+def cancel_notification(notification_id: Id, session: SessionDep, principal: PrincipalDep) -> Notification:
     """Cancel a notification that has not been sent yet (409 once it is sent, failed or cancelled)."""
     return notification_service.cancel(session=session, notification_id=notification_id, owner=_owner(principal))

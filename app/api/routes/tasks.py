@@ -35,6 +35,7 @@ from app.runs.schemas import (
     TaskRead,
     WorkerRead,
 )
+from app.schema_types import Limit, Offset
 from app.tasks import control, publish
 
 router = APIRouter()
@@ -135,8 +136,8 @@ def list_runs(
     since: datetime | None = None,
     until: datetime | None = None,
     triggered_by: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> RunPage:
     """The durable run history, newest first, filterable by state, name, time and caller."""
     filters = runs_service.RunFilter(state=state, name=name, since=since, until=until, triggered_by=triggered_by)
