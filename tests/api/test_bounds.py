@@ -171,3 +171,19 @@ def test_the_largest_id_is_an_ordinary_404(api: Any, admin_key: tuple[str, str])
     assert api.get(f"/api/v1/identity/users/{MAX_ID + 1}", headers=auth(admin_key)).status_code == 422
     response = api.get("/api/v1/audit/events", params={"offset": MAX_ID + 1}, headers=auth(admin_key))
     assert response.status_code == 422
+
+
+def test_text_with_a_nul_character_is_a_422_never_a_500(api: Any, admin_key: tuple[str, str]) -> None:
+    # Given text PostgreSQL cannot hold (U+0000), found by the fuzz run in a query filter and a body filter
+    requests: list[dict[str, Any]] = [
+        {"method": "GET", "url": "/api/v1/audit/events", "params": {"target": "a\x00b"}},
+        {"method": "GET", "url": "/api/v1/tasks/dead-letters", "params": {"task_name": "\x00"}},
+        {"method": "POST", "url": "/api/v1/tasks/dead-letters/purge", "json": {"why": "x", "error_class": "a\x00"}},
+        {"method": "POST", "url": "/api/v1/integrations/events", "json": {"type": "a.b", "data": {"k": ["\x00"]}}},
+    ]
+    for request in requests:
+        # When an admin sends it
+        response = api.request(headers=auth(admin_key), **request)
+        # Then it is refused with the envelope, naming the NUL character
+        assert response.status_code == 422, (request, response.text)
+        assert response.json()["error"]["code"] == "nul_character", response.text

@@ -22,7 +22,7 @@ from app.audit.schemas import (
     VerificationRead,
 )
 from app.db import utcnow
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, error_responses
 from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
 
@@ -64,7 +64,9 @@ def verify_audit_chain(session: SessionDep, settings: SettingsDep, _: AdminDep) 
     return VerificationRead(**archive.verify_all(session=session, settings=settings).as_dict())
 
 
-@router.post("/reports", response_model=ReportAccepted, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/reports", response_model=ReportAccepted, status_code=status.HTTP_202_ACCEPTED, responses=error_responses(503)
+)
 def request_report(body: ReportCreate, session: SessionDep, settings: SettingsDep, admin: AdminDep) -> ReportAccepted:
     """Request a daily, GDPR or SOX report; a low-tier task builds it. Poll the report (or the task)."""
     params: dict[str, Any]
@@ -91,7 +93,7 @@ def request_report(body: ReportCreate, session: SessionDep, settings: SettingsDe
     )
 
 
-@router.get("/reports/{report_id}", response_model=ReportRead)
+@router.get("/reports/{report_id}", response_model=ReportRead, responses=error_responses(404))
 def read_report(report_id: Id, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ReportRead:
     """A report's state and summary; `download_url` once it is ready."""
     found = ReportRead.model_validate(reports.get(session=session, report_id=report_id))
@@ -100,7 +102,7 @@ def read_report(report_id: Id, session: SessionDep, settings: SettingsDep, _: Ad
     return found
 
 
-@router.get("/reports/{report_id}/download", response_class=FileResponse)
+@router.get("/reports/{report_id}/download", response_class=FileResponse, responses=error_responses(404, 409))
 def download_report(
     report_id: Id,
     session: SessionDep,

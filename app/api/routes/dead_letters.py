@@ -23,6 +23,7 @@ from app.deadletters.schemas import (
     PurgeRead,
     ReplayCreate,
 )
+from app.errors import error_responses
 from app.runs import service as runs_service
 from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
@@ -77,7 +78,7 @@ def list_dead_letters(
     )
 
 
-@router.get("/{letter_id}", response_model=DeadLetterRead)
+@router.get("/{letter_id}", response_model=DeadLetterRead, responses=error_responses(404))
 def read_dead_letter(letter_id: Id, session: SessionDep, _: AdminDep) -> DeadLetterRead:
     """Everything recorded about one dead letter, with every failed attempt of its task."""
     letter = deadletters.get(session=session, letter_id=letter_id)
@@ -88,7 +89,9 @@ def read_dead_letter(letter_id: Id, session: SessionDep, _: AdminDep) -> DeadLet
     return found
 
 
-@router.post("/replay", response_model=BulkReplayRead, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/replay", response_model=BulkReplayRead, status_code=status.HTTP_202_ACCEPTED, responses=error_responses(503)
+)
 def replay_dead_letters(body: BulkReplayCreate, session: SessionDep, admin: AdminDep) -> BulkReplayRead:
     """Replay every pending letter that matches, paced by a low-tier task; `dry_run` only counts them."""
     ids = deadletters.ids_matching(session=session, filters=_criteria(body))
@@ -122,7 +125,7 @@ def purge_dead_letters(body: PurgeCreate, session: SessionDep, admin: AdminDep) 
     )
 
 
-@router.post("/{letter_id}/replay", response_model=DeadLetterRead)
+@router.post("/{letter_id}/replay", response_model=DeadLetterRead, responses=error_responses(404, 409, 503))
 def replay_dead_letter(
     letter_id: Id, session: SessionDep, admin: AdminDep, body: ReplayCreate | None = None
 ) -> DeadLetterRead:
@@ -132,7 +135,7 @@ def replay_dead_letter(
     return DeadLetterRead.model_validate(letter)
 
 
-@router.delete("/{letter_id}", response_model=DeadLetterRead)
+@router.delete("/{letter_id}", response_model=DeadLetterRead, responses=error_responses(404, 409))
 def discard_dead_letter(
     letter_id: Id, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> DeadLetterRead:
