@@ -98,7 +98,8 @@ def error_response(
 
 #: What each error status means, as the OpenAPI spec describes it.
 _DESCRIPTIONS = {
-    400: "The request cannot be honoured as sent (`invalid_token`, `invalid_code`, `code_expired`, ...).",
+    400: "The request cannot be honoured as sent: a body that is not UTF-8 text (`bad_request`), or a route's own "
+    "refusal (`invalid_token`, `invalid_code`, `code_expired`).",
     401: "No API key, or an unknown or revoked one.",
     403: "The key's role does not allow this.",
     404: "Not found (or not visible to this key).",

@@ -15,12 +15,13 @@ from app.api.routes import operations as operations_routes  # (section: ops)
 from app.errors import error_responses
 
 # Error answers common to a router are declared here, once; a route declares its own (404, 409, 429, 503...).
-#: Any valid key; a request with input may be invalid (422, also for text no database holds: app/api/guards.py).
+#: Any valid key; a request with input may be invalid (422, also for text no database holds: app/api/guards.py),
+#: a body may not be UTF-8 text at all (400, FastAPI's own answer before any validation).
 _client = [Depends(get_principal), Depends(reject_nul_characters)]
-_client_errors = error_responses(401, 422)
+_client_errors = error_responses(400, 401, 422)
 #: Admin keys only.
 _admin = [Depends(require_admin), Depends(reject_nul_characters)]
-_admin_errors = error_responses(401, 403, 422)
+_admin_errors = error_responses(400, 401, 403, 422)
 
 api_router = APIRouter()
 # Public: health and metrics only (no secrets in their output).
