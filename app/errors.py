@@ -96,6 +96,43 @@ def error_response(
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
+#: What each error status means, as the OpenAPI spec describes it.
+_DESCRIPTIONS = {
+    400: "The request cannot be honoured as sent: a body that is not UTF-8 text (`bad_request`), or a route's own "
+    "refusal (`invalid_token`, `invalid_code`, `code_expired`).",
+    401: "No API key, or an unknown or revoked one.",
+    403: "The key's role does not allow this.",
+    404: "Not found (or not visible to this key).",
+    409: "Conflicts with the current state (a duplicate, a state that no longer allows it, a confirmation).",
+    422: "The request is invalid; `details` lists what, and where.",
+    429: "Too many requests of this kind; retry after `Retry-After` seconds.",
+    503: "A dependency (broker, Redis, management API) is unavailable; nothing was done. Retry after `Retry-After`.",
+}
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+#: Headers each error status carries (declared, so a client and the fuzz run can rely on them).
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}},
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of error answers, each with the envelope (ErrorResponse) and its headers.
+
+    Examples:
+        @router.post("/x", responses=error_responses(404, 409))
+    """
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        declared[status] = {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
+        if status in _HEADERS:
+            declared[status]["headers"] = _HEADERS[status]
+    return declared
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthenticated",

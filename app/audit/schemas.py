@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.audit.models import ReportKind, ReportStatus
+from app.schema_types import Id
 
 
 class AuditEventRead(BaseModel):
@@ -56,7 +57,7 @@ class ReportCreate(BaseModel):
 
     kind: ReportKind
     day: date | None = None
-    user_id: int | None = Field(default=None, ge=1)
+    user_id: Id | None = None
     email: str | None = Field(default=None, max_length=320)
     since: datetime | None = None
     until: datetime | None = None

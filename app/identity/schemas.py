@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.notifications.schemas import EMAIL_PATTERN, PHONE_PATTERN
+from app.schema_types import Id
 
 PASSWORD_RULE = {"min_length": 10, "max_length": 200, "description": "At least 10 characters."}
 
@@ -93,7 +94,7 @@ class MfaChallenge(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(gt=0)
+    user_id: Id
 
 
 class MfaVerify(MfaChallenge):

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from app.integrations.events import ALL_EVENTS, EVENT_TYPE, SUBSCRIPTION
 from app.integrations.models import DeliveryStatus
+from app.schema_types import Id
 
 
 def _event_type(value: str) -> str:
@@ -39,7 +40,7 @@ class WebhookEndpointCreate(BaseModel):
     description: str | None = Field(default=None, max_length=500)
     enabled: bool = True
     #: The user told (by the notifications domain) when the endpoint is disabled.
-    owner_user_id: int | None = Field(default=None, ge=1)
+    owner_user_id: Id | None = None
 
 
 class WebhookEndpointUpdate(BaseModel):

@@ -22,7 +22,8 @@ from app.audit.schemas import (
     VerificationRead,
 )
 from app.db import utcnow
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, error_responses
+from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -44,8 +45,8 @@ def list_audit_events(
     outcome: Annotated[str | None, Query(max_length=20)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> AuditEventPage:
     """Audit entries, newest first, filtered by actor, action, target, outcome and time."""
     filters = audit_service.EventFilter(
@@ -63,7 +64,9 @@ def verify_audit_chain(session: SessionDep, settings: SettingsDep, _: AdminDep) 
     return VerificationRead(**archive.verify_all(session=session, settings=settings).as_dict())
 
 
-@router.post("/reports", response_model=ReportAccepted, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/reports", response_model=ReportAccepted, status_code=status.HTTP_202_ACCEPTED, responses=error_responses(503)
+)
 def request_report(body: ReportCreate, session: SessionDep, settings: SettingsDep, admin: AdminDep) -> ReportAccepted:
     """Request a daily, GDPR or SOX report; a low-tier task builds it. Poll the report (or the task)."""
     params: dict[str, Any]
@@ -90,8 +93,8 @@ def request_report(body: ReportCreate, session: SessionDep, settings: SettingsDe
     )
 
 
-@router.get("/reports/{report_id}", response_model=ReportRead)
-def read_report(report_id: int, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ReportRead:
+@router.get("/reports/{report_id}", response_model=ReportRead, responses=error_responses(404))
+def read_report(report_id: Id, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ReportRead:
     """A report's state and summary; `download_url` once it is ready."""
     found = ReportRead.model_validate(reports.get(session=session, report_id=report_id))
     if found.status is ReportStatus.ready:
@@ -99,9 +102,9 @@ def read_report(report_id: int, session: SessionDep, settings: SettingsDep, _: A
     return found
 
 
-@router.get("/reports/{report_id}/download", response_class=FileResponse)
+@router.get("/reports/{report_id}/download", response_class=FileResponse, responses=error_responses(404, 409))
 def download_report(
-    report_id: int,
+    report_id: Id,
     session: SessionDep,
     settings: SettingsDep,
     _: AdminDep,

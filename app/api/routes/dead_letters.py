@@ -23,7 +23,9 @@ from app.deadletters.schemas import (
     PurgeRead,
     ReplayCreate,
 )
+from app.errors import error_responses
 from app.runs import service as runs_service
+from app.schema_types import Id, Limit, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -52,8 +54,8 @@ def list_dead_letters(
     until: datetime | None = None,
     state: Annotated[Status | None, Query(alias="status")] = Status.pending,
     task_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> DeadLetterPage:
     """Dead letters, newest first, with counts grouped by task, reason and error class."""
     filters = deadletters.DeadLetterFilter(
@@ -76,8 +78,8 @@ def list_dead_letters(
     )
 
 
-@router.get("/{letter_id}", response_model=DeadLetterRead)
-def read_dead_letter(letter_id: int, session: SessionDep, _: AdminDep) -> DeadLetterRead:
+@router.get("/{letter_id}", response_model=DeadLetterRead, responses=error_responses(404))
+def read_dead_letter(letter_id: Id, session: SessionDep, _: AdminDep) -> DeadLetterRead:
     """Everything recorded about one dead letter, with every failed attempt of its task."""
     letter = deadletters.get(session=session, letter_id=letter_id)
     found = DeadLetterRead.model_validate(letter)
@@ -87,7 +89,9 @@ def read_dead_letter(letter_id: int, session: SessionDep, _: AdminDep) -> DeadLe
     return found
 
 
-@router.post("/replay", response_model=BulkReplayRead, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/replay", response_model=BulkReplayRead, status_code=status.HTTP_202_ACCEPTED, responses=error_responses(503)
+)
 def replay_dead_letters(body: BulkReplayCreate, session: SessionDep, admin: AdminDep) -> BulkReplayRead:
     """Replay every pending letter that matches, paced by a low-tier task; `dry_run` only counts them."""
     ids = deadletters.ids_matching(session=session, filters=_criteria(body))
@@ -121,9 +125,9 @@ def purge_dead_letters(body: PurgeCreate, session: SessionDep, admin: AdminDep) 
     )
 
 
-@router.post("/{letter_id}/replay", response_model=DeadLetterRead)
+@router.post("/{letter_id}/replay", response_model=DeadLetterRead, responses=error_responses(404, 409, 503))
 def replay_dead_letter(
-    letter_id: int, session: SessionDep, admin: AdminDep, body: ReplayCreate | None = None
+    letter_id: Id, session: SessionDep, admin: AdminDep, body: ReplayCreate | None = None
 ) -> DeadLetterRead:
     """Publish it back to its queue under the same task id, with a fresh retry budget (optionally new kwargs)."""
     body = body or ReplayCreate()
@@ -131,9 +135,9 @@ def replay_dead_letter(
     return DeadLetterRead.model_validate(letter)
 
 
-@router.delete("/{letter_id}", response_model=DeadLetterRead)
+@router.delete("/{letter_id}", response_model=DeadLetterRead, responses=error_responses(404, 409))
 def discard_dead_letter(
-    letter_id: int, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
+    letter_id: Id, session: SessionDep, admin: AdminDep, why: Annotated[str, Query(min_length=1, max_length=500)]
 ) -> DeadLetterRead:
     """Discard one letter with a reason; the record stays, marked discarded."""
     return DeadLetterRead.model_validate(

@@ -12,7 +12,7 @@ from app.api import once
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, error_responses
 from app.identity import ratelimit, secrets
 from app.identity import service as identity_service
 from app.identity.exceptions import CodeExpired, InvalidCode, InvalidToken
@@ -32,6 +32,7 @@ from app.identity.schemas import (
     UserRead,
 )
 from app.runs.schemas import DispatchedRead
+from app.schema_types import Id
 from app.tasks import publish
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/users", status_code=status.HTTP_202_ACCEPTED, response_model=UserCreated)
+@router.post(
+    "/users", status_code=status.HTTP_202_ACCEPTED, response_model=UserCreated, responses=error_responses(409, 503)
+)
 async def create_user(
     body: UserCreate, principal: PrincipalDep, idempotency_key: IdempotencyKeyDep = None
 ) -> dict[str, Any]:
@@ -80,13 +83,13 @@ def _forget_user(user_id: int) -> None:
             session.delete(user)
 
 
-@router.get("/users/{user_id}", response_model=UserRead)
-def read_user(user_id: int, session: SessionDep, _: PrincipalDep) -> User:
+@router.get("/users/{user_id}", response_model=UserRead, responses=error_responses(404))
+def read_user(user_id: Id, session: SessionDep, _: PrincipalDep) -> User:
     """One user (verified, MFA, locale)."""
     return identity_service.get(session=session, user_id=user_id)
 
 
-@router.post("/verify-email/confirm", response_model=Confirmed)
+@router.post("/verify-email/confirm", response_model=Confirmed, responses=error_responses(400))
 def confirm_email(body: TokenConfirm, principal: PrincipalDep) -> Confirmed:
     """Verify a user's email address with the token from the verification email (single use)."""
     with session_scope() as session:
@@ -97,7 +100,12 @@ def confirm_email(body: TokenConfirm, principal: PrincipalDep) -> Confirmed:
     return Confirmed(status="verified", user_id=user_id)
 
 
-@router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DispatchedRead,
+    responses=error_responses(409, 429, 503),
+)
 async def request_password_reset(
     body: PasswordResetRequest, request: Request, principal: PrincipalDep, idempotency_key: IdempotencyKeyDep = None
 ) -> dict[str, Any]:
@@ -134,7 +142,7 @@ def _record_reset_request(email: str, principal: PrincipalDep, client_address: s
         )
 
 
-@router.post("/password-reset/confirm", response_model=Confirmed)
+@router.post("/password-reset/confirm", response_model=Confirmed, responses=error_responses(400))
 def confirm_password_reset(body: PasswordResetConfirm, principal: PrincipalDep) -> Confirmed:
     """Set a new password with a reset token: single use, expiry enforced, every session revoked."""
     with session_scope() as session:
@@ -147,7 +155,12 @@ def confirm_password_reset(body: PasswordResetConfirm, principal: PrincipalDep) 
     return Confirmed(status="password_changed", user_id=outcome[0], sessions_revoked=outcome[1])
 
 
-@router.post("/mfa/challenge", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
+@router.post(
+    "/mfa/challenge",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DispatchedRead,
+    responses=error_responses(404, 409, 429, 503),
+)
 async def create_mfa_challenge(
     body: MfaChallenge, principal: PrincipalDep, idempotency_key: IdempotencyKeyDep = None
 ) -> dict[str, Any]:
@@ -177,7 +190,7 @@ def _challenge(user_id: int, principal: PrincipalDep) -> None:
         identity_service.record_mfa_challenge(session=session, user=user, actor=principal)
 
 
-@router.post("/mfa/verify", response_model=MfaVerified)
+@router.post("/mfa/verify", response_model=MfaVerified, responses=error_responses(400, 404))
 def verify_mfa(body: MfaVerify, principal: PrincipalDep) -> MfaVerified:
     """Check an MFA code (5 attempts, 5-minute expiry); a right one opens a session."""
     with session_scope() as session:
@@ -214,7 +227,12 @@ def _alert_mfa_exhausted(user_id: int, code_id: int, triggered_by: str) -> None:
         logger.exception("Could not dispatch the security alert for user %s (MFA code %s).", user_id, code_id)
 
 
-@router.post("/users/{user_id}/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceRead)
-def create_device(user_id: int, body: DeviceCreate, session: SessionDep, _: PrincipalDep) -> object:
+@router.post(
+    "/users/{user_id}/devices",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DeviceRead,
+    responses=error_responses(404),
+)
+def create_device(user_id: Id, body: DeviceCreate, session: SessionDep, _: PrincipalDep) -> object:
     """Register a push device for a user (security alerts and pushes reach it)."""
     return identity_service.add_device(session=session, user_id=user_id, token=body.token, platform=body.platform)

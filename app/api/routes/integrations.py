@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.access.service import Principal
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
-from app.errors import Unprocessable
+from app.errors import Unprocessable, error_responses
 from app.integrations import events, sync, webhooks
 from app.integrations.exceptions import EndpointNotFound
 from app.integrations.models import DeliveryStatus, WebhookEndpoint
@@ -30,6 +30,7 @@ from app.integrations.schemas import (
     WebhookEndpointRead,
     WebhookEndpointUpdate,
 )
+from app.schema_types import Id, Offset
 from app.tasks import publish
 
 router = APIRouter()
@@ -59,15 +60,15 @@ def list_webhooks(session: SessionDep, principal: PrincipalDep) -> list[WebhookE
     return [WebhookEndpointRead.model_validate(e) for e in found if principal.is_admin or e.owner == principal.name]
 
 
-@router.get("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead)
-def read_webhook(endpoint_id: int, session: SessionDep, principal: PrincipalDep) -> WebhookEndpointRead:
+@router.get("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead, responses=error_responses(404))
+def read_webhook(endpoint_id: Id, session: SessionDep, principal: PrincipalDep) -> WebhookEndpointRead:
     """One endpoint."""
     return WebhookEndpointRead.model_validate(_owned(session, endpoint_id, principal))
 
 
-@router.patch("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead)
+@router.patch("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead, responses=error_responses(404))
 def update_webhook(
-    endpoint_id: int, body: WebhookEndpointUpdate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+    endpoint_id: Id, body: WebhookEndpointUpdate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> WebhookEndpointRead:
     """Change its URL, event types, description, or enable/disable it."""
     _owned(session, endpoint_id, principal)
@@ -77,16 +78,16 @@ def update_webhook(
     )
 
 
-@router.delete("/webhooks/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_webhook(endpoint_id: int, session: SessionDep, principal: PrincipalDep) -> None:
+@router.delete("/webhooks/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
+def delete_webhook(endpoint_id: Id, session: SessionDep, principal: PrincipalDep) -> None:
     """Remove the endpoint and its delivery log."""
     _owned(session, endpoint_id, principal)
     webhooks.delete(session=session, endpoint_id=endpoint_id)
 
 
-@router.post("/webhooks/{endpoint_id}/rotate-secret", response_model=SecretRotated)
+@router.post("/webhooks/{endpoint_id}/rotate-secret", response_model=SecretRotated, responses=error_responses(404))
 def rotate_webhook_secret(
-    endpoint_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+    endpoint_id: Id, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> SecretRotated:
     """A new secret (shown once); deliveries carry both signatures until the old one's grace period ends."""
     _owned(session, endpoint_id, principal)
@@ -94,14 +95,14 @@ def rotate_webhook_secret(
     return SecretRotated(id=endpoint.id, secret=secret, previous_secret_expires_at=endpoint.previous_secret_expires_at)
 
 
-@router.get("/webhooks/{endpoint_id}/deliveries", response_model=DeliveryPage)
+@router.get("/webhooks/{endpoint_id}/deliveries", response_model=DeliveryPage, responses=error_responses(404))
 def list_webhook_deliveries(
-    endpoint_id: int,
+    endpoint_id: Id,
     session: SessionDep,
     principal: PrincipalDep,
     state: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DeliveryPage:
     """The delivery log, newest first: each delivery with every attempt (status, latency, response excerpt)."""
     _owned(session, endpoint_id, principal)
@@ -127,25 +128,32 @@ def list_webhook_deliveries(
     return DeliveryPage(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.post("/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver", status_code=status.HTTP_202_ACCEPTED)
-def redeliver_webhook(
-    endpoint_id: int, delivery_id: int, session: SessionDep, principal: PrincipalDep
-) -> dict[str, int]:
+@router.post(
+    "/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(404, 409, 503),
+)
+def redeliver_webhook(endpoint_id: Id, delivery_id: Id, session: SessionDep, principal: PrincipalDep) -> dict[str, int]:
     """Send one delivery again: same `webhook-id`, fresh attempts."""
     _owned(session, endpoint_id, principal)
     delivery = webhooks.redeliver(session=session, endpoint_id=endpoint_id, delivery_id=delivery_id)
     return {"delivery_id": delivery.id}
 
 
-@router.post("/webhooks/{endpoint_id}/recover", response_model=RecoverRead, status_code=status.HTTP_202_ACCEPTED)
-def recover_webhook(endpoint_id: int, body: RecoverCreate, session: SessionDep, principal: PrincipalDep) -> RecoverRead:
+@router.post(
+    "/webhooks/{endpoint_id}/recover",
+    response_model=RecoverRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(404, 409, 503),
+)
+def recover_webhook(endpoint_id: Id, body: RecoverCreate, session: SessionDep, principal: PrincipalDep) -> RecoverRead:
     """Replay a time range after an outage: every subscribed event since `since` not yet delivered here."""
     _owned(session, endpoint_id, principal)
     queued = webhooks.recover(session=session, endpoint_id=endpoint_id, since=body.since, until=body.until)
     return RecoverRead(queued=queued)
 
 
-@router.post("/events", response_model=EventRead, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/events", response_model=EventRead, status_code=status.HTTP_202_ACCEPTED, responses=error_responses(503))
 def emit_event(body: EventCreate, session: SessionDep, principal: PrincipalDep) -> EventRead:
     """Emit a client event; it fans out to every subscribed endpoint."""
     if body.type in events.COURIER_EVENTS:
@@ -155,7 +163,9 @@ def emit_event(body: EventCreate, session: SessionDep, principal: PrincipalDep) 
     return EventRead(event_id=event.event_id, type=event.type, created_at=event.created_at, deliveries=count)
 
 
-@router.post("/systems", response_model=IntegrationRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/systems", response_model=IntegrationRead, status_code=status.HTTP_201_CREATED, responses=error_responses(403, 409)
+)
 def create_integration(
     body: IntegrationCreate, session: SessionDep, settings: SettingsDep, _: AdminDep
 ) -> IntegrationRead:
@@ -163,20 +173,25 @@ def create_integration(
     return IntegrationRead.model_validate(sync.create(session=session, settings=settings, **body.model_dump()))
 
 
-@router.get("/systems", response_model=list[IntegrationRead])
+@router.get("/systems", response_model=list[IntegrationRead], responses=error_responses(403))
 def list_integrations(session: SessionDep, _: AdminDep) -> list[IntegrationRead]:
     """Every external system with its sync progress and health."""
     return [IntegrationRead.model_validate(i) for i in sync.list_integrations(session=session)]
 
 
-@router.get("/systems/{integration_id}", response_model=IntegrationRead)
-def read_integration(integration_id: int, session: SessionDep, _: AdminDep) -> IntegrationRead:
+@router.get("/systems/{integration_id}", response_model=IntegrationRead, responses=error_responses(403, 404))
+def read_integration(integration_id: Id, session: SessionDep, _: AdminDep) -> IntegrationRead:
     """One external system."""
     return IntegrationRead.model_validate(sync.get(session=session, integration_id=integration_id))
 
 
-@router.post("/systems/{integration_id}/sync", response_model=Dispatched, status_code=status.HTTP_202_ACCEPTED)
-def sync_integration(integration_id: int, session: SessionDep, admin: AdminDep) -> Dispatched:
+@router.post(
+    "/systems/{integration_id}/sync",
+    response_model=Dispatched,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(403, 404, 503),
+)
+def sync_integration(integration_id: Id, session: SessionDep, admin: AdminDep) -> Dispatched:
     """Pull its records now (from the saved cursor on)."""
     sync.get(session=session, integration_id=integration_id)
     dispatched = publish.dispatch(

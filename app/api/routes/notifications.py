@@ -12,7 +12,7 @@ from app.api import once
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.errors import ServiceUnavailable, Unprocessable
+from app.errors import ServiceUnavailable, Unprocessable, error_responses
 from app.notifications import service as notification_service
 from app.notifications.models import Notification, Status
 from app.notifications.schemas import (
@@ -22,6 +22,7 @@ from app.notifications.schemas import (
     NotificationDispatched,
     NotificationRead,
 )
+from app.schema_types import Id
 from app.tasks import publish
 
 router = APIRouter()
@@ -32,7 +33,12 @@ def _owner(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.name
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=NotificationDispatched)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=NotificationDispatched,
+    responses=error_responses(409, 503),
+)
 async def create_notification(
     body: NotificationCreate, principal: PrincipalDep, idempotency_key: IdempotencyKeyDep = None
 ) -> dict[str, Any]:
@@ -88,7 +94,9 @@ def _withdraw(notification_ids: list[int]) -> None:
             row.status, row.last_error = Status.cancelled, "the send task could not be dispatched (503)"
 
 
-@router.post("/bulk", status_code=status.HTTP_202_ACCEPTED, response_model=BulkDispatched)
+@router.post(
+    "/bulk", status_code=status.HTTP_202_ACCEPTED, response_model=BulkDispatched, responses=error_responses(409, 503)
+)
 async def create_bulk_notification(
     body: BulkCreate, principal: PrincipalDep, idempotency_key: IdempotencyKeyDep = None
 ) -> dict[str, Any]:
@@ -141,13 +149,13 @@ def _withdraw_batch(batch_id: str) -> None:
         )
 
 
-@router.get("/{notification_id}", response_model=NotificationRead)
-def read_notification(notification_id: int, session: SessionDep, principal: PrincipalDep) -> Notification:
+@router.get("/{notification_id}", response_model=NotificationRead, responses=error_responses(404))
+def read_notification(notification_id: Id, session: SessionDep, principal: PrincipalDep) -> Notification:
     """Status, attempts, timestamps, provider id and last error of one notification."""
     return notification_service.get(session=session, notification_id=notification_id, owner=_owner(principal))
 
 
-@router.post("/{notification_id}/cancel", response_model=NotificationRead)
-def cancel_notification(notification_id: int, session: SessionDep, principal: PrincipalDep) -> Notification:
+@router.post("/{notification_id}/cancel", response_model=NotificationRead, responses=error_responses(404, 409))
+def cancel_notification(notification_id: Id, session: SessionDep, principal: PrincipalDep) -> Notification:
     """Cancel a notification that has not been sent yet (409 once it is sent, failed or cancelled)."""
     return notification_service.cancel(session=session, notification_id=notification_id, owner=_owner(principal))

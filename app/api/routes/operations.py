@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.errors import error_responses
 from app.operations import service
 from app.operations.schemas import (
     OverviewRead,
@@ -21,14 +22,14 @@ from app.operations.schemas import (
 router = APIRouter()
 
 
-@router.post("/queues/{name}/pause", response_model=QueueControlRead)
+@router.post("/queues/{name}/pause", response_model=QueueControlRead, responses=error_responses(503))
 def pause_queue(name: str, session: SessionDep, admin: AdminDep, body: PauseCreate | None = None) -> QueueControlRead:
     """Stop every worker consuming a tier until it is resumed, across worker restarts (audited)."""
     acked = service.pause(session=session, queue=name, actor=admin, reason=body.reason if body else None)
     return QueueControlRead(queue=name, paused=True, workers=acked)
 
 
-@router.post("/queues/{name}/resume", response_model=QueueControlRead)
+@router.post("/queues/{name}/resume", response_model=QueueControlRead, responses=error_responses(503))
 def resume_queue(name: str, session: SessionDep, admin: AdminDep, body: PauseCreate | None = None) -> QueueControlRead:
     """Let the workers configured for a tier consume it again (audited)."""
     acked = service.resume(session=session, queue=name, actor=admin, reason=body.reason if body else None)
@@ -41,7 +42,7 @@ def list_paused(session: SessionDep, _: AdminDep) -> list[PauseRead]:
     return [PauseRead.model_validate(p) for p in service.paused(session=session)]
 
 
-@router.post("/queues/{name}/purge", response_model=PurgeRead)
+@router.post("/queues/{name}/purge", response_model=PurgeRead, responses=error_responses(409, 503))
 def purge_queue(name: str, session: SessionDep, settings: SettingsDep, admin: AdminDep, body: PurgeCreate) -> PurgeRead:
     """Drop a queue's ready messages: a first call answers 409 with a confirm_token, a second one with it purges."""
     if not body.confirm_token:
@@ -57,7 +58,7 @@ def purge_queue(name: str, session: SessionDep, settings: SettingsDep, admin: Ad
     return PurgeRead(queue=name, purged=purged)
 
 
-@router.get("/overview", response_model=OverviewRead)
+@router.get("/overview", response_model=OverviewRead, responses=error_responses(503))
 def read_overview(
     session: SessionDep,
     settings: SettingsDep,

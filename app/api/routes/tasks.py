@@ -18,7 +18,7 @@ from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, 
 from app.config import Settings
 from app.constants import TERMINAL_STATES, TaskState
 from app.db import session_scope, utcnow
-from app.errors import NotFound
+from app.errors import NotFound, error_responses
 from app.runs import service as runs_service
 from app.runs.schemas import (
     ActiveTask,
@@ -35,6 +35,7 @@ from app.runs.schemas import (
     TaskRead,
     WorkerRead,
 )
+from app.schema_types import Limit, Offset
 from app.tasks import control, publish
 
 router = APIRouter()
@@ -43,7 +44,12 @@ router = APIRouter()
 KEEPALIVE_S = 15.0
 
 
-@router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=DispatchedRead)
+@router.post(
+    "/ping",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DispatchedRead,
+    responses=error_responses(403, 409, 503),
+)
 async def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: IdempotencyKeyDep = None) -> DispatchedRead:
     """Dispatch the probe task on a tier; 202 only once RabbitMQ confirmed it."""
     dispatched = await publish.dispatch_once(
@@ -59,7 +65,7 @@ async def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: Idempo
     return DispatchedRead(**dispatched.as_dict())
 
 
-@router.get("/task/{task_id}", response_model=TaskRead)
+@router.get("/task/{task_id}", response_model=TaskRead, responses=error_responses(404))
 def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> TaskRead:
     """State, result or error, attempts, tier and timings of one task; clients see only their own."""
     found = control.task_status(session=session, task_id=task_id)
@@ -68,7 +74,7 @@ def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> 
     return found
 
 
-@router.get("/task/{task_id}/events", response_class=StreamingResponse)
+@router.get("/task/{task_id}/events", response_class=StreamingResponse, responses=error_responses(404))
 async def stream_task_events(
     task_id: TaskId, request: Request, settings: SettingsDep, principal: PrincipalDep
 ) -> StreamingResponse:
@@ -117,7 +123,7 @@ def _read_status(task_id: str) -> TaskRead | None:
         return control.task_status(session=session, task_id=task_id)
 
 
-@router.post("/task/{task_id}/revoke", response_model=RevokeRead)
+@router.post("/task/{task_id}/revoke", response_model=RevokeRead, responses=error_responses(403, 503))
 def revoke_task(task_id: TaskId, session: SessionDep, admin: AdminDep, body: RevokeCreate | None = None) -> RevokeRead:
     """Revoke a task durably: if it has not started it never runs, even across worker restarts."""
     body = body or RevokeCreate()
@@ -126,7 +132,7 @@ def revoke_task(task_id: TaskId, session: SessionDep, admin: AdminDep, body: Rev
     )
 
 
-@router.get("/runs", response_model=RunPage)
+@router.get("/runs", response_model=RunPage, responses=error_responses(403))
 def list_runs(
     session: SessionDep,
     _: AdminDep,
@@ -135,8 +141,8 @@ def list_runs(
     since: datetime | None = None,
     until: datetime | None = None,
     triggered_by: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> RunPage:
     """The durable run history, newest first, filterable by state, name, time and caller."""
     filters = runs_service.RunFilter(state=state, name=name, since=since, until=until, triggered_by=triggered_by)
@@ -144,7 +150,7 @@ def list_runs(
     return RunPage(items=[RunRead.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 
 
-@router.get("/stats", response_model=StatsRead)
+@router.get("/stats", response_model=StatsRead, responses=error_responses(403, 503))
 def read_stats(
     session: SessionDep,
     settings: SettingsDep,
@@ -166,25 +172,25 @@ def read_stats(
     )
 
 
-@router.get("/active", response_model=list[ActiveTask])
+@router.get("/active", response_model=list[ActiveTask], responses=error_responses(403, 503))
 async def list_active(_: AdminDep) -> list[ActiveTask]:
     """Tasks executing now, per worker (a 1 s broadcast)."""
     return await run_in_threadpool(control.active)
 
 
-@router.get("/scheduled", response_model=ScheduledRead)
+@router.get("/scheduled", response_model=ScheduledRead, responses=error_responses(403, 503))
 async def list_scheduled(_: AdminDep) -> ScheduledRead:
     """Countdown/ETA tasks held by workers, and the periodic schedule."""
     return await run_in_threadpool(control.scheduled)
 
 
-@router.get("/queues", response_model=list[QueueRead])
+@router.get("/queues", response_model=list[QueueRead], responses=error_responses(403, 503))
 def list_queues(settings: SettingsDep, _: AdminDep) -> list[QueueRead]:
     """Ready, unacked and consumers of high, medium, low and dead_letter."""
     return control.queues(settings)
 
 
-@router.get("/workers", response_model=list[WorkerRead])
+@router.get("/workers", response_model=list[WorkerRead], responses=error_responses(403))
 def list_workers(_: AdminDep) -> list[WorkerRead]:
     """Live workers with their queues, concurrency and heartbeat age."""
     return control.workers()
