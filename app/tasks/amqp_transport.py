@@ -17,8 +17,9 @@ Nothing changes on the wire. TLS connections keep py-amqp's own transport and ko
 
 Every channel also turns a `basic.return` into an error for the publisher of that message (`Unroutable`): with
 publisher confirms, RabbitMQ *acks* a mandatory message it could not route, after returning it. py-amqp raises
-the return out of the confirm's wait, before the ack is read, so the channel's next publish took that ack for its
-own (every later confirm one behind); here the confirm waits for its ack, then raises (`Channel`).
+the return out of the confirm's wait before that ack is read; it drains the ack before the next publish only if
+the ack has already arrived, so a late one would confirm the channel's next message instead of its own. Here the
+confirm waits for its own ack, then raises (`Channel`).
 """
 
 from __future__ import annotations
