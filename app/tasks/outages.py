@@ -64,8 +64,8 @@ def cause(exc: BaseException | None) -> InfraUnavailable | None:
         exc = exc.reason if isinstance(exc.reason, BaseException) else None
     if isinstance(exc, InfraUnavailable):
         return exc
-    if isinstance(exc, OUTAGE_ERRORS):
-        return InfraUnavailable.at("the result store", exc)
+    if isinstance(exc, OUTAGE_ERRORS):  # from the pool child: the task's own Redis use, or storing its outcome
+        return InfraUnavailable.at("the task or the store of its outcome", exc)
     return None
 
 

@@ -73,7 +73,8 @@ class CourierRequest(Request):  # type: ignore[misc]
         if done >= settings.outage_retry_max:
             return False
         delay = outages.backoff_s(done, settings)
-        headers = {**(context.headers or {}), OUTAGE_RETRIES_HEADER: done + 1}
+        headers = {k: v for k, v in (context.headers or {}).items() if not _BROKER_HEADER.match(str(k))}
+        headers[OUTAGE_RETRIES_HEADER] = done + 1
         try:
             self.task.signature_from_request(context, countdown=delay, headers=headers).apply_async()
         except Exception as exc:
