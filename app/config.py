@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     task_rate_limit: str = "100/m"
     #: Starts of one attempt without finishing (its worker died each time) before it is dead-lettered.
     max_starts_per_attempt: int = Field(default=3, ge=1)
+    #: Redis unreachable at an attempt's start check or result store (an outage, not the task's failure): the
+    #: attempt is put back in a delay queue this many times, backoff doubling from the base up to the cap (equal
+    #: jitter), before it is dead-lettered as `infra_unavailable`. Separate from TASK_MAX_RETRIES.
+    outage_retry_max: int = Field(default=10, ge=0)
+    outage_retry_backoff_s: Seconds = 2.0
+    outage_retry_backoff_max_s: Seconds = 60.0
     task_soft_time_limit_s: Seconds = 300.0
     task_time_limit_s: Seconds = 330.0
 

@@ -75,6 +75,16 @@ REQUEST_ID_HEADER = "courier_request_id"
 #: the recorder needs no Redis lookup to attribute it.
 TRIGGERED_BY_HEADER = "courier_triggered_by"
 DISPATCHED_AT_HEADER = "courier_dispatched_at"
+#: Task message header: how many times the worker has put this attempt back after an infrastructure outage
+#: (Redis unreachable at the start check or the result store; app/tasks/outages.py). Not the task's `retries`.
+OUTAGE_RETRIES_HEADER = "courier_outage_retries"
+#: Headers a worker sets on a message it publishes to the dead-letter exchange itself (it cannot reject it with
+#: a reason): why, the error's class and text, and the queue and exchange it was consumed from.
+DEAD_REASON_HEADER = "courier_dead_reason"
+DEAD_ERROR_CLASS_HEADER = "courier_dead_error_class"
+DEAD_ERROR_HEADER = "courier_dead_error"
+DEAD_QUEUE_HEADER = "courier_dead_queue"
+DEAD_EXCHANGE_HEADER = "courier_dead_exchange"
 #: `courier:history` → Redis stream of run-history entries written by workers, read by the recorder.
 HISTORY_STREAM = REDIS_PREFIX + "history"
 #: The recorder's consumer group on HISTORY_STREAM.

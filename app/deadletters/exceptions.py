@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, ServiceUnavailable
 
 
 class DeadLetterNotFound(NotFound):
@@ -17,3 +17,10 @@ class NotReplayable(Conflict):
 
     def __init__(self, letter_id: int, why: str) -> None:
         super().__init__(f"Dead letter {letter_id} cannot be changed: {why}.")
+
+
+class ReplayNotPublished(ServiceUnavailable):
+    """The broker refused or could not route the replay (its queue missing or unbound); the letter stays pending."""
+
+    def __init__(self, letter_id: int, why: str) -> None:
+        super().__init__(f"Dead letter {letter_id} was not replayed: {why}. It stays pending.")

@@ -30,6 +30,12 @@ class Reason(StrEnum):
     expired = "expired"
     #: A work queue's length cap pushed it out.
     queue_full = "queue_full"
+    #: Redis (the start check or the result store) stayed unreachable through every outage retry; the error
+    #: class is the Redis error's. The task may have run (its result could not be stored): a replay re-runs it.
+    infra_unavailable = "infra_unavailable"
+    #: A message the worker published for it (its retry, into a delay queue) could not be routed by RabbitMQ:
+    #: the queue is missing or unbound. Fix the topology (`python -m app.cli topology declare`), then replay.
+    unroutable = "unroutable"
 
 
 class Status(StrEnum):

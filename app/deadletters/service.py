@@ -12,15 +12,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.exceptions
 from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.access.service import Principal
 from app.audit import service as audit_service
-from app.constants import STARTS_KEY, TASK_EXCHANGE, TaskState, Tier
+from app.constants import (
+    DEAD_ERROR_CLASS_HEADER,
+    DEAD_ERROR_HEADER,
+    DEAD_EXCHANGE_HEADER,
+    DEAD_QUEUE_HEADER,
+    DEAD_REASON_HEADER,
+    OUTAGE_RETRIES_HEADER,
+    STARTS_KEY,
+    TASK_EXCHANGE,
+    TaskState,
+    Tier,
+)
 from app.db import utcnow
-from app.deadletters.exceptions import DeadLetterNotFound, NotReplayable
+from app.deadletters.exceptions import DeadLetterNotFound, NotReplayable, ReplayNotPublished
 from app.deadletters.models import DeadLetter, Reason, Status
 from app.runs.models import TaskRun
 
@@ -33,6 +45,17 @@ REDACTED = "[redacted]"
 BROKER_HEADER = re.compile(r"^x-(death|first-death-|last-death-)")
 #: Our own replay counter (no `x-` prefix: those belong to the broker).
 REPLAYS_HEADER = "courier-replays"
+#: Headers a worker set about one death or one run (reason, outage retries); a replay starts without them.
+DEATH_HEADERS = (
+    DEAD_REASON_HEADER,
+    DEAD_ERROR_CLASS_HEADER,
+    DEAD_ERROR_HEADER,
+    DEAD_QUEUE_HEADER,
+    DEAD_EXCHANGE_HEADER,
+    OUTAGE_RETRIES_HEADER,
+)
+#: Redis errors that mean an outage (BusyLoadingError is a ConnectionError), as app/tasks/outages.py counts them.
+REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 TRACEBACK_MAX_CHARS = 8000
 
 
@@ -121,6 +144,10 @@ def classify(
         return Reason.worker_lost, exc
     if type(exc).__name__ == "NotRegistered":
         return Reason.unknown_task, exc
+    if type(exc).__name__ == "Unroutable":
+        return Reason.unroutable, exc
+    if type(exc).__name__ == "InfraUnavailable" or isinstance(exc, REDIS_OUTAGE):
+        return Reason.infra_unavailable, exc
     retry_for = getattr(registered[name], "autoretry_for", ()) or ()
     if retry_for and isinstance(exc, tuple(retry_for)):
         return Reason.retries_exhausted, exc
@@ -128,8 +155,25 @@ def classify(
 
 
 def _death(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """RabbitMQ's newest x-death entry; for a message a worker dead-lettered by publishing it (no x-death), the
+    same fields from the worker's headers."""
     deaths = headers.get("x-death") or []
-    return dict(deaths[0]) if deaths and isinstance(deaths[0], Mapping) else {}
+    if deaths and isinstance(deaths[0], Mapping):
+        return dict(deaths[0])
+    if headers.get(DEAD_REASON_HEADER):
+        queue = headers.get(DEAD_QUEUE_HEADER)
+        return {"queue": queue, "exchange": headers.get(DEAD_EXCHANGE_HEADER), "routing-keys": [queue] if queue else []}
+    return {}
+
+
+def _declared(headers: Mapping[str, Any]) -> tuple[Reason, str | None, str | None] | None:
+    """(reason, error class, error) a worker declared in headers when it dead-lettered the message itself."""
+    try:
+        reason = Reason(str(headers.get(DEAD_REASON_HEADER)))
+    except ValueError:
+        return None
+    error_class, error = headers.get(DEAD_ERROR_CLASS_HEADER), headers.get(DEAD_ERROR_HEADER)
+    return reason, str(error_class) if error_class else None, str(error)[:2000] if error else None
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -145,6 +189,7 @@ def fingerprint(incoming: Incoming) -> str:
         str(incoming.headers.get("id") or hashlib.sha256(incoming.body).hexdigest()),
         str(incoming.headers.get("retries") or 0),
         str(incoming.headers.get(REPLAYS_HEADER) or 0),
+        str(incoming.headers.get(OUTAGE_RETRIES_HEADER) or 0),
         str(death.get("queue")),
         str(death.get("count")),
         str(death.get("time")),
@@ -172,6 +217,11 @@ def record(
         registered=registered,
         meta=meta,
     )
+    error_class = _error_class(exc)
+    error = _error_text(reason, exc, name)
+    declared = _declared(headers) if decoded is not None and task_id and name else None
+    if declared is not None:  # the worker said why: its result backend may not know (it was the one down)
+        reason, error_class, error = declared
     args, kwargs = decoded if decoded is not None else (None, None)
     body, body_base64 = _stored_body(incoming, decoded)
     routing_keys = death.get("routing-keys") or []
@@ -180,8 +230,8 @@ def record(
         task_id=task_id,
         task_name=name,
         reason=reason,
-        error_class=type(exc).__name__ if exc is not None else None,
-        error=_error_text(reason, exc, name),
+        error_class=error_class,
+        error=error,
         traceback=(str(meta.get("traceback"))[-TRACEBACK_MAX_CHARS:] if meta.get("traceback") else None),
         args=redact(args) if args is not None else None,
         kwargs=redact(kwargs) if kwargs is not None else None,
@@ -251,6 +301,13 @@ def _stored_body(incoming: Incoming, decoded: tuple[list[Any], dict[str, Any]] |
         return incoming.body.decode("utf-8"), False
     except UnicodeDecodeError:
         return base64.b64encode(incoming.body).decode(), True
+
+
+def _error_class(exc: BaseException | None) -> str | None:
+    """The error's class; for an outage the worker reported (InfraUnavailable), the Redis error's."""
+    if exc is None:
+        return None
+    return str(getattr(exc, "error_class", None) or type(exc).__name__)
 
 
 def _error_text(reason: Reason, exc: BaseException | None, name: str | None) -> str | None:
@@ -372,14 +429,14 @@ def replay(
         raise NotReplayable(letter_id, f"it was already {letter.status}")
     if letter.reason is Reason.malformed or not letter.task_id or not letter.task_name or letter.body_base64:
         raise NotReplayable(letter_id, "it is malformed; discard it instead")
-    headers = {k: v for k, v in (letter.headers or {}).items() if not BROKER_HEADER.match(k)}
+    headers = {k: v for k, v in (letter.headers or {}).items() if not BROKER_HEADER.match(k) and k not in DEATH_HEADERS}
     headers.update({"retries": 0, "expires": None, "eta": None, REPLAYS_HEADER: letter.replays + 1})
     body = (letter.body or "").encode()
     if kwargs is not None:
         full = json.loads(body)
         full[1] = kwargs
         body = json.dumps(full).encode()
-    _publish(letter, headers, body)
+    _publish(letter, headers, body)  # raises ReplayNotPublished (a 503): the caller's transaction rolls back
     _forget_starts(letter.task_id)
     letter.status = Status.replayed
     letter.resolved_at = utcnow()
@@ -403,27 +460,42 @@ def replay(
 
 
 def _publish(letter: DeadLetter, headers: dict[str, Any], body: bytes) -> None:
+    """Publish mandatory and confirmed; ReplayNotPublished when RabbitMQ returned (could not route) or refused it."""
+    from amqp.exceptions import AMQPError
+    from kombu.exceptions import KombuError
+
+    from app.tasks.amqp_transport import Unroutable
     from app.tasks.celery_app import celery_app
 
     properties = letter.properties or {}
     queue = letter.queue if letter.queue in Tier.__members__ else None
     exchange = TASK_EXCHANGE if queue else (letter.exchange or "")
     routing_key = queue or letter.routing_key or letter.queue or ""
-    with celery_app.producer_or_acquire() as producer:
-        producer.publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            headers=headers,
-            content_type=letter.content_type,
-            content_encoding=letter.content_encoding or "utf-8",
-            priority=properties.get("priority"),
-            correlation_id=properties.get("correlation_id") or letter.task_id,
-            reply_to=properties.get("reply_to"),
-            delivery_mode=2,
-            retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0.1},
-        )
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=headers,
+                content_type=letter.content_type,
+                content_encoding=letter.content_encoding or "utf-8",
+                priority=properties.get("priority"),
+                correlation_id=properties.get("correlation_id") or letter.task_id,
+                reply_to=properties.get("reply_to"),
+                delivery_mode=2,
+                mandatory=True,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.1},
+            )
+    except Unroutable as exc:
+        logger.warning("Replay of dead letter %s was returned by RabbitMQ: %s", letter.id, exc)
+        raise ReplayNotPublished(
+            letter.id, f"RabbitMQ cannot route to queue {routing_key!r} (exchange {exchange!r}): missing or unbound"
+        ) from exc
+    except (KombuError, AMQPError, OSError, TimeoutError) as exc:
+        logger.warning("Replay of dead letter %s failed: %r.", letter.id, exc)
+        raise ReplayNotPublished(letter.id, "the message broker did not confirm it") from exc
 
 
 def _forget_starts(task_id: str) -> None:

@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from app.config import get_settings
 from app.constants import Tier
 from app.runs import journal
-from app.tasks import pool, topology
+from app.tasks import outages, pool, topology
 from app.tasks import starts as starts_check
+from app.tasks.amqp_transport import Unroutable
 from app.tasks.celery_app import TRACE_LOGGER, celery_app
 from app.tasks.policy import POLICIES
 
@@ -58,10 +59,18 @@ class CourierTask(Task):  # type: ignore[misc]
         or here when the task runs any other way. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times
         never finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected
         to the dead-letter queue as `worker_lost`. The run's start is journaled with its outcome (app/runs/journal.py).
+
+        Redis unreachable here is an outage, not this task's failure: it is reported as Reject(InfraUnavailable),
+        which stores nothing, and the worker's main process puts the attempt back (app/tasks/request.py).
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
-        revoked, starts = pool.take_start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
+        try:
+            revoked, starts = pool.take_start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
+        except outages.OUTAGE_ERRORS as exc:
+            outage = outages.InfraUnavailable.at("the start check", exc)
+            logger.warning("Task %s[%s] cannot start: %s.", self.name, task_id, outage)
+            raise Reject(outage, requeue=False) from None
         if revoked:
             logger.info("Task %s (%s) was revoked before it started; not running it.", task_id, self.name)
             self.backend.mark_as_revoked(task_id, reason="revoked before start", request=self.request)
@@ -80,6 +89,16 @@ class CourierTask(Task):  # type: ignore[misc]
         """Log the retry (Celery's own line is off with the success lines: app/tasks/celery_app.py)."""
         if not _trace_logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] retry: %r", self.name, task_id, exc)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's retry; a retry RabbitMQ could not route (its delay queue missing or unbound) fails the task with
+        `Unroutable` itself, so it is stored and dead-lettered as `unroutable` (Celery would wrap it in a Reject)."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if isinstance(exc.reason, Unroutable):
+                raise exc.reason from None
+            raise
 
     def signature_from_request(
         self, request: Any = None, args: Any = None, kwargs: Any = None, queue: Any = None, **extra: Any

@@ -155,7 +155,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     # environment say what Settings computed (e.g. REDIS_PASSWORD applied), so there is one answer.
     os.environ["CELERY_BROKER_URL"] = settings.broker_url
     os.environ["CELERY_RESULT_BACKEND"] = _one_trip_backend(settings.result_backend_dsn)
-    app = Celery("courier", include=TASK_MODULES, set_as_current=True)
+    # Every task message mandatory, a returned one an error; publishers declare nothing (app/tasks/sending.py).
+    app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp="app.tasks.sending:CourierAMQP")
     app.conf.update(celery_config(settings))
     from app.tasks import bootsteps
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from app.db import session_scope
 from app.deadletters import service as deadletters
-from app.deadletters.exceptions import NotReplayable
+from app.deadletters.exceptions import NotReplayable, ReplayNotPublished
 from app.deadletters.models import Status
 from app.tasks.base import CourierTask, courier_task
 
@@ -33,7 +33,7 @@ def replay_bulk(
                     continue
                 deadletters.replay(session=session, letter_id=letter_id, actor=actor, reason=why)
                 replayed += 1
-        except NotReplayable as exc:
+        except (NotReplayable, ReplayNotPublished) as exc:  # the letter stays as it was (pending, if it was)
             logger.warning("Bulk replay %s skipped dead letter %s: %s", self.request.id, letter_id, exc.message)
             skipped += 1
         if done % 10 == 0 or done == total:

@@ -5,7 +5,8 @@ and the benchmark showed pool children spending most of their time waiting on su
 child hands the encoded result back with its return value (the pipe to the main process carries it anyway),
 and the main process stores every result that arrived in one turn of its event loop with one Redis script,
 then acks those messages. The guarantee is unchanged: a message is acked only after its result is stored.
-If the store fails, each of those tasks takes Celery's failure path: it is rejected to the dead-letter queue.
+If the store fails, each of those tasks takes Celery's failure path: a Redis outage puts it back to run again
+(app/tasks/outages.py), any other error rejects it to the dead-letter queue.
 
 Failures, retries and revocations are stored by the child at once, as before: they are rare, and their order
 relative to the reject or the retry's publish matters.
@@ -35,7 +36,7 @@ from app.config import get_settings
 from app.constants import HISTORY_STREAM
 from app.redis_store import get_redis
 from app.runs import journal
-from app.tasks import amqp_transport, starts
+from app.tasks import amqp_transport, outages, starts
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,15 @@ class ResultBatch:
 
     @staticmethod
     def settle(batch: list[Pending], error: BaseException | None) -> None:
-        """Let Celery finish each task: ack it when its result was stored, else take its failure path (rejected
-        without requeue: dead-lettered)."""
+        """Let Celery finish each task: ack it when its result was stored, else take its failure path (a Redis
+        outage: put back to run again; any other error: rejected without requeue, i.e. dead-lettered)."""
         outcomes: list[tuple[Callable[[Outcome], Any], Outcome]]
-        if error is not None:
-            logger.error("Storing %d results failed; their tasks are dead-lettered: %r.", len(batch), error)
+        if error is not None and batch:
+            if isinstance(error, outages.OUTAGE_ERRORS):
+                logger.error("Storing %d results failed; their tasks will run again: %r.", len(batch), error)
+                error = outages.InfraUnavailable.at("the result store", error)
+            else:
+                logger.error("Storing %d results failed; their tasks are dead-lettered: %r.", len(batch), error)
             failure = _exception_info(error)
             outcomes = [(callback, (1, failure, runtime)) for callback, (_, _, runtime), _ in batch]
         else:

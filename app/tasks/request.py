@@ -1,19 +1,42 @@
-"""CourierRequest: Celery's worker-side request, with the two paths that would ack a message turned to reject.
+"""CourierRequest: Celery's worker-side request, with the two paths that would ack a message turned to reject,
+and a Redis outage retried instead of taken for the task's failure.
 
 Stock Celery acks a message whose hard time limit struck and a message that expired before it ran: both
 would be lost. Here both are rejected without requeue, so RabbitMQ moves them to the dead-letter exchange
 (the failure and the reason are already in the result backend when that happens).
+
+A failure that is a Redis outage on the worker's own path (app/tasks/outages.py) is put back in a delay queue
+with backoff; past OUTAGE_RETRY_MAX it is published to the dead-letter exchange with its reason in headers (a
+reject cannot carry one, and the result backend that would is the thing that is down).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
 from celery.worker.request import Request
+from celery.worker.state import task_ready
+
+from app.config import get_settings
+from app.constants import (
+    DEAD_ERROR_CLASS_HEADER,
+    DEAD_ERROR_HEADER,
+    DEAD_EXCHANGE_HEADER,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_QUEUE_HEADER,
+    DEAD_REASON_HEADER,
+    OUTAGE_RETRIES_HEADER,
+)
+from app.deadletters.models import Reason
+from app.tasks import outages
 
 logger = logging.getLogger(__name__)
+
+#: Headers RabbitMQ owns (x-death and friends); never republished.
+_BROKER_HEADER = re.compile(r"^x-(death|first-death-|last-death-)")
 
 
 class CourierRequest(Request):  # type: ignore[misc]
@@ -28,11 +51,88 @@ class CourierRequest(Request):  # type: ignore[misc]
         super().on_timeout(soft, timeout)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        """A hard time limit can reach here before `on_timeout`; either way it must not be acked."""
+        """A hard time limit can reach here before `on_timeout`; either way it must not be acked. A Redis outage
+        is put back to run again, not failed."""
         exc = getattr(exc_info, "exception", None)
         if isinstance(getattr(exc, "exc", exc), TimeLimitExceeded):
             self._dead_letter_instead_of_ack = True
+        outage = outages.cause(exc)
+        if outage is not None and self.task.acks_late and not self.acknowledged:
+            task_ready(self)  # as Celery's on_failure does first
+            if not self._retry_after_outage(outage):
+                self._dead_letter_outage(outage)
+            return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _retry_after_outage(self, outage: outages.InfraUnavailable) -> bool:
+        """Publish this attempt again into a delay queue (same `retries`, one more outage retry) and ack this
+        message; False when the budget is spent or the publish failed (then nothing was acked)."""
+        settings = get_settings()
+        context = self._context
+        done = int((context.headers or {}).get(OUTAGE_RETRIES_HEADER) or 0)
+        if done >= settings.outage_retry_max:
+            return False
+        delay = outages.backoff_s(done, settings)
+        headers = {k: v for k, v in (context.headers or {}).items() if not _BROKER_HEADER.match(str(k))}
+        headers[OUTAGE_RETRIES_HEADER] = done + 1
+        try:
+            self.task.signature_from_request(context, countdown=delay, headers=headers).apply_async()
+        except Exception as exc:
+            logger.error("Could not put %s[%s] back after a Redis outage: %r.", self.task_name, self.id, exc)
+            return False
+        logger.warning(
+            "%s; %s[%s] runs again in about %d s (outage retry %d of %d).",
+            outage,
+            self.task_name,
+            self.id,
+            delay,
+            done + 1,
+            settings.outage_retry_max,
+        )
+        self.acknowledge()
+        return True
+
+    def _dead_letter_outage(self, outage: outages.InfraUnavailable) -> None:
+        """Publish the message to the dead-letter exchange with its reason (`infra_unavailable`) and the Redis error
+        in headers, then ack it; if even that fails, reject it (RabbitMQ dead-letters it, without the reason)."""
+        message = self._message
+        delivery = self.delivery_info or {}
+        properties = message.properties or {}
+        headers = {k: v for k, v in (message.headers or {}).items() if not _BROKER_HEADER.match(str(k))}
+        headers.update(
+            {
+                DEAD_REASON_HEADER: Reason.infra_unavailable.value,
+                DEAD_ERROR_CLASS_HEADER: outage.error_class,
+                DEAD_ERROR_HEADER: str(outage)[:2000],
+                DEAD_QUEUE_HEADER: delivery.get("routing_key"),
+                DEAD_EXCHANGE_HEADER: delivery.get("exchange"),
+            }
+        )
+        try:
+            with self.task.app.producer_or_acquire() as producer:
+                producer.publish(
+                    message.body,
+                    exchange=DEAD_LETTER_EXCHANGE,
+                    routing_key=str(delivery.get("routing_key") or ""),
+                    headers=headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    priority=properties.get("priority"),
+                    correlation_id=properties.get("correlation_id"),
+                    reply_to=properties.get("reply_to"),
+                    delivery_mode=2,
+                    mandatory=True,
+                    retry=True,
+                    retry_policy={"max_retries": 1, "interval_start": 0.1},
+                )
+        except Exception as exc:
+            logger.error(
+                "Could not dead-letter %s[%s] with its reason; rejecting it: %r.", self.task_name, self.id, exc
+            )
+            self.reject(requeue=False)
+            return
+        logger.error("Dead-lettering %s[%s]: %s (outage retries spent).", self.task_name, self.id, outage)
+        self.acknowledge()
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         """An expired message is dead-lettered (reason `expired`); a revoked one is acked as usual."""

@@ -9,6 +9,7 @@ result storage at about 40 % of its time, most of it waiting on those round trip
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -23,9 +24,11 @@ from app.config import get_settings
 from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH
 from app.redis_store import get_redis, shares_result_backend
 from app.runs import journal
-from app.tasks import pool, starts
+from app.tasks import outages, pool, starts
 from app.tasks.pool import Deferred
 from app.tasks.starts import Answer
+
+logger = logging.getLogger(__name__)
 
 #: For each result: journal its outcome (when given) for the run history; refuse to overwrite a SUCCESS result;
 #: otherwise store it (with a TTL when given) and publish it, as Celery does. KEYS: the history stream, then one
@@ -76,6 +79,13 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         collected = pool.collecting()
         if collected is not None and state == states.SUCCESS:
             collected.append(deferred)  # stored by the worker's main process with others (app/tasks/pool.py)
+        elif state == states.RETRY:
+            try:
+                self.ensure(self.store_many, ([deferred],))
+            except outages.OUTAGE_ERRORS as exc:
+                # The retry is already published: failing here would make the worker put this attempt back too,
+                # and the task would run twice from here on. RETRY is only a progress mark; the next outcome wins.
+                logger.warning("Could not store the RETRY state of task %s (Redis unreachable: %r).", task_id, exc)
         else:
             self.ensure(self.store_many, ([deferred],))
         return result

@@ -1,0 +1,35 @@
+"""CourierAMQP: Celery's task-message sender, publishing every task message as mandatory and declaring nothing.
+
+Celery publishes a task message (`apply_async`: the sync `dispatch()`, a task's retry into a delay queue, a retry
+after a lost worker, beat) without the `mandatory` flag, so a message RabbitMQ cannot route (its queue deleted or
+unbound, its node down) is confirmed and dropped. Here each one is mandatory, and the channel raises
+`amqp_transport.Unroutable` for a returned message (app/tasks/amqp_transport.py): the publisher gets an error
+(a 503 at the API, a dead letter for a retry, a logged SchedulingError in beat), never a silent drop.
+
+Celery also declares the target queue before it publishes, once per connection: a queue deleted after that was
+not declared again, and one deleted before it was re-created by whichever connection came first, without
+anyone noticing. Courier's topology is declared by `python -m app.cli topology declare` (and checked by each
+worker at boot), so publishers declare nothing: a missing queue is an error every time, not some of the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.app.amqp import AMQP
+
+
+class CourierAMQP(AMQP):  # type: ignore[misc]
+    """Selected by `Celery(amqp=...)` (app/tasks/celery_app.py)."""
+
+    def _create_task_sender(self) -> Callable[..., Any]:
+        send = super()._create_task_sender()
+
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            options["mandatory"] = True
+            if options.get("declare") is None:
+                options["declare"] = []
+            return send(producer, name, message, **options)
+
+        return send_task_message

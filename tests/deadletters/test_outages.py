@@ -1,0 +1,167 @@
+"""A Redis outage on the worker's own path (the start check, the result store) is retried, not taken for the
+task's failure; past its budget the dead letter names the Redis error (issue 15, item 7).
+
+Each test runs a worker whose result backend and Redis are a `redis-server` the test owns on a free port, and
+kills and restarts that server; the session's Redis, the API and the recorder are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import auth, dispatch, join
+from tests.deadletters.test_failure_matrix import _letters, _one_letter
+
+pytestmark = pytest.mark.usefixtures("empty_queues")
+
+
+class OwnRedis:
+    """A throwaway redis-server without persistence on a free port: stopped (SIGKILL) and started at will."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.dir = Path(tempfile.mkdtemp(prefix="courier-own-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            + ["--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        join(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def result_state(self, task_id: str) -> str | None:
+        raw = self.client().get(f"celery-task-meta-{task_id}")
+        return json.loads(raw)["status"] if raw else None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def _outage_worker(start_worker, own: OwnRedis, *, outage_retries: int):
+    """A worker on `high` whose results, start checks and heartbeat live in `own` (ready once it beats there)."""
+    worker = start_worker(
+        "high",
+        concurrency=1,
+        wait=False,
+        env={
+            "CELERY_RESULT_BACKEND": own.url,
+            "REDIS_URL": own.url,
+            "OUTAGE_RETRY_MAX": str(outage_retries),
+            "OUTAGE_RETRY_BACKOFF_S": "1",
+            "OUTAGE_RETRY_BACKOFF_MAX_S": "2",
+        },
+    )
+
+    def ready() -> bool:
+        if worker.process.poll() is not None:
+            pytest.fail(f"worker exited with {worker.process.returncode}:\n{worker.log()[-4000:]}")
+        return bool(own.client().exists(f"courier:worker:{worker.hostname}")) and "ready." in worker.log()
+
+    join(ready, timeout=60, what="the outage worker to be ready")
+    return worker
+
+
+def test_a_redis_outage_at_the_start_check_is_retried_and_the_task_runs_once_redis_is_back(
+    api, admin_key, start_worker, recorder, own_redis
+):
+    # Given a worker whose Redis goes down
+    worker = _outage_worker(start_worker, own_redis, outage_retries=10)
+    own_redis.stop()
+    # When a task reaches it, its start check (revoked? how many starts?) cannot reach Redis
+    task_id = dispatch(api, admin_key, tier="high")
+    join(lambda: task_id in worker.log() and "ConnectionError" in worker.log(), timeout=30, what="the failed check")
+    # And Redis comes back
+    own_redis.start()
+    # Then the task is tried again, runs, and its result is stored; it was never dead-lettered
+    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the task to succeed")
+    assert _letters(api, admin_key, task_id) == []
+
+
+def test_a_result_that_cannot_be_stored_is_run_again_once_redis_is_back(
+    api, admin_key, start_worker, recorder, own_redis
+):
+    # Given a task that has passed its start check and is running
+    worker = _outage_worker(start_worker, own_redis, outage_retries=10)
+    task_id = dispatch(api, admin_key, tier="high", sleep_s=2)
+    join(lambda: own_redis.client().exists(f"courier:starts:{task_id}:0"), what="the task to start")
+    # When Redis dies before its result is stored
+    own_redis.stop()
+    join(lambda: "Storing 1 results failed" in worker.log(), timeout=30, what="the failed result store")
+    own_redis.start()
+    # Then the task runs again (at least once: the product's rule) and its result is stored; no dead letter
+    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the task to succeed")
+    assert _letters(api, admin_key, task_id) == []
+
+
+def test_a_redis_outage_past_the_budget_is_dead_lettered_naming_the_redis_error_and_replays(
+    api, admin_key, start_worker, recorder, own_redis
+):
+    # Given a worker allowed two outage retries, and its Redis down for good
+    _outage_worker(start_worker, own_redis, outage_retries=2)
+    own_redis.stop()
+    # When a task reaches it
+    task_id = dispatch(api, admin_key, tier="high")
+    # Then, after the retries, one dead letter says what happened: Redis, not the task (nor "malformed")
+    letter = _one_letter(api, admin_key, task_id, timeout=90)
+    assert (letter["reason"], letter["error_class"]) == ("infra_unavailable", "ConnectionError")
+    assert "Redis was unreachable at the start check" in letter["error"]
+    assert letter["queue"] == "high" and letter["retries"] == 0
+    # And once Redis is back, replaying it runs the task (the outage headers do not follow it)
+    own_redis.start()
+    answer = api.post(
+        f"/api/v1/tasks/dead-letters/{letter['id']}/replay",
+        json={"why": "redis is back"},
+        headers=auth(admin_key),
+    )
+    assert answer.status_code == 200, answer.text
+    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the replay to succeed")
+
+
+def test_every_redis_outage_error_counts_as_an_outage_with_its_own_class():
+    from app.tasks import outages
+
+    # BusyLoadingError (a Redis loading its data set) is a ConnectionError; a timeout and a read-only replica too
+    for error in (redis.exceptions.BusyLoadingError("loading"), redis.exceptions.TimeoutError("slow")):
+        outage = outages.cause(error)
+        assert outage is not None and outage.error_class == type(error).__name__
+    assert outages.cause(ValueError("the task's own")) is None
+    # And the backoff never drops under a second (no hot loop) and stays under the cap
+    from app.config import Settings
+
+    settings = Settings(_env_file=None, outage_retry_backoff_s=1, outage_retry_backoff_max_s=2)
+    assert all(1 <= outages.backoff_s(done, settings) <= 2 for done in range(20) for _ in range(5))
