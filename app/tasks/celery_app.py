@@ -148,6 +148,18 @@ def _quiet_worker_logs(**_: Any) -> None:
         logging.getLogger(TRACE_LOGGER).setLevel(logging.WARNING)
 
 
+def _beat_without_result_store(sender: Any = None, **_: Any) -> None:
+    """`beat_init`: beat only publishes, and reads no result. Celery's Redis backend would still subscribe to each
+    task's result channel as beat sends it, and after a Redis outage longer than its retry policy beat logged
+    CRITICAL "Retry limit exceeded ... must be restarted" (and went on). Beat runs with no result backend: it
+    needs no Redis at all, and what it sends still stores its results (the workers' backend decides that)."""
+    app = sender.app
+    os.environ["CELERY_RESULT_BACKEND"] = "disabled"  # (Celery reads the environment ahead of its config)
+    app.conf.result_backend = "disabled"
+    app._backend_cache = None  # (a backend built before beat started: rebuilt from the setting on next use)
+    app._local.__dict__.pop("backend", None)
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app and its worker boot steps."""
     settings = settings or get_settings()
@@ -173,6 +185,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     signals.worker_ready.connect(lambda **_: freeze_start_up_objects(), weak=False)
     # setup_logging (not after_setup_logger): with a setup_logging receiver (telemetry's) Celery sends no other.
     signals.setup_logging.connect(_quiet_worker_logs, weak=False)
+    signals.beat_init.connect(_beat_without_result_store, weak=False)
 
     return app
 
