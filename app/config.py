@@ -26,7 +26,7 @@ Seconds = Annotated[float, Field(gt=0)]
 #: urllib reads it; a `;`-separated failover list (kombu) has each of its URLs matched on its own.
 _URL_PASSWORDS = (
     re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^\s/?#]+(?=@)", re.I),
-    re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*%3A%2F%2F(?:(?!%3A|%40)[^\s/?#&])*%3A)(?:(?!%40)[^\s/?#&])+(?=%40)", re.I),
+    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*%3A%2F%2F(?:(?!%3A|%40)[^\s/?#&])*%3A)(?:(?!%40)[^\s/?#&])+(?=%40)", re.I),
 )
 #: What a redacted password reads as.
 MASK = "***"

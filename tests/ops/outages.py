@@ -163,7 +163,7 @@ class ApiProcess:
             except httpx.HTTPError:
                 return False
 
-        join(up, what="the API to listen")
+        join(up, timeout=90, what="the API to listen")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
