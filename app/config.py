@@ -22,10 +22,11 @@ DEV_DATA_ENCRYPTION_KEY = "Y291cmllci1kZXZlbG9wbWVudC1vbmx5LWtleS0wMDA="
 Seconds = Annotated[float, Field(gt=0)]
 
 #: The password of a URL's userinfo (`scheme://user:password@host`), as typed or percent-encoded once (a URL
-#: inside another URL's path or query, such as a management API path). Up to the last `@` of the authority, as
-#: urllib reads it; a `;`-separated failover list (kombu) has each of its URLs matched on its own.
+#: inside another URL's path or query, such as a management API path). As typed, up to the last `@` before the
+#: next URL, a space or a quote: a password decoded back into text may hold `/` or `@` (masking a little more
+#: than the password is the safe side); a `;`-separated failover list (kombu) has each URL matched on its own.
 _URL_PASSWORDS = (
-    re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^\s/?#]+(?=@)", re.I),
+    re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?:(?!://)[^\s'\"<>])+(?=@)", re.I),
     re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*%3A%2F%2F(?:(?!%3A|%40)[^\s/?#&])*%3A)(?:(?!%40)[^\s/?#&])+(?=%40)", re.I),
 )
 #: What a redacted password reads as.

@@ -52,7 +52,7 @@ MIN_SECRET_LENGTH = 6
 def remember_secrets(secrets: Iterable[str]) -> None:
     """Mask these values (as typed and percent-encoded, once and twice) in every line from now on."""
     global _known
-    forms = set()
+    forms: set[str] = set()
     for secret in secrets:
         if len(secret) >= MIN_SECRET_LENGTH:
             once = quote(secret, safe="")

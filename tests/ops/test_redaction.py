@@ -3,7 +3,6 @@ are built (app/config.py `redact_url`), and every log line is masked again on it
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -35,12 +34,17 @@ def test_redact_url_masks_the_password_of_every_url_form():
     single = f"amqp://courier:{ENCODED}@rabbit-1:5672/courier"
     failover = f"{single};amqp://courier:{ENCODED}@rabbit-2:5672/courier"
     raw_at = "redis://:p@ss@redis:6379/0"  # an unencoded '@' in a password (urllib reads up to the last one)
+    decoded = f"vhost 'v;amqp://courier:{PASSWORD}@rabbit-2:5672/v'"  # a password decoded back into text
     inside_a_path = f"GET /policies/{quote(failover, safe='')}: 401"
     assert redact_url(single) == "amqp://courier:***@rabbit-1:5672/courier"
     assert redact_url(failover) == "amqp://courier:***@rabbit-1:5672/courier;amqp://courier:***@rabbit-2:5672/courier"
     assert redact_url(raw_at) == "redis://:***@redis:6379/0"
-    assert redact_url("postgresql+psycopg://courier:pw@db:5432/courier") == "postgresql+psycopg://courier:***@db:5432/courier"
-    for text in (single, failover, inside_a_path, f"connect('{single}') failed"):
+    assert (
+        redact_url("postgresql+psycopg://courier:pw@db:5432/courier")
+        == "postgresql+psycopg://courier:***@db:5432/courier"
+    )
+    assert redact_url(decoded) == "vhost 'v;amqp://courier:***@rabbit-2:5672/v'"
+    for text in (single, failover, inside_a_path, decoded, f"connect('{single}') failed"):
         assert_no_password(redact_url(text), repr(text))
     # URLs without a password are left alone
     for text in ("http://127.0.0.1:15672/api", "redis://127.0.0.1:6379/0", "amqp://guest@h:5672/v", "a@b.example"):
@@ -53,7 +57,7 @@ def test_log_lines_mask_urls_in_the_message_its_arguments_and_the_exception(form
     try:
         raise RuntimeError(f"refused GET /policies/{quote(failover, safe='')}")
     except RuntimeError as exc:
-        record = logging.LogRecord("courier.test", logging.ERROR, __file__, 1, "check failed: %r", (exc,), sys.exc_info())
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "check failed: %r", (exc,), sys.exc_info())
     assert_no_password(formatter.format(record), "the formatted line")
 
 
