@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
@@ -98,6 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": schedule(),
+        "beat_scheduler": f"{__name__}:BeatScheduler",
     }
 
 
@@ -148,16 +150,22 @@ def _quiet_worker_logs(**_: Any) -> None:
         logging.getLogger(TRACE_LOGGER).setLevel(logging.WARNING)
 
 
-def _beat_without_result_store(sender: Any = None, **_: Any) -> None:
-    """`beat_init`: beat only publishes, and reads no result. Celery's Redis backend would still subscribe to each
-    task's result channel as beat sends it, and after a Redis outage longer than its retry policy beat logged
-    CRITICAL "Retry limit exceeded ... must be restarted" (and went on). Beat runs with no result backend: it
-    needs no Redis at all, and what it sends still stores its results (the workers' backend decides that)."""
-    app = sender.app
-    os.environ["CELERY_RESULT_BACKEND"] = "disabled"  # (Celery reads the environment ahead of its config)
-    app.conf.result_backend = "disabled"
-    app._backend_cache = None  # (a backend built before beat started: rebuilt from the setting on next use)
-    app._local.__dict__.pop("backend", None)
+class BeatScheduler(PersistentScheduler):  # type: ignore[misc]
+    """Celery's scheduler, run without a result backend: beat only sends tasks and reads no result.
+
+    With the Redis backend, each send subscribed to the task's result channel, and after a Redis outage longer
+    than the backend's retry policy beat logged CRITICAL "Retry limit exceeded ... must be restarted" (and went
+    on). Without one, beat needs no Redis at all; the tasks it sends still store their results (the workers'
+    backend decides that). Set before the scheduler's first look at `app.backend`, which builds the backend.
+    """
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        os.environ["CELERY_RESULT_BACKEND"] = "disabled"  # (Celery reads the environment ahead of its config)
+        app.conf.result_backend = "disabled"
+        super().__init__(app, *args, **kwargs)
+
+    def install_default_entries(self, data: Any) -> None:
+        """No `celery.backend_cleanup` entry: results expire in Redis by their own TTL."""
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -185,7 +193,6 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     signals.worker_ready.connect(lambda **_: freeze_start_up_objects(), weak=False)
     # setup_logging (not after_setup_logger): with a setup_logging receiver (telemetry's) Celery sends no other.
     signals.setup_logging.connect(_quiet_worker_logs, weak=False)
-    signals.beat_init.connect(_beat_without_result_store, weak=False)
 
     return app
 
