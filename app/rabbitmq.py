@@ -2,14 +2,14 @@
 
 No credential leaves through an error: a `ManagementError`'s message is redacted where it is built (a path can
 carry a URL, percent-encoded, and httpx's errors can quote the request URL), and a management URL's own
-`user:password@` is taken off the base URL and used as the login instead.
+`user:password@` is taken off the base URL (the explicit login is the one httpx used anyway).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -47,8 +47,7 @@ class ManagementClient:
 
     def __init__(self, base_url: str, user: str, password: str, timeout: float = 5.0) -> None:
         parts = urlsplit(base_url)
-        if parts.password is not None:  # a login in the URL: use it, and keep it out of every URL httpx quotes
-            user, password = unquote(parts.username or ""), unquote(parts.password)
+        if "@" in parts.netloc:  # a login in the URL: out of every URL httpx quotes (`auth` logs in, as before)
             base_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self._http = httpx.Client(base_url=f"{base_url}/api", auth=(user, password), timeout=timeout)
 
