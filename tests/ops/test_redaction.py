@@ -127,3 +127,15 @@ def test_an_api_whose_broker_and_result_store_refuse_it_leaks_no_password(admin_
     for answer in answers:
         assert_no_password(answer.text, f"the answer to {answer.request.url.path}")
     assert_no_password(api.log(), "the API's log")
+
+
+def test_a_failover_broker_url_gives_the_vhost_and_login_of_its_first_url():
+    """Read whole, a kombu failover list made the vhost `v;amqp://user:password@...`, and the management API
+    paths built from it carried the password (percent-encoded) into errors and logs."""
+    from app.config import Settings
+
+    first = f"amqp://courier:{ENCODED}@rabbit-1:5672/courier"
+    settings = Settings(_env_file=None, celery_broker_url=f"{first};{first.replace('rabbit-1', 'rabbit-2')}")
+    assert settings.broker_vhost == "courier"
+    assert settings.broker_credentials == ("courier", PASSWORD)
+    assert PASSWORD in settings.secrets
