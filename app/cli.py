@@ -32,7 +32,10 @@ def _operator() -> str:
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    """A line for the operator on stderr, with any credential masked (errors may quote URLs)."""
+    from app.logging import redact
+
+    typer.echo(redact(message), err=True)
 
 
 @cli.command("create-api-key")
@@ -616,4 +619,8 @@ def queues_purge(
 
 
 if __name__ == "__main__":
+    from app.logging import configure_logging
+
+    # Log lines of the commands (Courier's, Celery's, kombu's) go to stderr as text, credentials masked.
+    configure_logging("WARNING", fmt="text")
     cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,30 @@ DEV_PLACEHOLDERS = frozenset({"courier_dev_pass", "flower_dev_pass", "guest"})
 DEV_DATA_ENCRYPTION_KEY = "Y291cmllci1kZXZlbG9wbWVudC1vbmx5LWtleS0wMDA="
 
 Seconds = Annotated[float, Field(gt=0)]
+
+#: The password of a URL's userinfo (`scheme://user:password@host`), as typed or percent-encoded once (a URL
+#: inside another URL's path or query, such as a management API path). As typed, up to the last `@` before the
+#: next URL, a space or a quote: a password decoded back into text may hold `/` or `@` (masking a little more
+#: than the password is the safe side); a `;`-separated failover list (kombu) has each URL matched on its own.
+_URL_PASSWORDS = (
+    re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?:(?!://)[^\s'\"<>])+(?=@)", re.I),
+    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*%3A%2F%2F(?:(?!%3A|%40)[^\s/?#&])*%3A)(?:(?!%40)[^\s/?#&])+(?=%40)", re.I),
+)
+#: What a redacted password reads as.
+MASK = "***"
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`: one URL, a `;`-separated failover list, a
+    URL percent-encoded inside another, or a sentence quoting any of them. The user and host stay readable.
+
+    Examples:
+        >>> redact_url("amqp://courier:s%40cret@rabbit-1:5672/courier;amqp://courier:s%40cret@rabbit-2:5672/courier")
+        'amqp://courier:***@rabbit-1:5672/courier;amqp://courier:***@rabbit-2:5672/courier'
+    """
+    for pattern in _URL_PASSWORDS:
+        text = pattern.sub(rf"\g<keep>{MASK}", text)
+    return text
 
 
 class Environment(StrEnum):
@@ -251,6 +276,9 @@ class Settings(BaseSettings):
     metrics_dir: str = ""
     #: Port of each worker's own /metrics exporter (one worker per container); 0 = off (the API serves them).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: While a dependency stays down (the broker, for the API's publisher), one log line every this many seconds
+    #: says so; its going down and its coming back are logged once each, not once per refused request.
+    outage_log_interval_s: Seconds = 30.0
     #: Seconds between two polls of a task's state by the live-progress stream (SSE).
     events_poll_interval_s: Seconds = 0.5
     #: Longest a live-progress stream stays open before the client must reconnect.
@@ -336,14 +364,44 @@ class Settings(BaseSettings):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def broker_vhost(self) -> str:
-        """The vhost of the broker URL in use ('/' when it names none)."""
-        return unquote(urlsplit(self.broker_url).path.lstrip("/")) or "/"
+        """The vhost of the broker URL in use ('/' when it names none); of the first URL of a failover list."""
+        return unquote(urlsplit(self._first_broker_url).path.lstrip("/")) or "/"
 
     @property
     def broker_credentials(self) -> tuple[str, str]:
         """User and password of the broker URL in use (also used for the management API)."""
-        parts = urlsplit(self.broker_url)
+        parts = urlsplit(self._first_broker_url)
         return unquote(parts.username or "guest"), unquote(parts.password or "guest")
+
+    @property
+    def _first_broker_url(self) -> str:
+        # kombu reads `url1;url2` as a failover list; read whole, its vhost would be `courier;amqp://user:pw@...`.
+        return self.broker_url.split(";", 1)[0].strip()
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every credential this configuration holds (passwords, keys, the passwords inside its URLs), for the
+        logs to mask wherever one turns up (app/logging.py)."""
+        found = [
+            self.rabbitmq_password,
+            self.rabbitmq_admin_password,
+            self.redis_password,
+            self.flower_password,
+            self.smtp_password,
+            self.sms_provider_api_key,
+            self.push_provider_api_key,
+            self.identity_secret_key,
+            *self.data_encryption_keys.split(","),
+        ]
+        for urls in (self.broker_url, self.celery_result_backend, self.redis_url, self.database_url):
+            for url in urls.split(";"):
+                try:
+                    password = urlsplit(url.strip()).password
+                except ValueError:  # not a URL urllib can read; the patterns still mask it
+                    password = None
+                if password:
+                    found.append(unquote(password))
+        return sorted({secret.strip() for secret in found if secret.strip()})
 
     @property
     def audit_archive_path(self) -> Path:

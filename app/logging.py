@@ -3,8 +3,12 @@
 Each record becomes one JSON object: `ts`, `level`, `logger`, `message`, `process`, and when known
 `request_id` (the HTTP request, or the request that dispatched the running task: read once per task from its
 meta in Redis, and only for Courier's own lines, warnings and errors), `task_id`, `task_name` and `attempt`
-(1 for the first run). Secrets are masked in every line: passwords in URLs, bearer tokens and
-`password=`/`token=`/`secret=` pairs.
+(1 for the first run). Secrets are masked in every line (message, exception and stack): passwords in URLs (as
+typed, percent-encoded, in failover lists), bearer tokens, `password=`/`token=`/`secret=` pairs, and every
+credential the configuration holds, wherever it turns up.
+
+`StateChangeLog` turns an outage into three kinds of line (down; still down every OUTAGE_LOG_INTERVAL_S; up
+again) instead of one line per refused request.
 """
 
 from __future__ import annotations
@@ -12,19 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
+from app.config import MASK, redact_url
 from app.constants import REQUEST_ID_HEADER
 from app.context import request_id
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
-#: Patterns whose secret part is replaced by `***` in every formatted line.
+#: Patterns whose secret part is replaced by `***` in every formatted line (URL passwords: `redact_url`).
 _SECRETS = (
-    # scheme://user:password@host
-    (re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I), r"\g<keep>***"),
-    (re.compile(r"(?P<keep>\bBearer\s+)[A-Za-z0-9._~+/=-]+", re.I), r"\g<keep>***"),
+    (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]+", re.I), r"\g<keep>***"),
     (
         re.compile(
             r"(?P<keep>\b(?:password|passwd|secret|token|api[_-]?key|authorization)\b[\"']?\s*[=:]\s*[\"']?)[^\s\"',}&]+",
@@ -35,8 +42,31 @@ _SECRETS = (
 )
 
 
+#: Credentials of this process's configuration (raw and percent-encoded), masked wherever they turn up; set by
+#: `configure_logging` through `remember_secrets`.
+_known: re.Pattern[str] | None = None
+#: Shorter values are not masked as plain text (too likely to be ordinary words); inside URLs they still are.
+MIN_SECRET_LENGTH = 6
+
+
+def remember_secrets(secrets: Iterable[str]) -> None:
+    """Mask these values (as typed and percent-encoded, once and twice) in every line from now on."""
+    global _known
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LENGTH:
+            once = quote(secret, safe="")
+            forms.update((secret, once, quote(once, safe="")))
+    # Longest first, so a secret that contains another is masked whole.
+    alternatives = sorted(forms, key=len, reverse=True)
+    _known = re.compile("|".join(re.escape(form) for form in alternatives)) if alternatives else None
+
+
 def redact(text: str) -> str:
-    """Mask passwords in URLs, bearer tokens and secret-looking `key=value` pairs."""
+    """Mask passwords in URLs, the configuration's credentials, bearer tokens and secret-looking pairs."""
+    text = redact_url(text)
+    if _known is not None:
+        text = _known.sub(MASK, text)
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -123,10 +153,11 @@ class RedactingFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     """Send records to stderr as JSON lines (or text, LOG_FORMAT=text); idempotent."""
-    if fmt is None:
-        from app.config import get_settings
+    from app.config import get_settings
 
+    if fmt is None:
         fmt = get_settings().log_format
+    remember_secrets(get_settings().secrets)
     root = logging.getLogger()
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else RedactingFormatter(TEXT_FORMAT)
     ours = [h for h in root.handlers if getattr(h, "_courier", False)]
@@ -146,3 +177,94 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
         server_logger.propagate = True
     # One line per management-API call would drown the worker log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class StateChangeLog:
+    """Logs the outage of a dependency as changes of state, not one line per failed call.
+
+    The first failure logs that the dependency is down; while it stays down, one line every `interval_s` says
+    so with the count of failures since; the first success after logs that it is back and how long it was away.
+    Thread-safe; a success while up costs one attribute read.
+
+    Parameters:
+        logger: where the lines go (WARNING while down, INFO when back).
+        what: the dependency, as the sentences name it ("The message broker").
+        consequence: what callers see meanwhile ("dispatches answer 503"), added to the first line.
+        interval_s: seconds between two "still down" lines; OUTAGE_LOG_INTERVAL_S when None.
+
+    Examples:
+        >>> broker = StateChangeLog(logger, "The message broker", consequence="dispatches answer 503")
+        >>> broker.failed("publishing ping (t-1): ConnectionRefusedError(111)")   # WARNING, once
+        >>> broker.succeeded()                                                     # INFO, once
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        consequence: str = "",
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.consequence = consequence
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._last_line = 0.0
+        self._failures = 0
+
+    @property
+    def interval_s(self) -> float:
+        if self._interval_s is None:
+            from app.config import get_settings
+
+            self._interval_s = get_settings().outage_log_interval_s
+        return self._interval_s
+
+    @property
+    def down(self) -> bool:
+        """Whether the last outcome was a failure."""
+        return self._down_since is not None
+
+    def failed(self, error: object) -> None:
+        """Count a failure; log it when it starts an outage or the last line is `interval_s` old."""
+        now = self._clock()
+        with self._lock:
+            self._failures += 1
+            if self._down_since is None:
+                self._down_since = self._last_line = now
+                failures = 0
+            elif now - self._last_line >= self.interval_s:
+                self._last_line = now
+                failures = self._failures
+            else:
+                return
+            since = now - self._down_since
+        if not failures:
+            consequence = f"; {self.consequence}" if self.consequence else ""
+            self.logger.warning(
+                "%s is down: %s%s (logged again every %g s while it lasts, and once when it is back).",
+                self.what,
+                error,
+                consequence,
+                self.interval_s,
+            )
+        else:
+            self.logger.warning(
+                "%s is still down after %.0f s (%d failure(s) so far); the last: %s.", self.what, since, failures, error
+            )
+
+    def succeeded(self) -> None:
+        """Note a success; log the end of an outage if one was under way."""
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            since, failures = self._clock() - self._down_since, self._failures
+            self._down_since, self._failures = None, 0
+        self.logger.info("%s is back after %.1f s down (%d failure(s) meanwhile).", self.what, since, failures)

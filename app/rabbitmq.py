@@ -1,20 +1,28 @@
-"""A small client for the RabbitMQ management HTTP API: vhosts, users, policies and queue statistics."""
+"""A small client for the RabbitMQ management HTTP API: vhosts, users, policies and queue statistics.
+
+No credential leaves through an error: a `ManagementError`'s message is redacted where it is built (a path can
+carry a URL, percent-encoded, and httpx's errors can quote the request URL), and a management URL's own
+`user:password@` is taken off the base URL (the explicit login is the one httpx used anyway).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
-from app.config import Settings
+from app.config import Settings, redact_url
 
 logger = logging.getLogger(__name__)
 
 
 class ManagementError(RuntimeError):
-    """The management API could not be reached or refused a call."""
+    """The management API could not be reached or refused a call; the message never carries a credential."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_url(message))
 
 
 def _q(value: str) -> str:
@@ -38,6 +46,9 @@ class ManagementClient:
     """
 
     def __init__(self, base_url: str, user: str, password: str, timeout: float = 5.0) -> None:
+        parts = urlsplit(base_url)
+        if "@" in parts.netloc:  # a login in the URL: out of every URL httpx quotes (`auth` logs in, as before)
+            base_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self._http = httpx.Client(base_url=f"{base_url}/api", auth=(user, password), timeout=timeout)
 
     @classmethod

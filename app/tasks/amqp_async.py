@@ -7,6 +7,15 @@ message itself is built by Celery (`as_task_v2`), so workers see exactly what `a
 
 aiormq is aio-pika's protocol layer. Publishing on it directly spent about 0.20 ms of CPU per confirmed
 message against 0.29 ms through aio-pika's wrappers (the benchmark's publisher, 4,000 messages, one run).
+
+Outages: the broker going away and coming back is logged as a change of state (`broker_outage`, a
+`StateChangeLog`), not per refused publish; aiormq's own ERROR line per failed connection attempt is dropped.
+No future is left with an exception nobody reads: aiormq creates a confirmation future per publish and awaits
+it only after the frames are written, so a publish that fails before (its connection lost, or our deadline)
+leaves the confirmation orphaned, and aiormq later fails it with the connection's error. `_abandon` reads such
+a confirmation when it ends, through two attributes of aiormq's Channel (aiormq 6.9, checked by
+tests/ops/test_outage_logs.py): `message_id_delivery_tag` (message id -> delivery tag) and `confirmations`
+(delivery tag -> future). Without them a lost connection only costs "Future exception was never retrieved" lines.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps
 from pamqp.commands import Basic
 
-from app.config import Settings
+from app.config import Settings, redact_url
 from app.constants import TASK_EXCHANGE
+from app.logging import StateChangeLog
 from app.tasks.celery_app import celery_app
 from app.tasks.tracing import bounded_repr
 
@@ -34,6 +44,43 @@ logger = logging.getLogger(__name__)
 
 #: Persistent delivery (AMQP delivery_mode 2): the message survives a broker restart.
 PERSISTENT = 2
+
+#: The broker as this process publishes to it: down (once), still down (every OUTAGE_LOG_INTERVAL_S), back (once).
+broker_outage = StateChangeLog(
+    logger, "The message broker", consequence="dispatches are refused with 503 and Retry-After until it is back"
+)
+
+
+class _NoConnectAttemptErrors(logging.Filter):
+    """Drop aiormq's ERROR per failed connection attempt: `broker_outage` says it once per outage instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_NoConnectAttemptErrors())
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a finished future's outcome, so asyncio does not report an exception nobody retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _abandon(channel: AbstractChannel, message_id: str) -> None:
+    """The publish of `message_id` gave up: its confirmation, if aiormq still holds it, is read when it ends."""
+    tag = getattr(channel, "message_id_delivery_tag", {}).get(message_id)
+    confirmation = getattr(channel, "confirmations", {}).get(tag) if tag is not None else None
+    if isinstance(confirmation, asyncio.Future):
+        confirmation.add_done_callback(_retrieve)
+
+
+def _settle(channels: list[AbstractChannel]) -> None:
+    """Channels being dropped: every confirmation they still hold is read when it ends (a safety net)."""
+    for channel in channels:
+        for confirmation in list(getattr(channel, "confirmations", {}).values()):
+            if isinstance(confirmation, asyncio.Future):
+                confirmation.add_done_callback(_retrieve)
 
 
 class PublishFailed(RuntimeError):
@@ -89,10 +136,17 @@ class AsyncPublisher:
             return self._channels[index]
         async with self._lock:
             if self._connection is None or self._connection.is_closed:
+                self._forget_connection()
                 await self._open()
             elif not self._usable(index):
+                _settle([self._channels[index]])
                 self._channels[index] = await self._new_channel(self._connection)
             return self._channels[index]
+
+    def _forget_connection(self) -> None:
+        """Drop a closed connection and its channels (their orphaned confirmations read when they end)."""
+        _settle(self._channels)
+        self._connection, self._channels = None, []
 
     def _usable(self, index: int) -> bool:
         return (
@@ -112,8 +166,10 @@ class AsyncPublisher:
             connection = await asyncio.wait_for(aiormq.connect(self.settings.broker_url), timeout)
             channels = [await self._new_channel(connection) for _ in range(self.channel_count)]
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
-            raise PublishFailed(f"cannot open a publishing connection: {exc!r}") from exc
+            # (Not logged here: the dispatch that asked reports it to `broker_outage`, once per outage.)
+            raise PublishFailed(f"cannot open a publishing connection: {redact_url(repr(exc))}") from exc
         self._connection, self._channels = connection, channels
+        broker_outage.succeeded()  # a reopened connection ends an outage even before its first confirm
 
     async def publish(
         self,
@@ -144,13 +200,14 @@ class AsyncPublisher:
                 )
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError, asyncio.CancelledError) as exc:
             # RuntimeError covers aiormq's ChannelInvalidStateError (a channel closed under the publish).
-            raise PublishFailed(f"{name}[{task_id}] was not confirmed: {exc!r}") from exc
+            _abandon(channel, message.properties.message_id or task_id)
+            raise PublishFailed(f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}") from exc
 
     async def close(self) -> None:
         """Close the connection (on API shutdown)."""
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
-        self._connection, self._channels = None, []
+        self._forget_connection()
 
 
 @lru_cache

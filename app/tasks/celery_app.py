@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab  # (section: audit)
 
 from app.config import Settings, get_settings
@@ -98,6 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": schedule(),
+        "beat_scheduler": f"{__name__}:BeatScheduler",
     }
 
 
@@ -146,6 +148,24 @@ def _quiet_worker_logs(**_: Any) -> None:
         # with it; CourierTask.on_retry writes them instead.
         logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
         logging.getLogger(TRACE_LOGGER).setLevel(logging.WARNING)
+
+
+class BeatScheduler(PersistentScheduler):  # type: ignore[misc]
+    """Celery's scheduler, run without a result backend: beat only sends tasks and reads no result.
+
+    With the Redis backend, each send subscribed to the task's result channel, and after a Redis outage longer
+    than the backend's retry policy beat logged CRITICAL "Retry limit exceeded ... must be restarted" (and went
+    on). Without one, beat needs no Redis at all; the tasks it sends still store their results (the workers'
+    backend decides that). Set before the scheduler's first look at `app.backend`, which builds the backend.
+    """
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        os.environ["CELERY_RESULT_BACKEND"] = "disabled"  # (Celery reads the environment ahead of its config)
+        app.conf.result_backend = "disabled"
+        super().__init__(app, *args, **kwargs)
+
+    def install_default_entries(self, data: Any) -> None:
+        """No `celery.backend_cleanup` entry: results expire in Redis by their own TTL."""
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

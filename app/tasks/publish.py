@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import KombuError, OperationalError
 
 from app import idempotency
-from app.config import get_settings
+from app.config import get_settings, redact_url
 from app.constants import (
     DISPATCHED_AT_HEADER,
     REQUEST_ID_HEADER,
@@ -37,7 +37,7 @@ from app.context import request_id
 from app.errors import ServiceUnavailable, Unprocessable
 from app.metrics import observe_publish
 from app.redis_store import get_redis
-from app.tasks.amqp_async import AsyncPublisher, PublishFailed
+from app.tasks.amqp_async import AsyncPublisher, PublishFailed, broker_outage
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES, default_priority
 
@@ -157,9 +157,10 @@ def dispatch(
         )
     except (OperationalError, KombuError, AMQPError, OSError, TimeoutError) as exc:
         get_redis().delete(plan.meta_key)
-        logger.warning("Publishing %s (%s) failed: %r.", name, plan.task_id, exc)
+        broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {redact_url(repr(exc))}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
+    broker_outage.succeeded()
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
 
 
@@ -273,9 +274,10 @@ async def dispatch_async(
         )
     except PublishFailed as exc:
         await _async_redis().delete(plan.meta_key)
-        logger.warning("Publishing %s (%s) failed: %s.", name, plan.task_id, exc)
+        broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {exc}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
+    broker_outage.succeeded()
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
 
 
