@@ -47,19 +47,18 @@ def _root_path(request: Request) -> str:
 
 
 def _not_installed(request: Request, page: str, package: web_assets.VendorPackage) -> HTMLResponse | None:
-    """A 503 page naming the install command when `package` is missing, else None."""
-    absent = web_assets.missing(request.app, package)
-    if not absent:
+    """A 503 page naming the install command when `package` is missing, else None (the log at start-up names
+    the missing files; the page does not show the server's paths)."""
+    if not web_assets.missing(request.app, package):
         return None
-    files = "".join(f"<li><code>{html.escape(str(path))}</code></li>" for path in absent)
     body = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Courier - {page} unavailable</title></head>"
         f"<body><h1>{page} is not installed</h1>"
-        f"<p>The API serves {page} from the npm package <code>{package.directory}</code>, which is missing:</p>"
-        f"<ul>{files}</ul>"
+        f"<p>The API serves {page} itself, from the npm package <code>{package.directory}</code>, which is not "
+        "installed on this server.</p>"
         f"<p>Install the front-end packages with <code>{html.escape(web_assets.INSTALL_COMMAND)}</code> in the "
-        f"repository (package.json), or point <code>WEB_ASSETS_DIR</code> at their node_modules. The API "
-        f"itself works; the schema is at <a href='{_root_path(request)}/openapi.json'>/openapi.json</a>.</p>"
+        "repository (package.json), or point <code>WEB_ASSETS_DIR</code> at their node_modules. The API itself "
+        f"works; its schema is at <a href='{html.escape(_root_path(request))}/openapi.json'>/openapi.json</a>.</p>"
         "</body></html>"
     )
     return HTMLResponse(body, status_code=503, headers={"Retry-After": "60"})
