@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     #: Public base URL used to build `status_url` links; empty means relative links.
     public_base_url: str = ""
     var_dir: Path = ROOT_DIR / "var"
+    #: Where `npm ci` installed package.json's front-end packages (Swagger UI and ReDoc for /docs and /redoc),
+    #: which the API serves itself under /static/vendor; relative paths are anchored at the repository root.
+    web_assets_dir: Path = ROOT_DIR / "node_modules"
 
     # --- SQL ---------------------------------------------------------------------------------------------------
     database_url: str = ""
@@ -302,9 +305,9 @@ class Settings(BaseSettings):
         parse_keys(value)
         return value
 
-    @field_validator("var_dir")
+    @field_validator("var_dir", "web_assets_dir")
     @classmethod
-    def _anchor_var_dir(cls, value: Path) -> Path:
+    def _anchor_at_root(cls, value: Path) -> Path:
         return value if value.is_absolute() else ROOT_DIR / value
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import configure_mappers
 from starlette.concurrency import run_in_threadpool
 
-from app import errors
+from app import docs, errors, web_assets
 from app.api.router import api_router
 from app.audit.middleware import AuditMiddleware
 from app.config import get_settings
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Configure logging and warm up; connections are pooled per process (and reopened as needed)."""
     configure_logging(get_settings().log_level)
+    web_assets.warn_if_missing(app)
     await _warm_up(app)
     freeze_start_up_objects()  # (after the warm-up, so what it built is frozen too)
     yield
@@ -55,12 +56,15 @@ async def _warm_up(app: FastAPI) -> None:
 
 
 def create_app() -> FastAPI:
-    """Build the application: routes from the one map, the one error envelope."""
+    """Build the application: routes from the one map, the one error envelope, docs served without a CDN."""
     app = FastAPI(
         title="Courier",
         summary="Background tasks on Celery and RabbitMQ where nothing accepted is ever silently lost.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their scripts from a CDN; app/docs.py serves them from npm's copies.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.register(app)
     # Inside RequestIdMiddleware (added later, so outermost): audit entries carry the request id.
@@ -68,6 +72,8 @@ def create_app() -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
+    app.include_router(docs.router)
+    web_assets.mount(app, get_settings())
     return app
 
 

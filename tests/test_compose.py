@@ -55,6 +55,7 @@ NOT_FORWARDED = {
     "API_PORT": "it is the published host port",
     "API_WORKERS": "it reaches uvicorn as its --workers argument",
     "VAR_DIR": "the image sets /app/var",
+    "WEB_ASSETS_DIR": "the image sets /app/node_modules, where its web-assets stage put the packages",
     "CELERY_WORKER_NAME": "a worker is named <tier>@<container hostname>",
     "WORKER_PER_TIER": "compose always runs a worker service per tier",
     "FLOWER_USER": "it reaches Flower as FLOWER_BASIC_AUTH",
@@ -350,9 +351,10 @@ def test_the_dev_rabbitmq_default_user_is_the_one_migrate_provisions_with() -> N
 
 
 def test_the_image_installs_the_project_runs_as_a_user_and_serves_the_api_by_default() -> None:
-    # Given the Dockerfile
+    # Given the Dockerfile's final stage (the image; a stage before it installs the front-end packages)
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
-    instructions = [line for line in lines if line and not line.startswith("#")]
+    everything = [line for line in lines if line and not line.startswith("#")]
+    instructions = everything[max(i for i, line in enumerate(everything) if line.startswith("FROM ")) :]
     # Then it starts from Python 3.11, installs the project, and drops root before the command
     assert instructions[0] == "FROM python:3.11-slim"
     assert any("pip install" in line and line.rstrip("\\ ").endswith(".") for line in instructions)
@@ -363,3 +365,20 @@ def test_the_image_installs_the_project_runs_as_a_user_and_serves_the_api_by_def
     # And its default command is the API entry point, which exists
     [(kind, module, attribute)] = entry_points(yaml.safe_load(cmd.removeprefix("CMD ")))
     assert kind == "uvicorn" and hasattr(importlib.import_module(module), str(attribute))
+
+
+def test_the_image_serves_the_front_end_packages_installed_from_the_lock_file() -> None:
+    # Given the Dockerfile and the packages the API serves (app/web_assets.py)
+    from app.web_assets import PACKAGES
+
+    text = (ROOT / "Dockerfile").read_text()
+    # Then a stage installs exactly package-lock.json, running no install script
+    assert "COPY package.json package-lock.json ./" in text
+    assert "RUN npm ci --no-audit --no-fund --ignore-scripts" in text
+    # And the image gets every served directory where WEB_ASSETS_DIR points
+    assert "WEB_ASSETS_DIR=/app/node_modules" in text
+    for package in PACKAGES:
+        copy = f"COPY --from=web-assets /web/node_modules/{package.directory} ./node_modules/{package.directory}"
+        assert copy in text, package.name
+    # And the build context does not send a local node_modules/ (the stage installs its own)
+    assert "node_modules" in (ROOT / ".dockerignore").read_text().splitlines()

@@ -1,0 +1,156 @@
+"""Browser tests: Debian's headless Chromium, driven by Playwright, against a real API process, network closed.
+
+- `live_api`: `uvicorn app.main:app` in a subprocess on a free port, with the session's environment (set by
+  tests/conftest.py); its base URL.
+- `browser`: /usr/bin/chromium (Debian's `chromium`, which ./scripts/test.sh installs) launched headless by
+  Playwright; `playwright install` and its downloaded browsers are never used. Playwright gives each launch a
+  fresh temporary profile (--user-data-dir), and the flags below keep Chromium's own background traffic off.
+- `offline_page`: a page in a fresh context where only the API's own origin is reachable: every request to any
+  other host is aborted and recorded (`blocked`), so a test can assert that a page needs nothing from the
+  internet. What the page's own Content-Security-Policy refused never left the browser; it is listed apart
+  (`refused_by_policy`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Route, sync_playwright
+
+from tests.conftest import ROOT, VAR_DIR, join
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Playwright's default wait for a selector or a navigation, in milliseconds.
+PAGE_TIMEOUT_MS = 20_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_api() -> Iterator[str]:
+    """A real API process (uvicorn) on a free loopback port; its base URL, e.g. http://127.0.0.1:40123."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(VAR_DIR / f"api-browser-{port}.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def listening() -> bool:
+                if process.poll() is not None:
+                    pytest.fail(f"the API exited with {process.returncode}; see {log.name}")
+                try:
+                    return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            join(listening, timeout=60, what="the API to listen")
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    """Playwright's driver (no browser of its own)."""
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver: Playwright) -> Iterator[Browser]:
+    """Debian's Chromium, headless, with a fresh profile and its background networking off."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: ./scripts/test.sh installs Debian's chromium package (apt-get).")
+    chromium = playwright_driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+
+
+@dataclass
+class OfflinePage:
+    """A page that can reach only `origin`.
+
+    Parameters:
+        page: the Playwright page (its context's default timeout is PAGE_TIMEOUT_MS).
+        origin: the live API's base URL, the one reachable origin.
+        blocked: every request that was about to leave for another host, aborted.
+        refused_by_policy: requests the page's Content-Security-Policy stopped inside the browser.
+        errors: uncaught page errors and console errors, for failure messages.
+    """
+
+    page: Page
+    origin: str
+    blocked: list[str] = field(default_factory=list)
+    refused_by_policy: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def is_local(self, url: str) -> bool:
+        """True for the API's own origin and for in-page URLs (data:, blob:) that need no network."""
+        parts = urlsplit(url)
+        return parts.scheme in ("data", "blob") or f"{parts.scheme}://{parts.netloc}" == self.origin
+
+
+@pytest.fixture
+def offline_page(browser: Browser, live_api: str) -> Iterator[OfflinePage]:
+    """A page in a fresh context whose only reachable host is the live API; everything else is aborted."""
+    context = browser.new_context(service_workers="block")
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    offline = OfflinePage(page=context.new_page(), origin=live_api)
+
+    def close_the_network(route: Route) -> None:
+        if offline.is_local(route.request.url):
+            route.continue_()
+        else:
+            offline.blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    def refused(request: Request) -> None:
+        if request.failure == "csp":
+            offline.refused_by_policy.append(request.url)
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            offline.errors.append(message.text)
+
+    context.route("**/*", close_the_network)
+    context.on("requestfailed", refused)
+    offline.page.on("pageerror", lambda error: offline.errors.append(str(error)))
+    offline.page.on("console", console)
+    try:
+        yield offline
+    finally:
+        context.close()
