@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,15 +38,40 @@ DATABASE = f"courier_test_{SESSION}"
 CLAIM_KEY = "courier-test:claim"
 
 
+#: Replaces a claim only while it still holds the value that was read (two sessions may find it stale at once).
+_STEAL_CLAIM = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'EX', 7200) end"
+)
+
+
+def _claim_is_stale(value: bytes | None) -> bool:
+    """A claim left by a session on this host whose process is gone (killed before its teardown ran)."""
+    parts = (value or b"").decode(errors="replace").split()
+    if len(parts) != 3 or parts[1] != socket.gethostname():
+        return False  # another host's, or an old-format claim: only its 2 h TTL ends it
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
 def _claim_redis_db() -> int:
-    """Claim a Redis db no other test session is using (a claim key with a 2 h TTL marks it)."""
+    """Claim a Redis db no other test session is using: a claim key (`<session> <host> <pid>`, 2 h TTL) marks
+    it, and a claim whose process on this host has died is taken over rather than waited out."""
+    mine = f"{SESSION} {socket.gethostname()} {os.getpid()}"
     for db in range(1, 16):
-        client = redis.Redis(host=REDIS_HOST, db=db)
-        if client.set(CLAIM_KEY, SESSION, nx=True, ex=7200):
-            client.close()
-            return db
-        client.close()
-    raise RuntimeError("Every Redis db 1-15 is claimed by another test session.")
+        with redis.Redis(host=REDIS_HOST, db=db) as client:
+            if client.set(CLAIM_KEY, mine, nx=True, ex=7200):
+                return db
+            held = client.get(CLAIM_KEY)
+            if _claim_is_stale(held) and client.eval(_STEAL_CLAIM, 1, CLAIM_KEY, held, mine):
+                client.flushdb()
+                client.set(CLAIM_KEY, mine, ex=7200)
+                return db
+    raise RuntimeError("Every Redis db 1-15 is claimed by another live test session.")
 
 
 REDIS_DB = _claim_redis_db()
@@ -127,6 +154,7 @@ def isolated_services() -> Iterator[None]:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
         redis.Redis(host=REDIS_HOST, db=REDIS_DB).flushdb()
+        shutil.rmtree(VAR_DIR, ignore_errors=True)
 
 
 def join(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
