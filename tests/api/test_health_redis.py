@@ -79,3 +79,26 @@ def test_a_burst_of_dispatches_after_a_redis_restart_is_all_202(
     after = asyncio.run(_burst(api, admin_key, 100))
     refused = [r for r in after if r.status_code != 202]
     assert not refused, f"{len(refused)} of 100 refused, e.g. {refused[0].status_code} {refused[0].text}"
+
+
+def test_dispatches_while_redis_is_down_are_503_and_the_outage_is_logged_once_each_way(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key
+):
+    # Given an API whose Redis is a server of the test's own, dispatching
+    server = own_redis()
+    api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
+    assert [r.status_code for r in asyncio.run(_burst(api, admin_key, 5))] == [202] * 5
+
+    # When Redis is down, Then every dispatch is refused with 503 (after the client's retries), not a 500
+    server.kill()
+    down = asyncio.run(_burst(api, admin_key, 30))
+    assert {r.status_code for r in down} == {503}
+    assert all(r.headers["retry-after"].isdigit() for r in down)
+
+    # When Redis is back, Then dispatches are accepted again
+    server.start()
+    assert [r.status_code for r in asyncio.run(_burst(api, admin_key, 5))] == [202] * 5
+    # And the log says the outage began once and ended once, not a line per refused request
+    log = api.log()
+    assert log.count("Redis is unreachable") == 1, log[-3000:]
+    assert log.count("Redis is reachable again") == 1, log[-3000:]
