@@ -73,11 +73,21 @@ class OwnRedis:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, but nothing answers (a hung server)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         self.kill()
         self.start()
 
     def remove(self) -> None:
+        self.resume()
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 

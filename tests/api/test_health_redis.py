@@ -54,6 +54,33 @@ def test_health_is_503_with_redis_components_down_while_redis_is_down_and_200_wh
     join(lambda: _health(api).status_code == 200, timeout=30, what="health to be 200 again")
 
 
+def test_health_answers_within_its_deadline_while_redis_hangs(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess]
+):
+    # Given an API whose Redis is a server of the test's own
+    server = own_redis()
+    api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
+    assert _health(api).json()["components"]["result_backend"]["status"] == "up"
+
+    # When that Redis hangs (it accepts connections and never answers)
+    server.pause()
+    try:
+        # Then health still answers, 503, with the Redis components down, and the other checks are not held up
+        started = time.monotonic()
+        response = _health(api)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        components = response.json()["components"]
+        assert components["result_backend"]["status"] == "down"
+        assert components["workers"]["status"] == "down"
+        assert components["broker"]["status"] == "up" and components["database"]["status"] == "up"
+        assert elapsed < 10, f"health took {elapsed:.1f} s while Redis hung"
+    finally:
+        server.resume()
+    # And once it answers again, so does the result backend
+    join(lambda: _health(api).json()["components"]["result_backend"]["status"] == "up", what="Redis to be up")
+
+
 async def _burst(api: ApiProcess, key: tuple[str, str], count: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=count)
     async with httpx.AsyncClient(base_url=api.base, timeout=30, limits=limits) as client:
