@@ -262,11 +262,11 @@ def scheduled() -> ScheduledRead:
     return ScheduledRead(held=held, periodic=periodic)
 
 
-def _timed(check: Callable[[], ComponentHealth | str | None], *, timeout_s: float | None = None) -> ComponentHealth:
+def _timed(check: Callable[[], ComponentHealth | str | None]) -> ComponentHealth:
     """Run one component's probe with a deadline: its failure or its silence makes the component down, never an
     error of the health check. The probe runs in a thread of its own, so one that hangs past every client
     timeout is left behind (it ends with its socket) and does not hold the answer up."""
-    deadline = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = CHECK_TIMEOUT_S
     started = time.perf_counter()
     outcome: list[ComponentHealth | str | None] = []
     failure: list[BaseException] = []
