@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     # --- Redis (idempotency, revocations, heartbeats) ----------------------------------------------------------
     redis_url: str = ""
     redis_password: str = ""
+    #: Production refuses a Redis that persists nothing (no appendonly) unless this accepts the risk.
+    redis_accept_no_persistence: bool = False
     idempotency_ttl_s: int = Field(default=86_400, gt=0)
     revocation_ttl_s: int = Field(default=7 * 86_400, gt=0)
 

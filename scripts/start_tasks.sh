@@ -73,6 +73,7 @@ apply_defaults() {
     : "${CELERY_WORKER_CONCURRENCY:=4}" "${CELERY_LOG_LEVEL:=INFO}" "${CELERY_WORKER_NAME:=}"
     : "${WORKER_PER_TIER:=true}" "${DATABASE_URL:=}"
     : "${FLOWER_USER:=admin}" "${FLOWER_PASSWORD:=flower_dev_pass}" "${FLOWER_PORT:=5555}"
+    : "${TASK_EVENTS_ENABLED:=false}"
     [[ "$VAR_DIR" == /* ]] || VAR_DIR="$ROOT_DIR/${VAR_DIR#./}"
     RUN_DIR="$VAR_DIR/run"
     LOG_DIR="$VAR_DIR/log"
@@ -267,7 +268,17 @@ wait_for_port() {
 
 start_rabbitmq() { rabbitmq-server -detached; }
 
+# The Redis `start` starts when none answers: the append-only file on, fsync'd every second, in $VAR_DIR/redis,
+# so the task metas, results and history entries of accepted tasks survive a restart (README, "Redis durability").
 start_redis() {
+    local port="${2:-6379}"
+    mkdir -p "$VAR_DIR/redis" "$LOG_DIR"
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$port" --appendonly yes --appendfsync everysec \
+        --save "" --dir "$VAR_DIR/redis" --logfile "$LOG_DIR/redis.log"
+}
+
+# The machine-wide Redis the tests and the benchmark use (test.sh): they own their data, none of it durable.
+start_test_redis() {
     mkdir -p /var/lib/redis /var/log/redis
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
         --dir /var/lib/redis --logfile /var/log/redis/ci.log
@@ -284,7 +295,7 @@ ensure_service() {
     port_open "$host" "$port" && return 0
     if is_local_host "$host" && command -v "$binary" >/dev/null 2>&1; then
         log "$what is not answering on $host:$port; starting the local server"
-        "$starter" || warn "Starting $what returned an error; waiting for it anyway."
+        "$starter" "$host" "$port" || warn "Starting $what returned an error; waiting for it anyway."
     elif is_local_host "$host"; then
         die "$what is not answering on $host:$port and is not installed here ($binary not found). Install and start it, or point Courier at another one."
     fi
@@ -330,8 +341,41 @@ ensure_local_services() {
     MANAGEMENT_HOST="127.0.0.1"
     ensure_service RabbitMQ "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 rabbitmq-server start_rabbitmq
     ensure_management
-    ensure_service Redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379 redis-server start_redis
+    ensure_service Redis "${TEST_REDIS_HOST:-127.0.0.1}" 6379 redis-server start_test_redis
     ensure_service PostgreSQL 127.0.0.1 5432 pg_ctlcluster start_postgres
+}
+
+# Say loudly when a Redis Courier uses persists nothing (tasks accepted with 202 can then become unknown when it
+# restarts); in production, where the API, workers and recorder would refuse it, stop here with the same fix.
+check_redis_persistence() {
+    local status=0
+    "$VENV/bin/python" - <<'PY' || status=$?
+import sys
+
+import redis
+
+from app import redis_store
+from app.config import get_settings
+
+settings = get_settings()
+unsafe = []
+for url in redis_store.redis_urls(settings):
+    try:
+        found = redis_store.persistence(redis_store.client_for(url))
+    except redis.RedisError as exc:
+        print(f"warning: could not read the persistence of Redis {redis_store.describe(url)}: {exc}", file=sys.stderr)
+        continue
+    if not found.safe:
+        unsafe.append(f"Redis {redis_store.describe(url)} persists nothing ({found.describe()})")
+if unsafe:
+    bar = "!" * 100
+    lines = [bar, *unsafe, "Tasks accepted with 202 can become unknown (meta, result and history lost) if it restarts.",
+             f"Fix: {redis_store.PERSISTENCE_FIX} (README, \"Redis durability\").", bar]
+    print("\n".join(f"warning: {line}" for line in lines), file=sys.stderr)
+    sys.exit(3 if redis_store.persistence_enforced(settings) else 0)
+PY
+    ((status != 3)) || die "ENVIRONMENT=production refuses a Redis that persists nothing (above); set REDIS_ACCEPT_NO_PERSISTENCE=true to accept the risk."
+    ((status == 0 || status == 3)) || warn "Could not check the persistence of Redis (above)."
 }
 
 # Create the PostgreSQL database named by DATABASE_URL when it does not exist yet.
@@ -372,6 +416,7 @@ prestart() {
     ensure_venv
     read_endpoints
     ensure_services
+    check_redis_persistence
     ensure_management
     log "Provisioning the RabbitMQ vhost and user"
     "$VENV/bin/python" -m app.cli provision ||
@@ -432,10 +477,20 @@ service_command() {
         flower)
             # The credentials travel in FLOWER_BASIC_AUTH / FLOWER_BROKER_API (see start_service), not in argv,
             # so `ps` does not show them.
+            # Flower's own enable_events (default true) turns task events on in every worker every 5 s; ours
+            # follows TASK_EVENTS_ENABLED, which is off by default (events cost about a third of throughput).
             SERVICE_CMD=("$bin/celery" -A app.tasks flower --address="$API_HOST" --port="$FLOWER_PORT"
-                --persistent=True --db="$VAR_DIR/flower.db")
+                --persistent=True --db="$VAR_DIR/flower.db" --enable_events="$(task_events_enabled)")
             ;;
         *) die "Unknown service '$service'." ;;
+    esac
+}
+
+# TASK_EVENTS_ENABLED as Flower's option parser reads it (True/False), with the truthy words pydantic takes.
+task_events_enabled() {
+    case "${TASK_EVENTS_ENABLED,,}" in
+        1 | true | t | yes | y | on) printf True ;;
+        *) printf False ;;
     esac
 }
 

@@ -382,3 +382,28 @@ def test_the_image_serves_the_front_end_packages_installed_from_the_lock_file() 
         assert copy in text, package.name
     # And the build context does not send a local node_modules/ (the stage installs its own)
     assert "node_modules" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_every_redis_keeps_an_append_only_file_fsynced_every_second_on_a_volume(compose_file: str) -> None:
+    # Given the Redis servers of the file (the image, or a command that runs redis-server)
+    services = load(compose_file)["services"]
+    servers = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("redis")}
+    assert servers
+    for name, service in servers.items():
+        # Then each runs with the append-only file on and fsync every second (what Courier checks at start-up;
+        # RDB snapshots alone lose what was accepted since the last one), and keeps /data on a named volume
+        argv = [arg for command in commands(service["command"]) for arg in command]
+        assert argv[argv.index("--appendonly") + 1] == "yes", name
+        assert argv[argv.index("--appendfsync") + 1] == "everysec", name
+        assert any(str(volume).endswith(":/data") for volume in service.get("volumes", [])), name
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_flower_turns_task_events_on_only_when_task_events_enabled_says_so(compose_file: str) -> None:
+    # Given Flower's command line: Flower's own enable_events defaults to true, which turns events on in every
+    # worker whatever TASK_EVENTS_ENABLED says
+    command = [str(arg) for arg in load(compose_file)["services"]["flower"]["command"]]
+    # Then it is given TASK_EVENTS_ENABLED, defaulting to .env.example's value (false)
+    assert "--enable_events=${TASK_EVENTS_ENABLED:-false}" in command
+    assert env_example()["TASK_EVENTS_ENABLED"] == "false"

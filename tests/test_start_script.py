@@ -6,6 +6,7 @@ mode against a temporary VAR_DIR, with stand-in processes where a service would 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from tests.api.own_services import OwnRedis, free_port
+from tests.conftest import join
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "start_tasks.sh"
@@ -195,3 +200,72 @@ def test_forcing_compose_without_a_docker_engine_fails_with_a_clear_message(var_
     # Then the script says what is missing instead of falling back or failing obscurely
     assert result.returncode == 1
     assert "the Docker engine does not answer" in result.stderr
+
+
+def _sourced(commands: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run some of the script's functions (sourced, as test.sh does) with extra environment."""
+    script = f'source "{SCRIPT}"; cd "{ROOT}"; apply_defaults; {commands}'
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={**os.environ, **env}, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def redis_servers() -> Iterator[list[OwnRedis]]:
+    """redis-servers of the test's own; removed afterwards."""
+    made: list[OwnRedis] = []
+    yield made
+    for server in made:
+        server.remove()
+
+
+def test_start_warns_loudly_when_its_redis_persists_nothing_and_production_stops(
+    redis_servers: list[OwnRedis],
+) -> None:
+    # Given a Redis of the test's own without persistence, and one with the append-only file
+    bare, durable = OwnRedis(appendonly=False), OwnRedis(appendonly=True)
+    redis_servers += [bare, durable]
+    bare.start()
+    durable.start()
+    # When start's persistence check runs against the bare one, Then it warns loudly, names the fix, and goes on
+    result = _sourced("check_redis_persistence && echo CONTINUED", CELERY_RESULT_BACKEND=bare.url, REDIS_URL="")
+    assert "persists nothing" in result.stderr and "appendonly yes" in result.stderr, result.stderr
+    assert "CONTINUED" in result.stdout
+    # And in production it stops there, saying how to accept the risk
+    production = {
+        "ENVIRONMENT": "production",
+        "RABBITMQ_PASSWORD": "p" * 24,
+        "FLOWER_PASSWORD": "f" * 24,
+        "DATA_ENCRYPTION_KEYS": "cHJvZHVjdGlvbi1rZXktZm9yLWNvbmZpZy10ZXN0cyE=",
+    }
+    result = _sourced("check_redis_persistence && echo CONTINUED", CELERY_RESULT_BACKEND=bare.url, **production)
+    assert result.returncode == 1 and "CONTINUED" not in result.stdout
+    assert "REDIS_ACCEPT_NO_PERSISTENCE=true" in result.stderr
+    # When it runs against the durable one, Then it says nothing
+    result = _sourced("check_redis_persistence && echo CONTINUED", CELERY_RESULT_BACKEND=durable.url, REDIS_URL="")
+    assert "CONTINUED" in result.stdout and "persists nothing" not in result.stderr, result.stderr
+
+
+def test_the_redis_start_starts_keeps_an_append_only_file_fsynced_every_second_under_var(tmp_path: Path) -> None:
+    # Given a port where no Redis answers
+    port = free_port()
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+    # When start's Redis starter runs for it (as ensure_services does when no Redis answers)
+    result = _sourced(f"start_redis 127.0.0.1 {port}", VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    try:
+        join(lambda: _answers(client), timeout=15, what="the Redis start started")
+        # Then that Redis keeps an append-only file, fsync'd every second, in VAR_DIR/redis
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("dir")["dir"] == str(tmp_path / "redis")
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            client.shutdown(nosave=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -23,6 +23,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
 
+from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
 from app.db import session_scope
@@ -224,6 +225,11 @@ def main() -> None:
         sys.exit(0 if is_alive() else 1)
     settings = get_settings()
     configure_logging(settings.log_level)
+    try:  # a Redis that persists nothing: refused in production, a loud warning elsewhere (README)
+        redis_store.check_persistence_at_start(settings, process="recorder")
+    except redis_store.PersistenceRefused as exc:
+        logger.critical("%s", exc)
+        sys.exit(78)  # EX_CONFIG, as a refused worker
     if settings.history_recorder_nice:
         # Work behind the workers: under load they get the CPU first, and the recorder catches up afterwards.
         os.nice(settings.history_recorder_nice)

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
-from app import db
+from app import db, redis_store
 from app.config import get_settings
 from app.constants import WORKER_HEARTBEAT_KEY
 from app.redis_store import get_redis
@@ -45,6 +45,11 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
                 "\n  - ".join(problems),
             )
             raise SystemExit(EX_CONFIG)
+        try:  # a Redis that persists nothing: refused in production, a loud warning elsewhere (README)
+            redis_store.check_persistence_at_start(settings, process="worker")
+        except redis_store.PersistenceRefused as exc:
+            logger.critical("%s", exc)
+            raise SystemExit(EX_CONFIG) from exc
         from app.db import session_scope
         from app.runs import revocations
 

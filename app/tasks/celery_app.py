@@ -10,6 +10,7 @@ from celery import Celery, signals
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab  # (section: audit)
 
+from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
 from app.memory import freeze_start_up_objects
@@ -93,9 +94,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Results: extended (name, args, worker, retries) and expiring; history in SQL outlives them.
         "result_extended": True,
         "result_expires": settings.result_expires_s,
+        # Celery retries a result store for up to 5 s (its retry_policy); reads get none. A pooled connection that
+        # died with a Redis restart is PINGed and replaced after sitting idle, and any command that meets one is
+        # retried once on a fresh connection (redis-py's Retry(NoBackoff(), 1), which retry_on_timeout selects;
+        # without it every connection retries nothing): the result store's side of app/redis_store.py's policy.
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
         "redis_socket_timeout": 5.0,
         "redis_socket_connect_timeout": 2.0,
+        "redis_socket_keepalive": True,
+        "redis_retry_on_timeout": True,
+        "redis_backend_health_check_interval": redis_store.HEALTH_CHECK_INTERVAL_S,
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": schedule(),

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 from kombu.connection import Connection
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app import redis_store
+from app.config import Settings, get_settings
 from app.constants import DELAY_BUCKETS_S, TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import get_engine
 from app.deadletters import service as deadletters_service
@@ -26,6 +30,7 @@ from app.runs import service as runs_service
 from app.runs.schemas import (
     ActiveTask,
     ComponentHealth,
+    HealthRead,
     QueueRead,
     RevokeRead,
     ScheduledRead,
@@ -39,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a broadcast (inspect) waits for workers to answer.
 INSPECT_TIMEOUT_S = 1.0
+#: Longest a component's health probe may take before the component counts as down (health answers within it).
+CHECK_TIMEOUT_S = 3.0
 
 
 def task_meta(task_id: str) -> dict[str, str]:
@@ -255,15 +262,40 @@ def scheduled() -> ScheduledRead:
     return ScheduledRead(held=held, periodic=periodic)
 
 
-def _timed(check: Callable[[], str | None]) -> ComponentHealth:
+def _timed(check: Callable[[], ComponentHealth | str | None]) -> ComponentHealth:
+    """Run one component's probe with a deadline: its failure or its silence makes the component down, never an
+    error of the health check. The probe runs in a thread of its own, so one that hangs past every client
+    timeout is left behind (it ends with its socket) and does not hold the answer up."""
+    deadline = CHECK_TIMEOUT_S
     started = time.perf_counter()
-    try:
-        detail = check()
-    except Exception as exc:
-        return ComponentHealth(
-            status="down", latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=type(exc).__name__
-        )
-    return ComponentHealth(status="up", latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=detail)
+    outcome: list[ComponentHealth | str | None] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(check())
+        except Exception as exc:
+            failure.append(exc)
+
+    probe = threading.Thread(target=run, name="courier-health-probe", daemon=True)
+    probe.start()
+    probe.join(deadline)
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    if probe.is_alive():
+        return ComponentHealth(status="down", latency_ms=latency, detail=f"no answer within {deadline:g} s")
+    if failure:
+        return ComponentHealth(status="down", latency_ms=latency, detail=_failure_detail(failure[0]))
+    found = outcome[0] if outcome else None
+    if isinstance(found, ComponentHealth):
+        return found.model_copy(update={"latency_ms": latency})
+    return ComponentHealth(status="up", latency_ms=latency, detail=found)
+
+
+def _failure_detail(exc: BaseException) -> str:
+    """The class of a probe's error, and for Redis its message (which names no credential)."""
+    if isinstance(exc, redis.RedisError):
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return type(exc).__name__
 
 
 def check_broker(settings: Settings) -> ComponentHealth:
@@ -276,12 +308,25 @@ def check_broker(settings: Settings) -> ComponentHealth:
     return _timed(probe)
 
 
-def check_redis() -> ComponentHealth:
-    """PING the result backend."""
+def check_redis(settings: Settings | None = None) -> ComponentHealth:
+    """PING the result backend (and Courier's own Redis when it is another server), and read whether each
+    persists: one that does not is reported in the detail, and counts as down where persistence is enforced
+    (production, unless REDIS_ACCEPT_NO_PERSISTENCE)."""
+    settings = settings or get_settings()
 
-    def probe() -> None:
-        if not get_redis().ping():
-            raise ConnectionError("Redis did not answer PING")
+    def probe() -> ComponentHealth:
+        unsafe = []
+        for url in redis_store.redis_urls(settings):
+            client = redis_store.client_for(url)
+            if not client.ping():
+                raise redis.ConnectionError(f"Redis {redis_store.describe(url)} did not answer PING")
+            found = redis_store.persistence(client)
+            if not found.safe:
+                unsafe.append(f"{redis_store.describe(url)}: {found.describe()}")
+        if not unsafe:
+            return ComponentHealth(status="up")
+        detail = f"{redis_store.NO_PERSISTENCE} ({'; '.join(unsafe)}); {redis_store.PERSISTENCE_FIX}"
+        return ComponentHealth(status="down" if redis_store.persistence_enforced(settings) else "up", detail=detail)
 
     return _timed(probe)
 
@@ -297,16 +342,36 @@ def check_database() -> ComponentHealth:
 
 
 def check_workers() -> ComponentHealth:
-    """Up when at least one worker heartbeat is fresh; the detail says which tiers have none."""
-    found = workers()
-    if not found:
-        return ComponentHealth(status="down", detail="no worker heartbeat")
-    covered = {queue for worker in found for queue in worker.queues}
-    paused = _paused_tiers()
-    missing = [tier.value for tier in Tier if tier.value not in covered and tier.value not in paused]
-    detail = f"{len(found)} worker(s)" + (f"; no worker consumes {', '.join(missing)}" if missing else "")
-    detail += f"; paused: {', '.join(sorted(paused))}" if paused else ""
-    return ComponentHealth(status="down" if missing else "up", detail=detail)
+    """Up when at least one worker heartbeat is fresh (heartbeats live in Redis, so down with it); the detail says
+    which tiers have none."""
+
+    def probe() -> ComponentHealth:
+        found = workers()
+        if not found:
+            return ComponentHealth(status="down", detail="no worker heartbeat")
+        covered = {queue for worker in found for queue in worker.queues}
+        paused = _paused_tiers()
+        missing = [tier.value for tier in Tier if tier.value not in covered and tier.value not in paused]
+        detail = f"{len(found)} worker(s)" + (f"; no worker consumes {', '.join(missing)}" if missing else "")
+        detail += f"; paused: {', '.join(sorted(paused))}" if paused else ""
+        return ComponentHealth(status="down" if missing else "up", detail=detail)
+
+    return _timed(probe)
+
+
+def health(settings: Settings) -> HealthRead:
+    """Every component's health, checked concurrently; `up` only when all are."""
+    checks: dict[str, Callable[[], ComponentHealth]] = {
+        "broker": lambda: check_broker(settings),
+        "result_backend": lambda: check_redis(settings),
+        "database": check_database,
+        "workers": check_workers,
+    }
+    with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="courier-health") as pool:
+        futures = {name: pool.submit(check) for name, check in checks.items()}
+        components = {name: future.result() for name, future in futures.items()}
+    up = all(c.status == "up" for c in components.values())
+    return HealthRead(status="up" if up else "down", components=components)
 
 
 def _paused_tiers() -> set[str]:

@@ -35,8 +35,9 @@ from app.constants import (
 )
 from app.context import request_id
 from app.errors import ServiceUnavailable, Unprocessable
+from app.logging import StateChangeLog
 from app.metrics import observe_publish
-from app.redis_store import get_redis
+from app.redis_store import async_client_options, get_redis
 from app.tasks.amqp_async import AsyncPublisher, PublishFailed, broker_outage
 from app.tasks.celery_app import celery_app
 from app.tasks.policy import POLICIES, default_priority
@@ -171,14 +172,14 @@ def _publisher() -> AsyncPublisher:
 
 @lru_cache
 def _async_redis() -> aioredis.Redis:
-    # A blocking pool: under a burst, requests wait briefly for a connection instead of failing.
+    # A blocking pool: under a burst, requests wait briefly for a connection instead of failing. A command that
+    # meets a dead pooled connection (Redis restarted) is retried on a fresh one (app/redis_store.py).
     pool = aioredis.BlockingConnectionPool.from_url(
         get_settings().redis_dsn,
         decode_responses=True,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
         max_connections=get_settings().publish_pool_size,
         timeout=2.0,
+        **async_client_options(),
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -196,6 +197,8 @@ class MetaWriter:
         self.ttl_s = ttl_s
         self._pending: list[tuple[str, dict[str, str], asyncio.Future[None]]] = []
         self._writes: set[asyncio.Task[None]] = set()
+        # A write that failed after the client's retries: logged when Redis goes away and comes back, not per 503.
+        self._outage = StateChangeLog(logger, "Redis", consequence="dispatches answer 503 until it returns")
 
     async def write(self, key: str, meta: dict[str, str]) -> None:
         """Store `meta` under `key` (with the results' TTL); raises redis.RedisError when Redis refused it."""
@@ -221,8 +224,10 @@ class MetaWriter:
                     pipe.hset(key, mapping=meta)  # type: ignore[arg-type]  # redis-py wants a wider key type
                     pipe.expire(key, self.ttl_s)
                 await pipe.execute()
+            self._outage.succeeded()
         except (redis.RedisError, OSError) as exc:
             error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+            self._outage.failed(error)
         except BaseException as exc:  # cancelled on shutdown: the waiting dispatches must not hang
             error = redis.ConnectionError(f"the meta write was interrupted: {exc!r}")
             raise
