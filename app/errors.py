@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.logging import StateChangeLog
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +152,39 @@ _HTTP_CODES = {
 }
 
 
+class Outage:
+    """A dependency whose outage a route meets in the middle of its work: its errors answer 503 with Retry-After
+    (the request changed nothing it can keep: a session rolls back, a dispatch publishes nothing), and the outage
+    is logged when it starts, every OUTAGE_LOG_INTERVAL_S while it lasts, and when the health check sees the
+    dependency answer again, rather than as a 500 and a traceback per request.
+    """
+
+    def __init__(self, what: str, errors: tuple[type[Exception], ...]) -> None:
+        self.what = what
+        self.errors = errors
+        self.log = StateChangeLog(logger, what, consequence="requests that need it answer 503")
+
+    async def answer(self, request: Request, exc: Exception) -> JSONResponse:
+        """The 503 for `exc`, raised by a route that needed this dependency."""
+        self.log.failed(f"{request.method} {request.url.path}: {type(exc).__name__}")
+        message = f"{self.what} is unavailable; nothing was done. Retry after a pause."
+        return error_response(503, "unavailable", message, headers={"Retry-After": "5"})
+
+
+#: Redis (task status, idempotency keys, rate limits, revocations), SQL, and the broker (a revoke's broadcast,
+#: inspect) as routes meet them. Redis's own errors that are not outages (a wrong type, a script error) stay 500s.
+REDIS = Outage(
+    "Redis",
+    (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError),
+)
+DATABASE = Outage(
+    "The database",
+    (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError),
+)
+BROKER = Outage("The message broker", (BrokerUnreachable,))
+OUTAGES = (REDIS, DATABASE, BROKER)
+
+
 def register(app: FastAPI) -> None:
     """Install the handlers that turn every error into the envelope; nothing from outside yields a bare 500."""
 
@@ -165,6 +203,10 @@ def register(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    for outage in OUTAGES:
+        for error in outage.errors:
+            app.add_exception_handler(error, outage.answer)  # type: ignore[arg-type]
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

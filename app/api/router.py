@@ -18,10 +18,11 @@ from app.errors import error_responses
 #: Any valid key; a request with input may be invalid (422, also for text no database holds: app/api/guards.py),
 #: a body may not be UTF-8 text at all (400, FastAPI's own answer before any validation).
 _client = [Depends(get_principal), Depends(reject_nul_characters)]
-_client_errors = error_responses(400, 401, 422)
+#: Any route may meet a dependency that is down (Redis, SQL, the broker): 503 with Retry-After (app/errors.py).
+_client_errors = error_responses(400, 401, 422, 503)
 #: Admin keys only.
 _admin = [Depends(require_admin), Depends(reject_nul_characters)]
-_admin_errors = error_responses(400, 401, 403, 422)
+_admin_errors = error_responses(400, 401, 403, 422, 503)
 
 api_router = APIRouter()
 # Public: health and metrics only (no secrets in their output).

@@ -22,7 +22,7 @@ from app.config import Settings, get_settings
 from app.constants import DELAY_BUCKETS_S, TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import get_engine
 from app.deadletters import service as deadletters_service
-from app.errors import ServiceUnavailable
+from app.errors import BROKER, DATABASE, REDIS, ServiceUnavailable
 from app.rabbitmq import ManagementClient, ManagementError
 from app.redis_store import get_redis
 from app.runs import revocations
@@ -370,6 +370,10 @@ def health(settings: Settings) -> HealthRead:
     with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="courier-health") as pool:
         futures = {name: pool.submit(check) for name, check in checks.items()}
         components = {name: future.result() for name, future in futures.items()}
+    # An outage the API's routes met (app/errors.py: 503s, logged once) ends when its component answers again.
+    for outage, component in ((REDIS, "result_backend"), (DATABASE, "database"), (BROKER, "broker")):
+        if components[component].status == "up":
+            outage.log.succeeded()
     up = all(c.status == "up" for c in components.values())
     return HealthRead(status="up" if up else "down", components=components)
 

@@ -137,7 +137,10 @@ class ApiProcess:
             except httpx.HTTPError:
                 return False
 
-        join(up, timeout=60, what="the API to listen")
+        try:
+            join(up, timeout=60, what="the API to listen")
+        except pytest.fail.Exception:
+            pytest.fail(f"the API did not listen within 60 s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

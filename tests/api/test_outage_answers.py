@@ -1,0 +1,72 @@
+"""A route that meets a dependency's outage in the middle of its work answers 503 with Retry-After, never a 500,
+and the outage is logged once, not as a traceback per request (issue 15: the task status answered 500 and dropped
+the connection while Redis refused the API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from tests.api.own_services import ApiProcess, OwnRedis, free_port
+from tests.conftest import auth, join
+
+
+def test_routes_that_read_redis_answer_503_while_it_is_down_and_the_outage_is_logged_once(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key, client_key
+):
+    # Given an API whose Redis is a server of the test's own (persistent, so the task outlives its restart), and a
+    # task it accepted
+    server = own_redis(appendonly=True)
+    api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
+    http = httpx.Client(base_url=api.base, timeout=30)
+    accepted = http.post("/api/v1/tasks/ping", json={}, headers=auth(admin_key))
+    assert accepted.status_code == 202, accepted.text
+    task_id = accepted.json()["task_id"]
+    assert http.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).status_code == 200
+
+    # When Redis dies
+    server.kill()
+
+    # Then every route that needs it answers 503 with Retry-After and the JSON envelope, every time
+    calls = [
+        ("GET", f"/api/v1/tasks/task/{task_id}", admin_key, None),
+        ("GET", f"/api/v1/tasks/task/{task_id}/events", admin_key, None),
+        ("GET", "/api/v1/tasks/workers", admin_key, None),
+        ("POST", "/api/v1/identity/password-reset", client_key, {"email": "ada@example.com"}),
+    ]
+    for _ in range(2):
+        for method, path, key, body in calls:
+            response = http.request(method, path, headers=auth(key), json=body)
+            assert response.status_code == 503, (path, response.status_code, response.text)
+            assert response.headers["retry-after"].isdigit(), path
+            assert response.json()["error"]["code"] == "unavailable", path
+
+    # And the log says so once, with no traceback per request
+    log = api.log()
+    assert log.count("Redis is down:") == 1, log[-3000:]
+    assert "Unhandled error" not in log and "Traceback" not in log, log[-3000:]
+
+    # When Redis is back, Then the task reads again, and the health check that sees it ends the outage in the log
+    server.start()
+    join(
+        lambda: http.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).status_code == 200,
+        what="the task status to answer again",
+    )
+    http.get("/api/v1/tasks/health")
+    join(lambda: "Redis is back after" in api.log(), timeout=10, what="the outage's end to be logged")
+
+
+def test_an_authenticated_call_while_the_database_is_down_is_503_not_500(
+    api_process: Callable[..., ApiProcess], admin_key
+):
+    # Given an API whose database is a PostgreSQL address nothing listens on (the key cache is off in the tests)
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/courier"
+    api = api_process({"DATABASE_URL": dead})
+
+    # When a request needs the database (every key is looked up in SQL), Then it answers 503, never a 500
+    response = httpx.get(f"{api.base}/api/v1/tasks/runs", headers=auth(admin_key), timeout=30)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response.headers["retry-after"].isdigit()
+    assert "The database is down:" in api.log()
