@@ -206,7 +206,7 @@ def register(app: FastAPI) -> None:
 
     for outage in OUTAGES:
         for error in outage.errors:
-            app.add_exception_handler(error, outage.answer)  # type: ignore[arg-type]
+            app.add_exception_handler(error, outage.answer)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
