@@ -93,7 +93,8 @@ def publish_deliveries(delivery_ids: list[int]) -> int:
         try:
             dispatched = publish.dispatch(DELIVERY_TASK, kwargs={"delivery_id": delivery_id}, triggered_by="events")
         except ServiceUnavailable:
-            logger.warning("Publishing delivery %s failed; the sweeper will retry it.", delivery_id)
+            # The publisher logs the outage once; the sweeper (integrations.dispatch_pending) publishes it later.
+            logger.debug("Publishing delivery %s failed; the sweeper will retry it.", delivery_id)
             continue
         published[delivery_id] = dispatched.task_id
     if published:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, object_session
 
 from app.config import get_settings
 from app.db import utcnow
+from app.errors import ServiceUnavailable
 from app.integrations import events
 from app.notifications.exceptions import NotCancellable, NotificationNotFound
 from app.notifications.models import Channel, Notification, Status
@@ -115,8 +116,11 @@ def _after_commit(session: Session, action: Callable[[], None]) -> None:
         event.remove(session, "after_rollback", on_rollback)
         try:
             action()
+        except ServiceUnavailable:
+            # The broker or Redis is down (the publisher logs the outage once, not per message). The row stays
+            # pending; the scheduler re-dispatches it (NOTIFICATION_STALE_S).
+            logger.debug("Dispatching a committed notification failed; the scheduler will pick it up.")
         except Exception:
-            # The row stays pending; the scheduler re-dispatches it (NOTIFICATION_STALE_S).
             logger.exception("Dispatching a committed notification failed; the scheduler will pick it up.")
 
     def on_rollback(_: Session) -> None:

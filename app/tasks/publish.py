@@ -50,6 +50,10 @@ celery_app.loader.import_default_modules()
 _BROKER_DOWN = "The message broker did not confirm the task; nothing was dispatched."
 _REDIS_DOWN = "The result store (Redis) is unreachable; nothing was dispatched."
 
+#: Redis refusing dispatches (task metas, idempotency keys), logged when it starts, while it lasts and when it
+#: ends: never a line per refused request.
+redis_outage = StateChangeLog(logger, "Redis", consequence="dispatches answer 503 until it returns")
+
 
 @dataclass(frozen=True)
 class Dispatched:
@@ -141,7 +145,9 @@ def dispatch(
         pipe.expire(plan.meta_key, settings.result_expires_s)
         pipe.execute()
     except redis.RedisError as exc:
+        redis_outage.failed(repr(exc))
         raise ServiceUnavailable(_REDIS_DOWN) from exc
+    redis_outage.succeeded()
     started = time.perf_counter()
     try:
         celery_app.tasks[name].apply_async(
@@ -198,7 +204,7 @@ class MetaWriter:
         self._pending: list[tuple[str, dict[str, str], asyncio.Future[None]]] = []
         self._writes: set[asyncio.Task[None]] = set()
         # A write that failed after the client's retries: logged when Redis goes away and comes back, not per 503.
-        self._outage = StateChangeLog(logger, "Redis", consequence="dispatches answer 503 until it returns")
+        self._outage = redis_outage
 
     async def write(self, key: str, meta: dict[str, str]) -> None:
         """Store `meta` under `key` (with the results' TTL); raises redis.RedisError when Redis refused it."""
@@ -325,6 +331,7 @@ async def dispatch_once(
     try:
         first = await run_in_threadpool(idempotency.begin, owner=triggered_by, key=idempotency_key, digest=digest)
     except redis.RedisError as exc:
+        redis_outage.failed(repr(exc))
         raise ServiceUnavailable(_REDIS_DOWN) from exc
     if first is not None:
         return Dispatched(**first)
