@@ -259,25 +259,37 @@ def test_a_failed_authentication_is_audited(sqlite_api):
 
 
 def test_concurrent_writes_all_answer_and_are_all_audited_and_the_chain_holds(sqlite_api, user_id):
-    # Given 24 mutating calls from 8 clients at once (devices and webhooks, each its own transaction)
-    def one(i: int) -> tuple[int, int, str]:
-        if i % 2:
-            response, rid = sqlite_api.call(
-                "POST", f"/api/v1/identity/users/{user_id}/devices", sqlite_api.client, json={"token": uuid.uuid4().hex}
-            )
-            return i, response.status_code, rid
-        response, rid = sqlite_api.call(
+    # Given 32 mutating calls from 8 clients at once: routes on the request's transaction (webhook, device,
+    # revoke) and one committing in a session of its own (a scheduled notification)
+    calls: list[tuple[str, str, str, dict[str, Any], int]] = [
+        (
             "POST",
             "/api/v1/integrations/webhooks",
             sqlite_api.client,
-            json={"url": "http://127.0.0.1:9/h", "event_types": ["*"]},
-        )
+            {"url": "http://127.0.0.1:9/h", "event_types": ["x.y"]},
+            201,
+        ),
+        ("POST", f"/api/v1/identity/users/{user_id}/devices", sqlite_api.client, {"token": "per-call"}, 201),
+        ("POST", "/api/v1/tasks/task/{task}/revoke", sqlite_api.admin, {}, 200),
+        (
+            "POST",
+            "/api/v1/notifications",
+            sqlite_api.client,
+            {"channel": "sms", "recipient": "+491511234567", "body": "b", "send_at": "2999-01-01T00:00:00Z"},
+            202,
+        ),
+    ]
+
+    def one(i: int) -> tuple[int, int, str]:
+        method, path, key, body, _ = calls[i % len(calls)]
+        body = {**body, "token": uuid.uuid4().hex} if "token" in body else body
+        response, rid = sqlite_api.call(method, path.replace("{task}", str(uuid.uuid4())), key, json=body)
         return i, response.status_code, rid
 
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(one, range(24)))
+        answers = list(pool.map(one, range(32)))
     # Then every one answered its normal status within the client's timeout and has exactly one entry
-    assert [(i, status) for i, status, _ in answers] == [(i, 201) for i in range(24)]
+    assert [(i, status) for i, status, _ in answers] == [(i, calls[i % len(calls)][4]) for i in range(32)]
     assert all(len(sqlite_api.entries(rid)) == 1 for _, _, rid in answers)
     # And the chain is unbroken, and the API logged no failed audit write or lock wait
     verified, _ = sqlite_api.call("GET", "/api/v1/audit/verify", sqlite_api.admin)
