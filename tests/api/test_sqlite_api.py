@@ -125,7 +125,7 @@ def sqlite_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteApi]:
             if process.poll() is not None:
                 pytest.fail(f"the API on SQLite exited: {log.read_text()[-2000:]}")
             try:
-                return httpx.get(f"{base}/docs", timeout=1).status_code == 200
+                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
