@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.access import service as access_service
 from app.access.service import KeyCache, Principal
-from app.audit.context import remember_principal
+from app.audit.context import adopt_session, remember_principal
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.errors import Forbidden, Unauthenticated
@@ -22,15 +22,26 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session() -> Iterator[Session]:
-    """A request-scoped session; routes that write commit through the service's `session.commit()` here."""
+    """The request's session: one transaction per request, committed before the response starts.
+
+    The audit middleware (app/audit/middleware.py) adds the call's audit entry to this transaction and commits it
+    when the route has answered, before the status line goes out: a client never sees a 2xx for a change that is
+    not committed, and on SQLite the audit entry never waits for the request's own write lock. A route that raises
+    rolls the transaction back. Why the middleware and not this function: FastAPI (0.118 on) runs the code after
+    `yield` only once the response has been sent, and only the middleware knows the answer's status as it starts.
+    """
     session = get_sessionmaker()()
+    call = adopt_session(session)
     try:
         yield session
-        session.commit()
+        if call is None or call.session is session:
+            session.commit()  # the middleware did not take it (an app without it): commit, as before
     except BaseException:
         session.rollback()
         raise
     finally:
+        if call is not None and call.session is session:
+            call.session = None
         session.close()
 
 

@@ -1,11 +1,14 @@
-"""What the audit trail knows about the HTTP call in progress: who is calling, from where, and whether a service
-already recorded the call's action itself (so the generic HTTP audit does not record it twice)."""
+"""What the audit trail knows about the HTTP call in progress: who is calling, from where, whether a service
+already recorded the call's action itself (so the generic HTTP audit does not record it twice), and the call's
+own transaction (so its audit entry commits with its change, before its response starts)."""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 
 @dataclass
@@ -18,6 +21,9 @@ class HttpCall:
     client_address: str | None
     principal: Any = None
     recorded: bool = False
+    #: The request's session (app.api.deps.get_session) while its transaction is open and unanswered: the audit
+    #: middleware records the call's entry in it and commits it as the response starts.
+    session: Session | None = None
 
 
 #: The action of a failed authentication (counted by the daily report and anomaly detection).
@@ -32,3 +38,14 @@ def remember_principal(principal: Any) -> None:
     call = current_call.get()
     if call is not None:
         call.principal = principal
+
+
+def adopt_session(session: Session) -> HttpCall | None:
+    """Called by the request's session dependency: the middleware ends this transaction when the answer starts.
+
+    Returns the call (None outside the HTTP middleware: the dependency then commits the session itself).
+    """
+    call = current_call.get()
+    if call is not None:
+        call.session = session
+    return call

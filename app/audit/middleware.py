@@ -1,5 +1,6 @@
 """The generic HTTP audit: every API call that changes something, and every failed authentication, is recorded
-once (actor, action, target, request id, client address, outcome), unless its service recorded it itself."""
+once (actor, action, target, request id, client address, outcome), unless its service recorded it itself; and
+the request's transaction ends here, with that entry in it, before the response starts."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import logging
 from functools import lru_cache
 
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit import service as audit_service
 from app.audit.context import AUTH_FAILED, HttpCall, current_call
 from app.config import get_settings
 from app.db import session_scope
+from app.errors import error_response
 
 logger = logging.getLogger(__name__)
+
+#: The status of a call whose transaction failed to commit (it replaces the route's answer).
+UNCOMMITTED = 503
 
 #: Methods that change something.
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -31,18 +38,48 @@ def _outcome(status: int) -> str:
     return "denied" if status in (401, 403) else "failure"
 
 
-def _write(call: HttpCall, action: str, status: int | None, route: str | None) -> None:
+def _record(session: Session, call: HttpCall, action: str, status: int | None, route: str | None) -> None:
     principal = call.principal
+    audit_service.record(
+        session=session,
+        actor=principal if principal is not None else "anonymous",
+        action=action,
+        target=call.path,
+        outcome=_outcome(status) if status is not None else "error",
+        details={"method": call.method, "route": route, "status": status},
+        client_address=call.client_address,
+    )
+
+
+def _write(call: HttpCall, action: str, status: int | None, route: str | None) -> None:
+    """The entry in a transaction of its own: the call had no open transaction (none, or rolled back)."""
     with session_scope() as session:
-        audit_service.record(
-            session=session,
-            actor=principal if principal is not None else "anonymous",
-            action=action,
-            target=call.path,
-            outcome=_outcome(status) if status is not None else "error",
-            details={"method": call.method, "route": route, "status": status},
-            client_address=call.client_address,
-        )
+        _record(session, call, action, status, route)
+
+
+def _commit(session: Session, call: HttpCall, action: str | None, status: int, route: str) -> None:
+    """End the call's own transaction: its entry (when it needs one) and its change commit together."""
+    try:
+        if action is not None:
+            _record(session, call, action, status, route)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _of(call: HttpCall) -> tuple[str, str]:
+    return call.method, call.path
+
+
+def _uncommitted() -> JSONResponse:
+    """The answer of a call whose transaction did not commit: nothing was saved, and it may be retried."""
+    return error_response(
+        UNCOMMITTED,
+        "unavailable",
+        "The database did not commit the change, so nothing was saved; retry the request.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _template(scope: Scope, path: str) -> str:
@@ -54,7 +91,13 @@ def _template(scope: Scope, path: str) -> str:
 
 
 class AuditMiddleware:
-    """Records the call before its response starts, so an answered change always has its entry."""
+    """Ends each call's transaction as its response starts, with the call's audit entry in it.
+
+    The request's session (app.api.deps.get_session) is still open when the route has answered: its change and
+    the entry commit together, before the status line goes out. A call without an open transaction (none, or one
+    its route rolled back by raising) gets its entry in a transaction of its own. When the commit fails nothing of
+    the call was saved: the client gets 503 instead of the route's answer, and the failure is recorded.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -66,34 +109,56 @@ class AuditMiddleware:
         client = scope.get("client")
         call = HttpCall(method=scope["method"], path=scope["path"], client_address=client[0] if client else None)
         token = current_call.set(call)
-        done = False
+        done = replaced = False
 
-        async def audit(status: int | None) -> None:
+        async def settle(status: int | None) -> bool:
+            """Commit the call's transaction with its entry; False when that commit failed (nothing was saved)."""
             nonlocal done
             if done:
-                return
+                return True
             done = True
-            action = self._action(scope, call, status)
-            if action is None:
-                return
+            session, call.session = call.session, None
             route = _template(scope, call.path)
-            try:
-                await run_in_threadpool(_write, call, action, status, route)
-            except Exception:
-                logger.exception("Recording the audit entry of %s %s failed.", call.method, call.path)
+            if session is not None and status is not None:
+                try:
+                    await run_in_threadpool(_commit, session, call, self._action(scope, call, status), status, route)
+                    return True
+                except Exception:
+                    logger.exception("Committing %s %s failed; it is answered 503, nothing of it saved.", *_of(call))
+                    await self._write_own(scope, call, UNCOMMITTED, route)
+                    return False
+            if session is not None:  # an error escaped with the transaction still open: end it before writing
+                await run_in_threadpool(session.rollback)
+            await self._write_own(scope, call, status, route)
+            return True
 
-        async def send_audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                await audit(int(message["status"]))
+        async def send_settled(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of the answer whose transaction did not commit
+            if message["type"] == "http.response.start" and not await settle(int(message["status"])):
+                replaced = True
+                await _uncommitted()(scope, receive, send)
+                return
             await send(message)
 
         try:
-            await self.app(scope, receive, send_audited)
+            await self.app(scope, receive, send_settled)
         except BaseException:
-            await audit(None)
+            await settle(None)
             raise
         finally:
             current_call.reset(token)
+
+    async def _write_own(self, scope: Scope, call: HttpCall, status: int | None, route: str) -> None:
+        """The call's entry (when it needs one) in a transaction of its own; a failure is logged, not raised."""
+        action = self._action(scope, call, status)
+        if action is None:
+            return
+        try:
+            await run_in_threadpool(_write, call, action, status, route)
+        except Exception:
+            logger.exception("Recording the audit entry of %s %s failed.", *_of(call))
 
     @staticmethod
     def _action(scope: Scope, call: HttpCall, status: int | None) -> str | None:
