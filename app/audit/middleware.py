@@ -16,7 +16,7 @@ from app.audit import service as audit_service
 from app.audit.context import AUTH_FAILED, HttpCall, current_call
 from app.config import get_settings
 from app.db import session_scope
-from app.errors import error_response
+from app.errors import DATABASE, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        call = HttpCall(method=scope["method"], path=scope["path"], client_address=client[0] if client else None)
+        # A NUL in the path (refused, 404 or 422) is recorded as U+FFFD: SQL text cannot hold a NUL.
+        path = scope["path"].replace("\x00", "\ufffd")
+        call = HttpCall(method=scope["method"], path=path, client_address=client[0] if client else None)
         token = current_call.set(call)
         done = replaced = False
 
@@ -157,6 +159,8 @@ class AuditMiddleware:
             return
         try:
             await run_in_threadpool(_write, call, action, status, route)
+        except DATABASE.errors as exc:  # the database is down: logged once per outage, not per call
+            DATABASE.log.failed(f"recording the audit entry of {call.method} {call.path}: {type(exc).__name__}")
         except Exception:
             logger.exception("Recording the audit entry of %s %s failed.", *_of(call))
 

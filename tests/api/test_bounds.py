@@ -189,6 +189,16 @@ def test_text_with_a_nul_character_is_a_422_never_a_500(api: Any, admin_key: tup
         assert response.json()["error"]["code"] == "nul_character", response.text
 
 
+def test_a_refused_change_whose_path_holds_a_nul_is_still_audited(api: Any, admin_key: tuple[str, str]) -> None:
+    # Given a mutating call whose path holds a NUL (refused 422 before the route runs)
+    response = api.post("/api/v1/integrations/webhooks/1/rotate-secret%00x", headers=auth(admin_key))
+    assert response.status_code in (404, 422), response.text
+    # Then its audit entry is recorded all the same, the NUL shown as U+FFFD (SQL cannot hold a NUL)
+    target = "/api/v1/integrations/webhooks/1/rotate-secret\ufffdx"
+    entries = api.get("/api/v1/audit/events", params={"target": target}, headers=auth(admin_key)).json()["items"]
+    assert [(e["target"], e["outcome"]) for e in entries] == [(target, "failure")]
+
+
 def test_a_body_that_is_not_utf8_is_the_declared_400(api: Any, admin_key: tuple[str, str]) -> None:
     # Given a JSON body that is not UTF-8 text (found by the fuzz run: an undeclared 400)
     headers = {**auth(admin_key), "Content-Type": "application/json"}
