@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.audit import anomalies
@@ -12,6 +13,7 @@ from app.audit import service as audit_service
 from app.audit.models import AuditFinding
 from app.config import get_settings
 from app.db import session_scope
+from app.main import app
 from tests.conftest import auth, join
 
 
@@ -61,12 +63,15 @@ def test_password_reset_requests_are_counted_per_address_from_the_details():
     assert finding.rule == "reset_requests" and finding.count == settings.anomaly_reset_requests
 
 
-def test_failed_authentications_per_address_are_a_finding(api):
+def test_failed_authentications_per_address_are_a_finding():
     settings = get_settings()
-    for _ in range(settings.anomaly_failed_auths):
-        api.get("/api/v1/tasks/runs", headers={"Authorization": "Bearer ck_guess"})
+    # Given a client address of this test's own (other tests' failed keys come from the TestClient's default)
+    address = f"203.0.113.{uuid.uuid4().int % 250}"
+    with TestClient(app, raise_server_exceptions=False, client=(address, 50000)) as api:
+        for _ in range(settings.anomaly_failed_auths):
+            api.get("/api/v1/tasks/runs", headers={"Authorization": "Bearer ck_guess"})
     anomalies.detect(settings=settings)
-    [finding] = _findings("address:testclient")
+    [finding] = _findings(f"address:{address}")
     assert finding.rule == "failed_authentications" and finding.count >= settings.anomaly_failed_auths
 
 

@@ -81,14 +81,16 @@ def live_api() -> Iterator[str]:
                 process.wait(5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
-    """Playwright's driver (no browser of its own)."""
+    """Playwright's driver (no browser of its own), for one test module at a time: while it lives, its sync API
+    keeps an asyncio event loop running in the main thread, and every later test calling `asyncio.run()` fails
+    with "cannot be called from a running event loop"."""
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     """Debian's Chromium, headless, with a fresh profile and its background networking off."""
     if not os.access(CHROMIUM, os.X_OK):
