@@ -13,10 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,9 @@ import psycopg
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-SESSION = uuid.uuid4().hex[:8]
+from tests.support.services import LIVE_PATH, ApiProcess, OwnRedis, stop_process_group
+from tests.support.session import ROOT, SESSION, VAR_DIR, join  # (tests import them from here too)
+
 AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
 MGMT_URL = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 MGMT_AUTH = (os.environ.get("TEST_RABBITMQ_USER", "guest"), os.environ.get("TEST_RABBITMQ_PASSWORD", "guest"))
@@ -75,7 +74,6 @@ def _claim_redis_db() -> int:
 
 
 REDIS_DB = _claim_redis_db()
-VAR_DIR = Path(tempfile.mkdtemp(prefix=f"courier-test-{SESSION}-"))
 
 TEST_ENV = {
     "ENVIRONMENT": "test",
@@ -157,18 +155,6 @@ def isolated_services() -> Iterator[None]:
         shutil.rmtree(VAR_DIR, ignore_errors=True)
 
 
-def join(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
 @dataclass
 class WorkerProcess:
     """A real `celery worker` subprocess; its log is kept for assertions and failure reports."""
@@ -200,14 +186,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """Warm shutdown (SIGTERM), falling back to SIGKILL."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        return self.process.returncode
+        return stop_process_group(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children), as an OOM kill or a crash would."""
@@ -401,3 +380,44 @@ def dispatch(api: Any, key: tuple[str, str], **body: Any) -> str:
     response = api.post("/api/v1/tasks/ping", json=body, headers=auth(key))
     assert response.status_code == 202, response.text
     return str(response.json()["task_id"])
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Callable[..., OwnRedis]]:
+    """Factory: start a redis-server of the test's own (`appendonly=False`, `extra_args=()` by default); all
+    removed afterwards."""
+    made: list[OwnRedis] = []
+
+    def start(*, appendonly: bool = False, extra_args: Sequence[str] = ()) -> OwnRedis:
+        server = OwnRedis(appendonly=appendonly, extra_args=extra_args)
+        made.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def api_process() -> Iterator[Callable[..., ApiProcess]]:
+    """Factory: start an API process with extra environment (waits until it listens unless `wait=False`); all
+    stopped afterwards."""
+    made: list[ApiProcess] = []
+
+    def start(
+        env: dict[str, str] | None = None,
+        *,
+        wait: bool = True,
+        log_path: Path | None = None,
+        ready_path: str = LIVE_PATH,
+    ) -> ApiProcess:
+        process = ApiProcess(env, log_path=log_path, ready_path=ready_path)
+        made.append(process)
+        if wait:
+            process.wait_listening()
+        return process
+
+    yield start
+    for process in made:
+        process.stop()

@@ -7,7 +7,6 @@ import email
 import json
 import logging
 import re
-import socket
 import threading
 import uuid
 from collections import Counter
@@ -21,16 +20,11 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from tests.conftest import VAR_DIR, WorkerProcess, redis_client, spawn_worker
+from tests.support.services import free_port
 
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 LINK_TOKEN = re.compile(r"token=([A-Za-z0-9_\-]+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.api.own_services import OwnRedis, free_port
 from tests.conftest import join
+from tests.support.services import OwnRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "start_tasks.sh"
@@ -210,23 +210,11 @@ def _sourced(commands: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def redis_servers() -> Iterator[list[OwnRedis]]:
-    """redis-servers of the test's own; removed afterwards."""
-    made: list[OwnRedis] = []
-    yield made
-    for server in made:
-        server.remove()
-
-
 def test_start_warns_loudly_when_its_redis_persists_nothing_and_production_stops(
-    redis_servers: list[OwnRedis],
+    own_redis: Callable[..., OwnRedis],
 ) -> None:
     # Given a Redis of the test's own without persistence, and one with the append-only file
-    bare, durable = OwnRedis(appendonly=False), OwnRedis(appendonly=True)
-    redis_servers += [bare, durable]
-    bare.start()
-    durable.start()
+    bare, durable = own_redis(appendonly=False), own_redis(appendonly=True)
     # When start's persistence check runs against the bare one, Then it warns loudly, names the fix, and goes on
     result = _sourced("check_redis_persistence && echo CONTINUED", CELERY_RESULT_BACKEND=bare.url, REDIS_URL="")
     assert "persists nothing" in result.stderr and "appendonly yes" in result.stderr, result.stderr

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-
 import httpx
 
-from tests.conftest import ROOT, VAR_DIR, auth, join
+from tests.conftest import VAR_DIR, auth
+from tests.support.services import ApiProcess, free_port
 
 
 def test_health_is_200_with_every_component_up_and_needs_no_key(api, worker):
@@ -24,34 +20,12 @@ def test_health_is_200_with_every_component_up_and_needs_no_key(api, worker):
     assert "guest" not in response.text and "amqp://" not in response.text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_with_a_wrong_broker_url_health_is_503_and_a_dispatch_is_503_with_retry_after(admin_key):
     # Given an API process whose broker URL points at a port where nothing listens
-    port = _free_port()
-    env = {**os.environ, "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{_free_port()}/nowhere"}
-    log = open(VAR_DIR / "api-broken.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def up():
-            try:
-                return httpx.get(f"{base}/docs", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        join(up, what="the API to listen")
+    env = {"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/nowhere"}
+    with ApiProcess(env, log_path=VAR_DIR / "api-broken.log", ready_path="/docs") as api:
+        base = api.base
+        api.wait_listening()
         # When health is asked, Then the broker is reported down and the answer is 503
         health = httpx.get(f"{base}/api/v1/tasks/health", timeout=10)
         assert health.status_code == 503
@@ -61,7 +35,3 @@ def test_with_a_wrong_broker_url_health_is_503_and_a_dispatch_is_503_with_retry_
         assert response.status_code == 503
         assert response.headers["retry-after"].isdigit()
         assert response.json()["error"]["code"] == "unavailable"
-    finally:
-        api.terminate()
-        api.wait(10)
-        log.close()

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.api.own_services import ApiProcess, OwnRedis
 from tests.conftest import auth, join
+from tests.support.services import ApiProcess, OwnRedis
 
 HEALTH = "/api/v1/tasks/health"
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.api.own_services import ApiProcess, OwnRedis
 from tests.conftest import ROOT, join
+from tests.support.services import ApiProcess, OwnRedis
 
 #: Production settings that pass every other guard rail (no development placeholder secrets).
 PRODUCTION = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, join
+from tests.conftest import ROOT
 from tests.integrations.queues import purge_work_queues
+from tests.support.services import ApiProcess
 
 #: Well below SQLite's 30 s busy timeout: a request stuck behind the write lock times out.
 CLIENT_TIMEOUT_S = 10.0
@@ -87,18 +87,13 @@ class SqliteApi:
         return found[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sqlite_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteApi]:
     """Migrate a fresh SQLite file, make two keys, start uvicorn on it; stop it afterwards."""
     root = tmp_path_factory.mktemp("sqlite-api")
     database = root / "courier.db"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "VAR_DIR": str(root)}
+    settings = {"DATABASE_URL": f"sqlite:///{database}", "VAR_DIR": str(root)}
+    env = {**os.environ, **settings}
 
     def run(*args: str) -> str:
         done = subprocess.run(
@@ -108,36 +103,13 @@ def sqlite_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteApi]:
         return done.stdout.strip()
 
     admin, client = run("-c", SET_UP).split()
-    port = _free_port()
     log = root / "api.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    api = ApiProcess(settings, log_path=log, ready_path="/openapi.json")
     try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"the API on SQLite exited: {log.read_text()[-2000:]}")
-            try:
-                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        join(up, timeout=60, what="the API on SQLite to listen")
-        yield SqliteApi(base=base, database=database, log=log, admin=admin, client=client)
+        api.wait_listening()
+        yield SqliteApi(base=api.base, database=database, log=log, admin=admin, client=client)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        api.stop()
         purge_work_queues()  # its dispatches name rows of this SQLite file only: no later worker must run them
 
 

@@ -14,18 +14,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Route, sync_playwright
 
-from tests.conftest import ROOT, VAR_DIR, join
+from tests.conftest import VAR_DIR
+from tests.support.services import ApiProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,44 +38,12 @@ CHROMIUM_ARGS = [
 PAGE_TIMEOUT_MS = 20_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def live_api() -> Iterator[str]:
     """A real API process (uvicorn) on a free loopback port; its base URL, e.g. http://127.0.0.1:40123."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(VAR_DIR / f"api-browser-{port}.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-
-            def listening() -> bool:
-                if process.poll() is not None:
-                    pytest.fail(f"the API exited with {process.returncode}; see {log.name}")
-                try:
-                    return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            join(listening, timeout=60, what="the API to listen")
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    with ApiProcess(log_path=VAR_DIR / "api-browser.log", ready_path="/openapi.json") as api:
+        api.wait_listening()
+        yield api.base
 
 
 @pytest.fixture(scope="module")

@@ -8,68 +8,29 @@ kills and restarts that server; the session's Redis, the API and the recorder ar
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from tests.conftest import auth, dispatch, join
 from tests.deadletters.test_failure_matrix import _letters, _one_letter
+from tests.support.services import OwnRedis
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
-class OwnRedis:
-    """A throwaway redis-server without persistence on a free port: stopped (SIGKILL) and started at will."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.dir = Path(tempfile.mkdtemp(prefix="courier-own-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + ["--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        join(self._answers, timeout=10, what=f"redis-server on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def result_state(self, task_id: str) -> str | None:
-        raw = self.client().get(f"celery-task-meta-{task_id}")
-        return json.loads(raw)["status"] if raw else None
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+def own_redis(own_redis: Callable[..., OwnRedis]) -> OwnRedis:
+    """One redis-server without persistence of the test's own, started; removed afterwards (this overrides the root
+    conftest's factory of the same name, which it calls once)."""
+    return own_redis()
+
+
+def _result_state(server: OwnRedis, task_id: str) -> str | None:
+    """The state Celery stored for a task in `server` (None before it stored one)."""
+    raw = server.client().get(f"celery-task-meta-{task_id}")
+    return json.loads(raw)["status"] if raw else None
 
 
 def _outage_worker(start_worker, own: OwnRedis, *, outage_retries: int):
@@ -101,14 +62,14 @@ def test_a_redis_outage_at_the_start_check_is_retried_and_the_task_runs_once_red
 ):
     # Given a worker whose Redis goes down
     worker = _outage_worker(start_worker, own_redis, outage_retries=10)
-    own_redis.stop()
+    own_redis.kill()
     # When a task reaches it, its start check (revoked? how many starts?) cannot reach Redis
     task_id = dispatch(api, admin_key, tier="high")
     join(lambda: task_id in worker.log() and "ConnectionError" in worker.log(), timeout=30, what="the failed check")
     # And Redis comes back
     own_redis.start()
     # Then the task is tried again, runs, and its result is stored; it was never dead-lettered
-    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the task to succeed")
+    join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the task to succeed")
     assert _letters(api, admin_key, task_id) == []
 
 
@@ -120,11 +81,11 @@ def test_a_result_that_cannot_be_stored_is_run_again_once_redis_is_back(
     task_id = dispatch(api, admin_key, tier="high", sleep_s=2)
     join(lambda: own_redis.client().exists(f"courier:starts:{task_id}:0"), what="the task to start")
     # When Redis dies before its result is stored
-    own_redis.stop()
+    own_redis.kill()
     join(lambda: "Storing 1 results failed" in worker.log(), timeout=30, what="the failed result store")
     own_redis.start()
     # Then the task runs again (at least once: the product's rule) and its result is stored; no dead letter
-    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the task to succeed")
+    join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the task to succeed")
     assert _letters(api, admin_key, task_id) == []
 
 
@@ -133,7 +94,7 @@ def test_a_redis_outage_past_the_budget_is_dead_lettered_naming_the_redis_error_
 ):
     # Given a worker allowed two outage retries, and its Redis down for good
     _outage_worker(start_worker, own_redis, outage_retries=2)
-    own_redis.stop()
+    own_redis.kill()
     # When a task reaches it
     task_id = dispatch(api, admin_key, tier="high")
     # Then, after the retries, one dead letter says what happened: Redis, not the task (nor "malformed")
@@ -149,7 +110,7 @@ def test_a_redis_outage_past_the_budget_is_dead_lettered_naming_the_redis_error_
         headers=auth(admin_key),
     )
     assert answer.status_code == 200, answer.text
-    join(lambda: own_redis.result_state(task_id) == "SUCCESS", timeout=60, what="the replay to succeed")
+    join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the replay to succeed")
 
 
 def test_every_redis_outage_error_counts_as_an_outage_with_its_own_class():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,14 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import MGMT_URL, ROOT, VAR_DIR, auth, join
+from tests.support.services import ServiceProcess, free_port
 
 USER, PASSWORD = "ops", "flower-test-pass"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def flower_command(port: int, **env: str) -> list[str]:
@@ -43,28 +37,14 @@ def running_flower(**env: str) -> Iterator[str]:
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     environ.update(env, FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}", FLOWER_BROKER_API=f"{MGMT_URL}/api/")
-    log = open(VAR_DIR / "flower.log", "wb")  # noqa: SIM115 (closed below, after the process)
     command = flower_command(port, VAR_DIR=tempfile.mkdtemp(prefix="flower-", dir=VAR_DIR), **env)
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"Flower exited: {(VAR_DIR / 'flower.log').read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/healthcheck", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        join(answers, timeout=60, what="Flower to answer")
+    flower = ServiceProcess(
+        command, env=environ, log_path=VAR_DIR / "flower.log", ready_url=f"{url}/healthcheck", what="Flower"
+    )
+    with flower:
+        flower.wait_listening(timeout=60)
         yield url
-    finally:
-        process.terminate()
-        process.wait(20)
-        log.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AMQP_HOST, MGMT_AUTH, ROOT, VAR_DIR, VHOST, _mgmt, auth, join
-from tests.ops.outages import ApiProcess, OwnRedis, TcpProxy
+from tests.support.services import ApiProcess, OwnRedis, TcpProxy
 
 #: Words of a line about the broker being unreachable, in any of its forms (Courier's, aiormq's, asyncio's).
 OUTAGE_WORDS = ("broker", "publish", "connection", "future", "confirm")
@@ -132,8 +132,10 @@ def test_a_broker_outage_logs_its_start_and_end_once_not_one_line_per_refused_re
     # Given an API process whose publisher reaches RabbitMQ through a forwarder the test can cut
     with TcpProxy(5672, AMQP_HOST) as proxy:
         broker_url = f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@127.0.0.1:{proxy.port}/{VHOST}"
-        api = ApiProcess(VAR_DIR / "api-outage.log", {"CELERY_BROKER_URL": broker_url, "PUBLISH_TIMEOUT_S": "2"})
+        env = {"CELERY_BROKER_URL": broker_url, "PUBLISH_TIMEOUT_S": "2"}
+        api = ApiProcess(env, log_path=VAR_DIR / "api-outage.log")
         try:
+            api.wait_listening()
             url, headers = f"{api.base}/api/v1/tasks/ping", auth(admin_key)
             with httpx.Client(timeout=15) as client:
 

@@ -14,7 +14,7 @@ import pytest
 
 from app.logging import JsonFormatter, RedactingFormatter
 from tests.conftest import AMQP_HOST, MGMT_AUTH, VAR_DIR, VHOST, auth, join
-from tests.ops.outages import ApiProcess, OwnRedis, free_port
+from tests.support.services import ApiProcess, OwnRedis, free_port
 
 #: A password anyone would recognise in a log, with characters a URL must percent-encode.
 PASSWORD = "Leak-Me/9@x:courier"
@@ -102,14 +102,15 @@ def test_the_management_client_keeps_a_login_in_its_url_out_of_its_errors():
 def test_an_api_whose_broker_and_result_store_refuse_it_leaks_no_password(admin_key):
     # Given an API whose broker URL and result-store URL carry the password: the broker on a closed port, and a
     # Redis the test owns that requires another password (Courier's own keys stay on the session's Redis)
-    with OwnRedis("--requirepass", "the-right-one") as own:
+    with OwnRedis(extra_args=("--requirepass", "the-right-one")) as own:
         env = {
             "CELERY_BROKER_URL": f"amqp://courier:{ENCODED}@127.0.0.1:{free_port()}/{VHOST}",
             "CELERY_RESULT_BACKEND": f"redis://:{ENCODED}@127.0.0.1:{own.port}/0",
             "REDIS_URL": os.environ["CELERY_RESULT_BACKEND"],
         }
-        api = ApiProcess(VAR_DIR / "api-redaction.log", env)
+        api = ApiProcess(env, log_path=VAR_DIR / "api-redaction.log")
         try:
+            api.wait_listening()
             with httpx.Client(base_url=api.base, timeout=30) as client:
                 # When a task is dispatched, health and a task's status (from the result store) are read
                 answers = [

@@ -5,20 +5,17 @@ Its own module: the shared worker of test_metrics.py would take some of these pr
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import dispatch, join
 from tests.ops.test_metrics import finished, value
+from tests.support.services import free_port
 
 
 def test_a_worker_serves_its_own_metrics_on_its_port_when_one_is_set(api, start_worker, admin_key, empty_queues):
     # Given a worker with its own exporter (as in production, one worker per container)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     start_worker("low", env={"WORKER_METRICS_PORT": str(port)})
     # When it runs two probes
     for task_id in [dispatch(api, admin_key, tier="low"), dispatch(api, admin_key, tier="low")]:
