@@ -14,6 +14,7 @@ A task whose result could not be stored has run: putting it back runs it again, 
 
 from __future__ import annotations
 
+import logging
 import random
 
 import redis.exceptions
@@ -21,6 +22,15 @@ from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Reject
 
 from app.config import Settings
+from app.logging import StateChangeLog
+
+logger = logging.getLogger(__name__)
+
+#: A Redis outage on the worker's path, logged when it starts, every OUTAGE_LOG_INTERVAL_S while it lasts and when
+#: a result store succeeds again (app/tasks/pool.py): never a line per attempt put back.
+redis_outage = StateChangeLog(
+    logger, "Redis", consequence="the worker puts attempts back in delay queues until it returns"
+)
 
 #: Redis errors that mean "unreachable for now": refused or dropped connections (BusyLoadingError, a Redis still
 #: loading its data set, is one), timeouts, and a replica answering writes during a failover.

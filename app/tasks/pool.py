@@ -122,7 +122,9 @@ class ResultBatch:
         outcomes: list[tuple[Callable[[Outcome], Any], Outcome]]
         if error is not None and batch:
             if isinstance(error, outages.OUTAGE_ERRORS):
-                logger.error("Storing %d results failed; their tasks will run again: %r.", len(batch), error)
+                outages.redis_outage.failed(
+                    f"storing {len(batch)} results failed; their tasks will run again: {error!r}"
+                )
                 error = outages.InfraUnavailable.at("the result store", error)
             else:
                 logger.error("Storing %d results failed; their tasks are dead-lettered: %r.", len(batch), error)
@@ -130,6 +132,7 @@ class ResultBatch:
             outcomes = [(callback, (1, failure, runtime)) for callback, (_, _, runtime), _ in batch]
         else:
             outcomes = [(callback, outcome) for callback, outcome, _ in batch]
+            outages.redis_outage.succeeded()  # the results were stored: Redis answers (one attribute read when up)
         with amqp_transport.batched_writes():  # the batch's acks in one send
             for callback, outcome in outcomes:
                 try:

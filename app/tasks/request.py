@@ -80,9 +80,9 @@ class CourierRequest(Request):  # type: ignore[misc]
         except Exception as exc:
             logger.error("Could not put %s[%s] back after a Redis outage: %r.", self.task_name, self.id, exc)
             return False
-        logger.warning(
-            "%s; %s[%s] runs again in about %d s (outage retry %d of %d).",
-            outage,
+        outages.redis_outage.failed(outage)
+        logger.debug(
+            "%s[%s] runs again in about %d s (outage retry %d of %d).",
             self.task_name,
             self.id,
             delay,

@@ -65,12 +65,16 @@ def test_a_redis_outage_at_the_start_check_is_retried_and_the_task_runs_once_red
     own_redis.kill()
     # When a task reaches it, its start check (revoked? how many starts?) cannot reach Redis
     task_id = dispatch(api, admin_key, tier="high")
-    join(lambda: task_id in worker.log() and "ConnectionError" in worker.log(), timeout=30, what="the failed check")
+    join(lambda: "Redis is down:" in worker.log() and "ConnectionError" in worker.log(), timeout=30,
+         what="the failed check")  # fmt: skip
     # And Redis comes back
     own_redis.start()
     # Then the task is tried again, runs, and its result is stored; it was never dead-lettered
     join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the task to succeed")
     assert _letters(api, admin_key, task_id) == []
+    # And the worker logged the outage as it began and as it ended, not once per attempt put back
+    join(lambda: "Redis is back after" in worker.log(), timeout=10, what="the outage's end in the worker log")
+    assert worker.log().count("Redis is down:") == 1
 
 
 def test_a_result_that_cannot_be_stored_is_run_again_once_redis_is_back(
@@ -82,7 +86,7 @@ def test_a_result_that_cannot_be_stored_is_run_again_once_redis_is_back(
     join(lambda: own_redis.client().exists(f"courier:starts:{task_id}:0"), what="the task to start")
     # When Redis dies before its result is stored
     own_redis.kill()
-    join(lambda: "Storing 1 results failed" in worker.log(), timeout=30, what="the failed result store")
+    join(lambda: "storing 1 results failed" in worker.log(), timeout=30, what="the failed result store")
     own_redis.start()
     # Then the task runs again (at least once: the product's rule) and its result is stored; no dead letter
     join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the task to succeed")
