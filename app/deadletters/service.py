@@ -466,6 +466,7 @@ def _publish(letter: DeadLetter, headers: dict[str, Any], body: bytes) -> None:
 
     from app.tasks.amqp_transport import Unroutable
     from app.tasks.celery_app import celery_app
+    from app.tasks.sending import republish
 
     properties = letter.properties or {}
     queue = letter.queue if letter.queue in Tier.__members__ else None
@@ -473,20 +474,16 @@ def _publish(letter: DeadLetter, headers: dict[str, Any], body: bytes) -> None:
     routing_key = queue or letter.routing_key or letter.queue or ""
     try:
         with celery_app.producer_or_acquire() as producer:
-            producer.publish(
+            republish(
+                producer,
                 body,
                 exchange=exchange,
                 routing_key=routing_key,
                 headers=headers,
                 content_type=letter.content_type,
                 content_encoding=letter.content_encoding or "utf-8",
-                priority=properties.get("priority"),
-                correlation_id=properties.get("correlation_id") or letter.task_id,
-                reply_to=properties.get("reply_to"),
-                delivery_mode=2,
-                mandatory=True,
-                retry=True,
-                retry_policy={"max_retries": 1, "interval_start": 0.1},
+                properties=properties,
+                fallback_correlation_id=letter.task_id,
             )
     except Unroutable as exc:
         logger.warning("Replay of dead letter %s was returned by RabbitMQ: %s", letter.id, exc)

@@ -32,6 +32,7 @@ from app.constants import (
 )
 from app.deadletters.models import Reason
 from app.tasks import outages
+from app.tasks.sending import republish
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +111,15 @@ class CourierRequest(Request):  # type: ignore[misc]
         )
         try:
             with self.task.app.producer_or_acquire() as producer:
-                producer.publish(
+                republish(
+                    producer,
                     message.body,
                     exchange=DEAD_LETTER_EXCHANGE,
                     routing_key=str(delivery.get("routing_key") or ""),
                     headers=headers,
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
-                    priority=properties.get("priority"),
-                    correlation_id=properties.get("correlation_id"),
-                    reply_to=properties.get("reply_to"),
-                    delivery_mode=2,
-                    mandatory=True,
-                    retry=True,
-                    retry_policy={"max_retries": 1, "interval_start": 0.1},
+                    properties=properties,
                 )
         except Exception as exc:
             logger.error(

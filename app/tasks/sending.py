@@ -33,3 +33,35 @@ class CourierAMQP(AMQP):  # type: ignore[misc]
             return send(producer, name, message, **options)
 
         return send_task_message
+
+
+def republish(
+    producer: Any,
+    body: Any,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: dict[str, Any],
+    content_type: str | None,
+    content_encoding: str | None,
+    properties: dict[str, Any],
+    fallback_correlation_id: str | None = None,
+) -> None:
+    """Publish a message that already exists (a dead letter's replay, an attempt dead-lettered with its reason) as
+    it was: persistent, mandatory (an unroutable one raises `amqp_transport.Unroutable`), its priority, correlation
+    id (or `fallback_correlation_id`) and reply-to kept, one quick retry if the connection had dropped."""
+    producer.publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        headers=headers,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        priority=properties.get("priority"),
+        correlation_id=properties.get("correlation_id") or fallback_correlation_id,
+        reply_to=properties.get("reply_to"),
+        delivery_mode=2,
+        mandatory=True,
+        retry=True,
+        retry_policy={"max_retries": 1, "interval_start": 0.1},
+    )
