@@ -129,8 +129,8 @@ def provision() -> None:
 @topology_cli.command("declare")
 def topology_declare() -> None:
     """Declare exchanges, queues and bindings, and apply the limit policies (idempotent)."""
+    from app.engine import topology
     from app.rabbitmq import ManagementError
-    from app.tasks import topology
 
     settings = get_settings()
     try:
@@ -148,7 +148,7 @@ def topology_declare() -> None:
 @topology_cli.command("verify")
 def topology_verify() -> None:
     """Exit 1 and list the problems when the dead-letter wiring is incomplete."""
-    from app.tasks import topology
+    from app.engine import topology
 
     problems = topology.verify(get_settings())
     for problem in problems:

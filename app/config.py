@@ -292,7 +292,7 @@ class Settings(BaseSettings):
     @field_validator("celery_broker_url", "celery_result_backend", "redis_url", "rabbitmq_management_url")
     @classmethod
     def _normalise_url(cls, value: str) -> str:
-        # Celery's "module:Class+scheme://" backend form (which app/tasks/celery_app.py writes back into the
+        # Celery's "module:Class+scheme://" backend form (which app/engine/celery_app.py writes back into the
         # environment for Celery) names the same Redis: keep only the URL.
         scheme, sep, _ = value.partition("://")
         if sep and "+" in scheme:

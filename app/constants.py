@@ -76,7 +76,8 @@ REQUEST_ID_HEADER = "courier_request_id"
 TRIGGERED_BY_HEADER = "courier_triggered_by"
 DISPATCHED_AT_HEADER = "courier_dispatched_at"
 #: Task message header: how many times the worker has put this attempt back after an infrastructure outage
-#: (Redis unreachable at the start check or the result store; app/tasks/outages.py). Not the task's `retries`.
+#: (Redis unreachable at the start check or the result store; app/engine/guarantees/outages.py). Not the task's
+# `retries`.
 OUTAGE_RETRIES_HEADER = "courier_outage_retries"
 #: Headers a worker sets on a message it publishes to the dead-letter exchange itself (it cannot reject it with
 #: a reason): why, the error's class and text, and the queue and exchange it was consumed from.

@@ -113,7 +113,7 @@ def forget_inherited_pool(**_: object) -> None:
 
     The parent opens some at boot (e.g. to restore revocations); two processes on one PostgreSQL socket corrupt
     each other's transactions. The parent still owns those sockets, so they are not closed; the child opens its
-    own. Connected to Celery's `worker_process_init` (app/tasks/bootsteps.py).
+    own. Connected to Celery's `worker_process_init` (app/engine/bootsteps.py).
     """
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)

@@ -16,10 +16,10 @@ from app.api.router import api_router
 from app.audit.middleware import AuditMiddleware
 from app.config import get_settings
 from app.context import RequestIdMiddleware
+from app.engine.speed.amqp_async import PublishFailed
 from app.logging import configure_logging
 from app.memory import freeze_start_up_objects
 from app.metrics import MetricsMiddleware
-from app.tasks.amqp_async import PublishFailed
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await _warm_up(app)
     freeze_start_up_objects()  # (after the warm-up, so what it built is frozen too)
     yield
-    from app.tasks import publish
+    from app.engine import publish
 
     await publish.close()
 
@@ -42,7 +42,8 @@ async def _warm_up(app: FastAPI) -> None:
     against 3 ms for the next) showed FastAPI building its routes' models, SQLAlchemy configuring its mappers,
     the SQL engine's first connection and the publishing connection. A service that is down does not stop the
     start: requests reconnect."""
-    from app.tasks import control, publish
+    from app.engine import publish
+    from app.tasks import control
 
     app.openapi()  # (builds every route's models, which FastAPI otherwise does on the first match)
     configure_mappers()  # (SQLAlchemy otherwise configures every mapper on the first query)

@@ -3,7 +3,7 @@
 Three sources, merged in one registry:
 - the API's own request and publish metrics, kept in multiprocess files under `<METRICS_DIR>/api/` so every
   uvicorn worker process adds to the same numbers;
-- the workers' task metrics (app/tasks/telemetry.py), one directory per worker under METRICS_DIR;
+- the workers' task metrics (app/engine/telemetry.py), one directory per worker under METRICS_DIR;
 - gauges read at scrape time from the durable stores: queue backlogs and consumers (RabbitMQ management API),
   live workers (heartbeats in Redis), dead letters (SQL), paused tiers (SQL).
 """
@@ -28,7 +28,7 @@ from app.config import get_settings
 from app.constants import DEAD_LETTER_ARCHIVE_QUEUE, DEAD_LETTER_QUEUE, Tier
 from app.db import session_scope, utcnow
 from app.deadletters import service as deadletters
-from app.tasks.telemetry import enable_multiprocess
+from app.engine.telemetry import enable_multiprocess
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every figure")
     parser.add_argument("--publishers", type=int, default=8, help="concurrent publishers for the AMQP ceiling")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/<time>.json)")
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help=f"comma-separated subset of {','.join(PARTS)} (ratios need peers and courier)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (ratios need peers and courier)",
+    )
     return parser.parse_args(argv)
 
 
@@ -93,8 +96,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures = cb.e2e_latency(stack, API_PORT, 100, args.latency_seconds)
             for key, value in figures.items():
                 stats[f"courier.latency_100rps_{key}"].values.append(value)
-        memory = {"api_kib": stack.processes["api"].rss_kib(), "worker_medium_kib":
-                  stack.processes["worker-medium"].rss_kib(), "recorder_kib": stack.processes["recorder"].rss_kib()}
+        memory = {
+            "api_kib": stack.processes["api"].rss_kib(),
+            "worker_medium_kib": stack.processes["worker-medium"].rss_kib(),
+            "recorder_kib": stack.processes["recorder"].rss_kib(),
+        }
     return _report(args, stats, api, memory)
 
 
@@ -125,8 +131,9 @@ def _ratio(a: Stat, b: Stat) -> float:
     return round(a.median / b.median, 2) if b.median else float("nan")
 
 
-def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dict[str, Stat]],
-            memory: dict[str, int]) -> dict[str, Any]:
+def _report(
+    args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dict[str, Stat]], memory: dict[str, int]
+) -> dict[str, Any]:
     history_cost = 1 - stats["courier.drain_medium"].median / stats["courier.drain_medium_without_history"].median
     c64 = api[64] if 64 in api else defaultdict(Stat)
     goals = {
@@ -152,8 +159,12 @@ def _report(args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dic
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "versions": {p: version(p) for p in ("celery", "kombu", "dramatiq", "pika", "fastapi", "uvicorn")},
-        "sizes": {"messages": args.messages, "requests": args.requests, "latency_seconds": args.latency_seconds,
-                  "reps": args.reps},
+        "sizes": {
+            "messages": args.messages,
+            "requests": args.requests,
+            "latency_seconds": args.latency_seconds,
+            "reps": args.reps,
+        },
         "figures": {k: v.as_dict() for k, v in sorted(stats.items()) if v.values},
         "api": {f"c{c}": {k: v.as_dict() for k, v in figures.items()} for c, figures in sorted(api.items())},
         "memory": memory,
@@ -173,23 +184,39 @@ def _table(report: dict[str, Any]) -> str:
     def line(name: str, figure: dict[str, Any], unit: str = "/s") -> str:
         return f"  {name:<42} {figure['median']:>10.1f}{unit:<4} ({figure['min']:.1f}–{figure['max']:.1f})"
 
-    rows = [f"Courier benchmark — {report['date']}, {report['machine']['cores']} cores, "
-            f"{', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
-            f"sizes: {report['sizes']}", "", "throughput (messages per second, median of reps, min–max):"]
-    rows += [line(name, figure) for name, figure in report["figures"].items()
-             if "latency" not in name and not name.endswith(("_s", "_ms"))]
+    rows = [
+        f"Courier benchmark — {report['date']}, {report['machine']['cores']} cores, "
+        f"{', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
+        f"sizes: {report['sizes']}",
+        "",
+        "throughput (messages per second, median of reps, min–max):",
+    ]
+    rows += [
+        line(name, figure)
+        for name, figure in report["figures"].items()
+        if "latency" not in name and not name.endswith(("_s", "_ms"))
+    ]
     rows += [line(name, figure, " s") for name, figure in report["figures"].items() if name.endswith("_s")]
     rows += _cpu_table(report["figures"])
     rows += ["", "API dispatch (authenticated, confirmed):"]
     for level, figures in report["api"].items():
-        rows.append(f"  {level:<4} {figures['rps']['median']:>8.1f} req/s   p50 {figures['p50_ms']['median']:.1f} ms"
-                    f"   p95 {figures['p95_ms']['median']:.1f} ms   p99 {figures['p99_ms']['median']:.1f} ms"
-                    f"   errors {figures['errors']['median']:.0f}")
-    rows += ["", f"end-to-end latency at 100 req/s: p50 {report['goals']['latency_100rps_p50_ms']} ms, "
-                 f"p99 {report['goals']['latency_100rps_p99_ms']} ms",
-             f"memory after the run (KiB): {report['memory']}", "", "goals (ratios from this run):"]
-    rows += [f"  {name:<40} {value!s:>8}   {'met' if report['figures_within_goal'][name] else 'NOT met'}"
-             for name, value in report["goals"].items()]
+        rows.append(
+            f"  {level:<4} {figures['rps']['median']:>8.1f} req/s   p50 {figures['p50_ms']['median']:.1f} ms"
+            f"   p95 {figures['p95_ms']['median']:.1f} ms   p99 {figures['p99_ms']['median']:.1f} ms"
+            f"   errors {figures['errors']['median']:.0f}"
+        )
+    rows += [
+        "",
+        f"end-to-end latency at 100 req/s: p50 {report['goals']['latency_100rps_p50_ms']} ms, "
+        f"p99 {report['goals']['latency_100rps_p99_ms']} ms",
+        f"memory after the run (KiB): {report['memory']}",
+        "",
+        "goals (ratios from this run):",
+    ]
+    rows += [
+        f"  {name:<40} {value!s:>8}   {'met' if report['figures_within_goal'][name] else 'NOT met'}"
+        for name, value in report["goals"].items()
+    ]
     return "\n".join(rows)
 
 
@@ -208,10 +235,13 @@ def _cpu_table(figures: dict[str, Any]) -> list[str]:
     def row(label: str, spent: dict[str, float]) -> str:
         return f"  {label:<20}" + "".join(f" {spent[p]:>13.3f}" if p in spent else f" {'-':>13}" for p in columns)
 
-    return ["", "CPU per task end to end (ms, all processes; where the 2 cores go):",
-            f"  {'part':<20} {'courier':>13} {'stock celery':>13}",
-            *(row(part, spent) for part, spent in by_part.items()),
-            row("total", {peer: total for peer, total in totals.items() if total})]
+    return [
+        "",
+        "CPU per task end to end (ms, all processes; where the 2 cores go):",
+        f"  {'part':<20} {'courier':>13} {'stock celery':>13}",
+        *(row(part, spent) for part, spent in by_part.items()),
+        row("total", {peer: total for peer, total in totals.items() if total}),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,8 +35,12 @@ class Stat:
         return statistics.median(self.values) if self.values else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"median": round(self.median, 3), "min": round(min(self.values), 3),
-                "max": round(max(self.values), 3), "values": [round(v, 3) for v in self.values]}
+        return {
+            "median": round(self.median, 3),
+            "min": round(min(self.values), 3),
+            "max": round(max(self.values), 3),
+            "values": [round(v, 3) for v in self.values],
+        }
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -54,8 +58,12 @@ def vhost(prefix: str) -> Iterator[str]:
     """A fresh RabbitMQ vhost, deleted afterwards."""
     name = f"bench_{prefix}_{uuid.uuid4().hex[:6]}"
     httpx.put(f"{MGMT_URL}/api/vhosts/{name}", auth=MGMT_AUTH, timeout=10).raise_for_status()
-    httpx.put(f"{MGMT_URL}/api/permissions/{name}/{MGMT_AUTH[0]}", auth=MGMT_AUTH, timeout=10,
-              json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    httpx.put(
+        f"{MGMT_URL}/api/permissions/{name}/{MGMT_AUTH[0]}",
+        auth=MGMT_AUTH,
+        timeout=10,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+    ).raise_for_status()
     try:
         yield name
     finally:
@@ -95,8 +103,11 @@ def wait_drained(vhost_name: str, queue: str, timeout: float) -> float:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
     try:
         channel = connection.channel()
-        return wait_until(lambda: channel.queue_declare(queue, passive=True).method.message_count == 0,
-                          timeout, what=f"{queue} to drain")
+        return wait_until(
+            lambda: channel.queue_declare(queue, passive=True).method.message_count == 0,
+            timeout,
+            what=f"{queue} to drain",
+        )
     finally:
         connection.close()
 
@@ -112,8 +123,9 @@ class Process:
             # A restarted process appends to its predecessor's log: only what it writes itself is its own (a
             # stale "ready." once let a worker's boot count as part of an end-to-end run).
             self._log_start = log.tell()
-            self.popen = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def log(self) -> str:
         """What this process has written to its log."""

@@ -60,9 +60,27 @@ class CourierStack:
         return process
 
     def start_worker(self, tier: str, extra_env: dict[str, str] | None = None) -> Process:
-        return self.start(f"worker-{tier}", [python(), "-m", "celery", "-A", "app.tasks", "worker", "-Q", tier, "-n",
-                                             f"{tier}@bench", "--loglevel", "INFO", "--without-mingle",
-                                             "--without-gossip"], "ready.", extra_env)
+        return self.start(
+            f"worker-{tier}",
+            [
+                python(),
+                "-m",
+                "celery",
+                "-A",
+                "app.tasks",
+                "worker",
+                "-Q",
+                tier,
+                "-n",
+                f"{tier}@bench",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            "ready.",
+            extra_env,
+        )
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)
@@ -101,11 +119,14 @@ def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
         stack = CourierStack(env=env, vhost=name, redis_db=redis_db, log_dir=log_dir)
         try:
             for step in (["-m", "alembic", "upgrade", "head"], ["-m", "app.cli", "topology", "declare"]):
-                subprocess.run([python(), *step], cwd=ROOT, env={**os.environ, **env}, check=True,
-                               capture_output=True)
+                subprocess.run([python(), *step], cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True)
             stack.admin_key = subprocess.run(
                 [python(), "-m", "app.cli", "create-api-key", "--name", "bench", "--role", "admin"],
-                cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, text=True,
+                cwd=ROOT,
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout.strip()
             yield stack
         finally:
@@ -123,7 +144,9 @@ def outside_courier(stack: CourierStack) -> Iterator[None]:
     Celery reads from the environment ahead of any configuration, do not steer it (nor reach its processes)."""
     for name in [n for n in stack.processes if n.startswith("worker-")]:
         stack.stop(name)
-    saved = {name: os.environ.pop(name) for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if name in os.environ}
+    saved = {
+        name: os.environ.pop(name) for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if name in os.environ
+    }
     try:
         yield
     finally:
@@ -133,8 +156,8 @@ def outside_courier(stack: CourierStack) -> Iterator[None]:
 def freeze_harness() -> None:
     """Import the publish path now and freeze what this process holds, as the API does at start-up
     (app/memory.py): this process publishes in the API's place, and for stock Celery, from the same heap."""
+    from app.engine import publish  # noqa: F401
     from app.memory import freeze_start_up_objects
-    from app.tasks import publish  # noqa: F401
 
     freeze_start_up_objects()
 
@@ -144,7 +167,7 @@ def publish_many(messages: int, tier: str) -> float:
     import asyncio
 
     from app.constants import Tier
-    from app.tasks import publish
+    from app.engine import publish
 
     async def run() -> None:
         limit = asyncio.Semaphore(IN_FLIGHT)
@@ -162,7 +185,7 @@ def publish_many(messages: int, tier: str) -> float:
 
 
 def _consumers(stack: CourierStack, tier: str, on: bool) -> None:
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
 
     control = celery_app.control.add_consumer if on else celery_app.control.cancel_consumer
     # A worker that has just logged "ready." may not be listening to broadcasts yet: ask until it answers.
@@ -225,6 +248,7 @@ def history_catch_up(stack: CourierStack, expected: int, since: float) -> float:
     """
     journal = redis.Redis(host=REDIS_HOST, db=stack.redis_db)
     try:
+
         def caught_up() -> bool:
             return journal.xlen("courier:history") == 0 and recorded_runs() >= expected
 
@@ -257,8 +281,23 @@ def start_api(stack: CourierStack, port: int) -> Process:
     from app.config import get_settings
 
     workers = str(get_settings().api_workers)
-    return stack.start("api", [python(), "-m", "uvicorn", "app.main:app", "--port", str(port), "--workers", workers,
-                               "--log-level", "warning", "--no-access-log"], None)
+    return stack.start(
+        "api",
+        [
+            python(),
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        None,
+    )
 
 
 def wait_api(port: int) -> None:
@@ -275,9 +314,23 @@ def wait_api(port: int) -> None:
 
 def loadgen(stack: CourierStack, port: int, *args: str) -> dict[str, Any]:
     """Run the load generator as a separate process and return its JSON."""
-    done = subprocess.run([python(), "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/api/v1/tasks/ping",
-                           "--key", stack.admin_key, *args], cwd=ROOT, capture_output=True, text=True, check=True,
-                          timeout=900)
+    done = subprocess.run(
+        [
+            python(),
+            "-m",
+            "bench.loadgen",
+            "--url",
+            f"http://127.0.0.1:{port}/api/v1/tasks/ping",
+            "--key",
+            stack.admin_key,
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
     return dict(json.loads(done.stdout))
 
 
@@ -307,18 +360,43 @@ def api_dispatch(stack: CourierStack, port: int, concurrency: int, requests: int
         script = stack.log_dir / "post.lua"
         script.write_text(WRK_SCRIPT % stack.admin_key)
         seconds = max(2, requests // 500)
-        done = subprocess.run(["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{seconds}s",
-                               "-s", str(script), f"http://127.0.0.1:{port}/api/v1/tasks/ping"],
-                              capture_output=True, text=True, check=True, timeout=seconds + 60)
+        done = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(min(2, concurrency)),
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{seconds}s",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}/api/v1/tasks/ping",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        )
         line = next(x for x in done.stdout.splitlines() if x.startswith("WRK "))
         count, duration_us, p50, p95, p99, errors = (int(v) for v in line.split()[1:])
-        return {"rps": count / (duration_us / 1e6), "p50_ms": p50 / 1000, "p95_ms": p95 / 1000, "p99_ms": p99 / 1000,
-                "errors": errors}
+        return {
+            "rps": count / (duration_us / 1e6),
+            "p50_ms": p50 / 1000,
+            "p95_ms": p95 / 1000,
+            "p99_ms": p99 / 1000,
+            "errors": errors,
+        }
     run = loadgen(stack, port, "--concurrency", str(concurrency), "--requests", str(requests))
     latencies = [r["latency_s"] * 1000 for r in run["results"]]
     errors = sum(1 for r in run["results"] if r["status"] != 202)
-    return {"rps": len(latencies) / run["elapsed_s"], "p50_ms": percentile(latencies, 50),
-            "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99), "errors": errors}
+    return {
+        "rps": len(latencies) / run["elapsed_s"],
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "errors": errors,
+    }
 
 
 def e2e_latency(stack: CourierStack, port: int, rate: float, duration: float) -> dict[str, float]:
@@ -340,8 +418,11 @@ def e2e_latency(stack: CourierStack, port: int, rate: float, duration: float) ->
         meta = json.loads(client.get(f"celery-task-meta-{result['task_id']}") or b"{}")
         done = datetime.fromisoformat(meta["date_done"]).timestamp()
         latencies.append((done - result["sent_at"]) * 1000)
-    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "errors": float(len(run["results"]) - len(task_ids))}
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "errors": float(len(run["results"]) - len(task_ids)),
+    }
 
 
 def purge(stack: CourierStack, queue: str) -> None:

@@ -23,8 +23,7 @@ async def _post(client: httpx.AsyncClient, url: str, out: list[dict[str, object]
         status, task_id = response.status_code, response.json().get("task_id")
     except httpx.HTTPError as exc:
         status, task_id = 0, repr(exc)
-    out.append({"latency_s": time.perf_counter() - started, "status": status, "task_id": task_id,
-                "sent_at": sent_wall})
+    out.append({"latency_s": time.perf_counter() - started, "status": status, "task_id": task_id, "sent_at": sent_wall})
 
 
 async def closed_loop(url: str, key: str, concurrency: int, requests: int) -> tuple[list[dict[str, object]], float]:
@@ -32,6 +31,7 @@ async def closed_loop(url: str, key: str, concurrency: int, requests: int) -> tu
     remaining = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=30) as client:
+
         async def worker() -> None:
             for _ in remaining:
                 await _post(client, url, out)

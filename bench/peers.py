@@ -36,8 +36,9 @@ def pika_publish(messages: int, publishers: int) -> float:
     with vhost("pika") as name:
         _declare(name)
         share = messages // publishers
-        threads = [threading.Thread(target=_publish, args=(name, share), kwargs={"confirm": True})
-                   for _ in range(publishers)]
+        threads = [
+            threading.Thread(target=_publish, args=(name, share), kwargs={"confirm": True}) for _ in range(publishers)
+        ]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -91,13 +92,21 @@ def stock_celery(messages: int, log_dir: Path) -> tuple[float, float, dict[str, 
             noop.delay()
         enqueue = messages / (time.monotonic() - started)
         app.connection_for_write().default_channel.queue_purge("celery")
-        worker = Process("worker-stock-celery", [python(), "-m", "celery", "-A", "bench.stock_celery_app", "worker",
-                                                 "--loglevel", "INFO"], {"BENCH_BROKER_URL": amqp_url(name)}, log_dir)
+        worker = Process(
+            "worker-stock-celery",
+            [python(), "-m", "celery", "-A", "bench.stock_celery_app", "worker", "--loglevel", "INFO"],
+            {"BENCH_BROKER_URL": amqp_url(name)},
+            log_dir,
+        )
         try:
             worker.wait_for_log("ready.")
             main = worker.popen.pid
-            parts = {"worker_main": [main], "worker_children": pgrep("-P", str(main)),
-                     "rabbitmq": pgrep("-f", "beam.smp"), "publisher": [os.getpid()]}
+            parts = {
+                "worker_main": [main],
+                "worker_children": pgrep("-P", str(main)),
+                "rabbitmq": pgrep("-f", "beam.smp"),
+                "publisher": [os.getpid()],
+            }
             before = {part: cpu_of(pids) for part, pids in parts.items()}
             started = time.monotonic()
             for _ in range(messages):
@@ -114,8 +123,12 @@ def dramatiq_e2e(messages: int, confirm: bool, log_dir: Path) -> float:
     """End-to-end no-op messages per second through Dramatiq on RabbitMQ, confirms on or off."""
     with vhost("dramatiq") as name:
         env = {"BENCH_BROKER_URL": amqp_url(name), "BENCH_CONFIRM": "1" if confirm else "0"}
-        worker = Process("worker-dramatiq", [python(), "-m", "dramatiq", "bench.dramatiq_app", "--processes", "2",
-                                             "--threads", "8"], env, log_dir)
+        worker = Process(
+            "worker-dramatiq",
+            [python(), "-m", "dramatiq", "bench.dramatiq_app", "--processes", "2", "--threads", "8"],
+            env,
+            log_dir,
+        )
         try:
             worker.wait_for_log("is ready for action")
             from bench import dramatiq_app

@@ -139,7 +139,7 @@ def isolated_services() -> Iterator[None]:
         conn.execute(f'CREATE DATABASE "{DATABASE}"')
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True)
     from app.config import get_settings
-    from app.tasks import topology
+    from app.engine import topology
 
     topology.declare(get_settings())
     try:

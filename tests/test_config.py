@@ -71,7 +71,9 @@ def test_production_refuses_development_shortcuts(overrides, message):
 
 def test_a_celery_backend_class_prefix_in_the_result_url_is_normalised_away():
     # (the Celery app writes "module:Class+redis://..." back into the environment for Celery itself)
-    settings = Settings(_env_file=None, celery_result_backend="app.tasks.results:CourierRedisBackend+redis://h:6379/3")
+    settings = Settings(
+        _env_file=None, celery_result_backend="app.engine.speed.results:CourierRedisBackend+redis://h:6379/3"
+    )
     assert settings.celery_result_backend == "redis://h:6379/3"
     assert settings.redis_dsn == "redis://h:6379/3"
 

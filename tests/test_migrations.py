@@ -29,8 +29,9 @@ def test_upgrading_encrypts_stored_webhook_secrets_and_downgrading_restores_them
     env = {**os.environ, "DATABASE_URL": url}
 
     def alembic(*args: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
     def stored(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:

@@ -159,9 +159,9 @@ def _store(session: Session, hit: Hit, settings: Settings, now: datetime) -> Aud
 
 def alert(finding_id: int) -> str | None:
     """Publish the alert of one finding (after its commit) and note the task; None when it could not be sent."""
+    from app.engine import publish
+    from app.engine.policy import POLICIES
     from app.errors import ServiceUnavailable
-    from app.tasks import publish
-    from app.tasks.policy import POLICIES
 
     if ALERT_TASK not in POLICIES:
         logger.warning("Finding %s is not alerted: the task %s does not exist here.", finding_id, ALERT_TASK)

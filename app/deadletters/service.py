@@ -54,7 +54,8 @@ DEATH_HEADERS = (
     DEAD_EXCHANGE_HEADER,
     OUTAGE_RETRIES_HEADER,
 )
-#: Redis errors that mean an outage (BusyLoadingError is a ConnectionError), as app/tasks/outages.py counts them.
+#: Redis errors that mean an outage (BusyLoadingError is a ConnectionError), as app/engine/guarantees/outages.py
+# counts them.
 REDIS_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 TRACEBACK_MAX_CHARS = 8000
 
@@ -464,9 +465,9 @@ def _publish(letter: DeadLetter, headers: dict[str, Any], body: bytes) -> None:
     from amqp.exceptions import AMQPError
     from kombu.exceptions import KombuError
 
-    from app.tasks.amqp_transport import Unroutable
-    from app.tasks.celery_app import celery_app
-    from app.tasks.sending import republish
+    from app.engine.celery_app import celery_app
+    from app.engine.guarantees.sending import republish
+    from app.engine.speed.amqp_transport import Unroutable
 
     properties = letter.properties or {}
     queue = letter.queue if letter.queue in Tier.__members__ else None

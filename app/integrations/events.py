@@ -85,8 +85,8 @@ def publish_deliveries(delivery_ids: list[int]) -> int:
     A failed publish leaves the delivery without a task id; the sweeper publishes it later.
     """
     from app.db import session_scope
+    from app.engine import publish
     from app.errors import ServiceUnavailable
-    from app.tasks import publish
 
     published: dict[int, str] = {}
     for delivery_id in delivery_ids:

@@ -131,7 +131,7 @@ def _after_commit(session: Session, action: Callable[[], None]) -> None:
 
 
 def _publish_send(notification_id: int, channel: Channel, triggered_by: str) -> None:
-    from app.tasks import publish
+    from app.engine import publish
 
     publish.dispatch(SEND_TASKS[channel], kwargs={"notification_id": notification_id}, triggered_by=triggered_by)
 

@@ -38,7 +38,7 @@ PURGE_TOKEN_KEY = REDIS_PREFIX + "purge:{token}"
 PURGE_TOKEN_TTL_S = 120
 #: Seconds a pause or resume broadcast waits for workers to acknowledge.
 BROADCAST_TIMEOUT_S = 1.0
-#: Remote-control commands the workers register (app/tasks/pauses.py).
+#: Remote-control commands the workers register (app/engine/pauses.py).
 PAUSE_COMMAND = "courier_pause"
 RESUME_COMMAND = "courier_resume"
 
@@ -85,7 +85,7 @@ def resume(*, session: Session, queue: str, actor: Principal | str, reason: str 
 
 def _broadcast(command: str, queue: str) -> list[str]:
     """Send a remote-control command to every worker; the ones that consume the tier act on it."""
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
 
     try:
         replies = celery_app.control.broadcast(

@@ -28,10 +28,10 @@ from app.config import Settings, get_settings
 from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
 from app.db import session_scope
 from app.deadletters import service as deadletters
+from app.engine.celery_app import celery_app
+from app.engine.topology import dead_letter_archive_queue
 from app.redis_store import get_redis
 from app.runs import journal, service
-from app.tasks.celery_app import celery_app
-from app.tasks.topology import dead_letter_archive_queue
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Courier's Celery side. `celery -A app.tasks ...` resolves `app` below (Celery's find_app looks for it)."""
 
-from app.tasks.celery_app import celery_app
+from app.engine.celery_app import celery_app
 
 app = celery_app
 

@@ -9,7 +9,7 @@ from typing import Any
 from app.audit import anomalies, archive, reports
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.tasks.base import CourierTask, courier_task
+from app.engine.task import CourierTask, courier_task
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ from app.config import Settings, get_settings
 from app.constants import DELAY_BUCKETS_S, TASK_META_KEY, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import get_engine
 from app.deadletters import service as deadletters_service
+from app.engine import topology
+from app.engine.celery_app import celery_app
 from app.errors import BROKER, DATABASE, REDIS, ServiceUnavailable
 from app.rabbitmq import ManagementClient, ManagementError
 from app.redis_store import get_redis
@@ -37,8 +39,6 @@ from app.runs.schemas import (
     TaskRead,
     WorkerRead,
 )
-from app.tasks import topology
-from app.tasks.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.deadletters.exceptions import NotReplayable, ReplayNotPublished
 from app.deadletters.models import Status
-from app.tasks.base import CourierTask, courier_task
+from app.engine.task import CourierTask, courier_task
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.config import get_settings
 from app.db import session_scope
+from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
 from app.identity import service as identity_service
 from app.identity.models import TokenPurpose, User
 from app.notifications import delivery
 from app.notifications import service as notification_service
 from app.notifications.delivery import DeliveryFailed
 from app.notifications.models import Channel, Notification, Status
-from app.tasks.base import CourierTask, PermanentError, TransientError, courier_task
 from app.tasks.notifications import deliver_or_raise, final_attempt
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
+from app.engine import publish
+from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
 from app.integrations import events, sync, webhooks
 from app.integrations.models import DeliveryStatus, WebhookDelivery
-from app.tasks import publish
-from app.tasks.base import CourierTask, PermanentError, TransientError, courier_task
 
 logger = logging.getLogger(__name__)
 

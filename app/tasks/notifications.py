@@ -8,14 +8,14 @@ from typing import Any
 from app.config import get_settings
 from app.constants import DELAY_BUCKETS_S
 from app.db import session_scope, utcnow
+from app.engine import publish
+from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
 from app.errors import ServiceUnavailable
 from app.notifications import delivery
 from app.notifications import service as notification_service
 from app.notifications.channels import sender_for
 from app.notifications.delivery import DeliveryFailed, Outcome
 from app.notifications.models import Channel, Notification
-from app.tasks import publish
-from app.tasks.base import CourierTask, PermanentError, TransientError, courier_task
 
 logger = logging.getLogger(__name__)
 

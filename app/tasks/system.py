@@ -12,8 +12,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app.config import get_settings
 from app.db import session_scope
+from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
 from app.runs import service as runs_service
-from app.tasks.base import CourierTask, PermanentError, TransientError, courier_task
 
 logger = logging.getLogger(__name__)
 

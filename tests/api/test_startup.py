@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 def test_the_api_is_connected_before_its_first_request():
     from app.db import get_engine, reset_engine
+    from app.engine import publish
     from app.main import app
-    from app.tasks import publish
 
     # Given a process with no connection open yet
     reset_engine()

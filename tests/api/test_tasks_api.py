@@ -80,7 +80,7 @@ def test_a_client_reads_its_own_task_but_not_another_callers(api, admin_key, cli
 
 def test_a_client_reads_a_task_it_started(api, client_key):
     # Given a task whose meta names the client as its trigger (client-role dispatch arrives with the workflows)
-    from app.tasks import publish
+    from app.engine import publish
 
     dispatched = publish.dispatch("system.ping", kwargs={}, triggered_by=client_key[0])
     # Then the client reads it

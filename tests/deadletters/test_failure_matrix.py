@@ -10,7 +10,7 @@ import pika
 import pytest
 
 from app.config import get_settings
-from app.tasks import topology
+from app.engine import topology
 from tests.conftest import AMQP_HOST, MGMT_AUTH, VHOST, auth, dispatch, heartbeat, join, queue_depth, redis_client
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
@@ -103,7 +103,7 @@ def test_a_time_limit_dead_letters_with_reason_timeout_and_never_acks_silently(
 
 def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, start_worker, recorder):
     worker = start_worker("high", concurrency=1)
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
 
     task_id = str(uuid.uuid4())
     celery_app.send_task(

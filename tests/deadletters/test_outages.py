@@ -118,7 +118,7 @@ def test_a_redis_outage_past_the_budget_is_dead_lettered_naming_the_redis_error_
 
 
 def test_every_redis_outage_error_counts_as_an_outage_with_its_own_class():
-    from app.tasks import outages
+    from app.engine.guarantees import outages
 
     # BusyLoadingError (a Redis loading its data set) is a ConnectionError; a timeout and a read-only replica too
     for error in (redis.exceptions.BusyLoadingError("loading"), redis.exceptions.TimeoutError("slow")):

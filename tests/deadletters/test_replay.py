@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from app.config import get_settings
+from app.engine import topology
 from app.rabbitmq import ManagementClient
-from app.tasks import topology
 from tests.conftest import ROOT, auth, dispatch, join, queue_depth
 
 pytestmark = pytest.mark.usefixtures("empty_queues")

@@ -20,11 +20,11 @@ from standardwebhooks.webhooks import Webhook
 from app import crypto
 from app.config import get_settings
 from app.db import session_scope, utcnow
+from app.engine import publish
 from app.identity.models import User
 from app.integrations import events, webhooks
 from app.integrations.models import WebhookDelivery, WebhookEndpoint
 from app.notifications.models import Notification
-from app.tasks import publish
 from tests.conftest import ROOT, auth, join
 from tests.integrations.receiver import Receiver
 

@@ -6,9 +6,9 @@ import uuid
 from datetime import timedelta
 
 from app.db import session_scope, utcnow
+from app.engine import publish
 from app.notifications import service as notification_service
 from app.notifications.models import Notification
-from app.tasks import publish
 from tests.conftest import auth, join
 
 
@@ -254,7 +254,7 @@ def test_retry_failed_notifications_sends_again_only_transient_failures_with_att
 
 
 def test_the_scheduler_runs_at_least_once_a_minute():
-    from app.tasks.celery_app import schedule
+    from app.engine.celery_app import schedule
 
     entries = {entry["task"]: entry["schedule"] for entry in schedule().values()}
     assert entries["notifications.process_scheduled_notifications"] <= 60

@@ -16,7 +16,11 @@ TYPES = ["user.created", "password.reset_requested", "notification.failed"]
 
 
 def test_identity_and_notification_events_are_announced_to_subscribers(
-    api, admin_key, client_key, delivered, receiver  # noqa: F811
+    api,
+    admin_key,
+    client_key,
+    delivered,
+    receiver,  # noqa: F811
 ):
     # Given an endpoint subscribed to the three events
     server = receiver()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.tasks import publish
+from app.engine import publish
 from tests.conftest import auth
 
 

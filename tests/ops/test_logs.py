@@ -9,8 +9,8 @@ from typing import Any
 
 from app.constants import Tier
 from app.context import request_id
+from app.engine import publish
 from app.logging import JsonFormatter
-from app.tasks import publish
 from tests.conftest import auth, join
 
 
@@ -102,7 +102,7 @@ def test_the_request_id_travels_in_the_message_itself(api, start_worker, admin_k
 
 
 def test_messages_carry_the_request_id_header_and_a_timestamp():
-    from app.tasks.amqp_async import build_message
+    from app.engine.speed.amqp_async import build_message
 
     message = build_message(
         name="system.ping", task_id="t-1", kwargs={}, priority=3, options={}, headers={"courier_request_id": "r-1"}
@@ -120,7 +120,7 @@ def test_per_task_info_lines_are_off_by_default_and_retries_still_show(api, star
     ok_high = publish.dispatch("system.ping", kwargs={}, triggered_by=admin_key[0], tier=Tier.high).task_id
     join(lambda: f"{ok_high}] succeeded in" in chatty.log(), what="the chatty worker's success line")
     join(lambda: f"{retried.task_id}] retry:" in quiet.log(), what="the quiet worker's retry line")
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
 
     join(lambda: celery_app.AsyncResult(ok_low).state == "SUCCESS", what="the quiet worker's task to succeed")
     assert f"{ok_high}] received" in chatty.log()

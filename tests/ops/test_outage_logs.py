@@ -68,7 +68,7 @@ def test_publishes_in_flight_when_the_broker_connection_drops_leave_no_future_un
     import gc
 
     from app.config import Settings
-    from app.tasks.amqp_async import AsyncPublisher, PublishFailed
+    from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
 
     reported: list[str] = []
 

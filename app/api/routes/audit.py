@@ -22,9 +22,9 @@ from app.audit.schemas import (
     VerificationRead,
 )
 from app.db import utcnow
+from app.engine import publish
 from app.errors import ServiceUnavailable, error_responses
 from app.schema_types import Id, Limit, Offset
-from app.tasks import publish
 
 router = APIRouter()
 

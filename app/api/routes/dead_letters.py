@@ -23,10 +23,10 @@ from app.deadletters.schemas import (
     PurgeRead,
     ReplayCreate,
 )
+from app.engine import publish
 from app.errors import error_responses
 from app.runs import service as runs_service
 from app.schema_types import Id, Limit, Offset
-from app.tasks import publish
 
 router = APIRouter()
 

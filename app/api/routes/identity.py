@@ -12,6 +12,7 @@ from app.api import once
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope
+from app.engine import publish
 from app.errors import ServiceUnavailable, error_responses
 from app.identity import ratelimit, secrets
 from app.identity import service as identity_service
@@ -33,7 +34,6 @@ from app.identity.schemas import (
 )
 from app.runs.schemas import DispatchedRead
 from app.schema_types import Id
-from app.tasks import publish
 
 logger = logging.getLogger(__name__)
 

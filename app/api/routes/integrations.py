@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.access.service import Principal
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
+from app.engine import publish
 from app.errors import Unprocessable, error_responses
 from app.integrations import events, sync, webhooks
 from app.integrations.exceptions import EndpointNotFound
@@ -31,7 +32,6 @@ from app.integrations.schemas import (
     WebhookEndpointUpdate,
 )
 from app.schema_types import Id, Offset
-from app.tasks import publish
 
 router = APIRouter()
 

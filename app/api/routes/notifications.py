@@ -12,6 +12,7 @@ from app.api import once
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope, utcnow
+from app.engine import publish
 from app.errors import ServiceUnavailable, Unprocessable, error_responses
 from app.notifications import service as notification_service
 from app.notifications.models import Notification, Status
@@ -23,7 +24,6 @@ from app.notifications.schemas import (
     NotificationRead,
 )
 from app.schema_types import Id
-from app.tasks import publish
 
 router = APIRouter()
 

@@ -18,6 +18,7 @@ from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, 
 from app.config import Settings
 from app.constants import TERMINAL_STATES, TaskState
 from app.db import session_scope, utcnow
+from app.engine import publish
 from app.errors import NotFound, error_responses
 from app.runs import service as runs_service
 from app.runs.schemas import (
@@ -36,7 +37,7 @@ from app.runs.schemas import (
     WorkerRead,
 )
 from app.schema_types import Limit, Offset
-from app.tasks import control, publish
+from app.tasks import control
 
 router = APIRouter()
 

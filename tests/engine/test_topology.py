@@ -8,8 +8,8 @@ import pytest
 
 from app.config import QueueType, Settings, get_settings
 from app.constants import DEAD_LETTER_EXCHANGE
+from app.engine import topology
 from app.rabbitmq import ManagementClient
-from app.tasks import topology
 from tests.conftest import join
 
 
@@ -149,7 +149,7 @@ def test_a_delayed_retry_waits_in_a_delay_queue_on_the_broker_then_returns_to_it
     # Given a retry of a medium-tier task due in 1.5 s (no worker consumes medium in this module)
     from celery.app.task import Context
 
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
     from tests.conftest import queue_depth
 
     celery_app.loader.import_default_modules()

@@ -13,12 +13,14 @@ from celery.exceptions import Ignore, Reject
 
 from app.config import get_settings
 from app.constants import Tier
+from app.engine import topology
+from app.engine.celery_app import TRACE_LOGGER, celery_app
+from app.engine.guarantees import outages
+from app.engine.guarantees import starts as starts_check
+from app.engine.policy import POLICIES
+from app.engine.speed import pool
+from app.engine.speed.amqp_transport import Unroutable
 from app.runs import journal
-from app.tasks import outages, pool, topology
-from app.tasks import starts as starts_check
-from app.tasks.amqp_transport import Unroutable
-from app.tasks.celery_app import TRACE_LOGGER, celery_app
-from app.tasks.policy import POLICIES
 
 logger = logging.getLogger(__name__)
 _trace_logger = logging.getLogger(TRACE_LOGGER)
@@ -49,19 +51,20 @@ class CourierTask(Task):  # type: ignore[misc]
     """
 
     abstract = True
-    Request = "app.tasks.request:CourierRequest"
+    Request = "app.engine.guarantees.request:CourierRequest"
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
 
-        The answer comes from app/tasks/starts.py: EXISTS on the revocation key and INCR of this attempt's start
+        The answer comes from app/engine/guarantees/starts.py: EXISTS on the revocation key and INCR of this attempt's
+        start
         count, asked by the worker's main process for every job it hands to its pool children in one round trip,
         or here when the task runs any other way. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times
         never finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected
         to the dead-letter queue as `worker_lost`. The run's start is journaled with its outcome (app/runs/journal.py).
 
         Redis unreachable here is an outage, not this task's failure: it is reported as Reject(InfraUnavailable),
-        which stores nothing, and the worker's main process puts the attempt back (app/tasks/request.py).
+        which stores nothing, and the worker's main process puts the attempt back (app/engine/guarantees/request.py).
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
@@ -86,7 +89,7 @@ class CourierTask(Task):  # type: ignore[misc]
             raise lost
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Log the retry (Celery's own line is off with the success lines: app/tasks/celery_app.py)."""
+        """Log the retry (Celery's own line is off with the success lines: app/engine/celery_app.py)."""
         if not _trace_logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] retry: %r", self.name, task_id, exc)
 

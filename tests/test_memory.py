@@ -19,7 +19,7 @@ def unfrozen() -> Iterator[None]:
 
 @pytest.mark.parametrize("signal", ["worker_init", "worker_ready"])
 def test_a_worker_freezes_what_it_built_before_its_pool_forks_and_once_ready(signal, unfrozen):
-    from app.tasks.celery_app import celery_app  # noqa: F401 (its module connects the receivers)
+    from app.engine.celery_app import celery_app  # noqa: F401 (its module connects the receivers)
 
     # Given a process whose objects are all tracked by the garbage collector
     assert gc.get_freeze_count() == 0

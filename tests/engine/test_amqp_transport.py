@@ -15,9 +15,9 @@ from kombu import Connection, Consumer, Producer, Queue
 from kombu.asynchronous import Hub
 
 from app.config import get_settings
-from app.tasks import amqp_transport, pool
-from app.tasks.celery_app import celery_app
-from app.tasks.consumer import CourierConsumer
+from app.engine.celery_app import celery_app
+from app.engine.guarantees.consumer import CourierConsumer
+from app.engine.speed import amqp_transport, pool
 
 
 @pytest.fixture
@@ -62,8 +62,12 @@ def test_messages_cut_from_large_reads_arrive_whole_and_in_order(conn, queue):
     bodies = [os.urandom(size) for size in sizes]
     _publish(bodies, queue)
     received: list[bytes] = []
-    with Consumer(conn, [queue], callbacks=[lambda body, message: (received.append(body), message.ack())],
-                  accept=["application/octet-stream"]):
+    with Consumer(
+        conn,
+        [queue],
+        callbacks=[lambda body, message: (received.append(body), message.ack())],
+        accept=["application/octet-stream"],
+    ):
         # When they are read the way the event loop reads (non-blocking drains) until every one has come
         transport = conn.connection.transport
         receives = _count_calls(transport, "_receive")
@@ -82,8 +86,13 @@ def test_the_loop_takes_every_message_the_socket_holds_in_one_turn_and_leaves_no
     received: list[bytes] = []
     channel = conn.default_channel
     channel.basic_qos(0, 100, False)
-    consumer = Consumer(channel, [queue], callbacks=[lambda body, message: received.append(body)],
-                        accept=["application/octet-stream"], no_ack=True)
+    consumer = Consumer(
+        channel,
+        [queue],
+        callbacks=[lambda body, message: received.append(body)],
+        accept=["application/octet-stream"],
+        no_ack=True,
+    )
     # When the consumer starts (a synchronous call: its answer comes with deliveries right behind it)
     consumer.consume()
     transport = conn.connection.transport
@@ -106,8 +115,9 @@ def test_the_loop_takes_every_message_the_socket_holds_in_one_turn_and_leaves_no
 def test_acks_written_in_a_batch_go_out_in_one_send_and_reach_the_broker(conn, queue):
     _publish([b"x"] * 10, queue)
     messages: list[Any] = []
-    with Consumer(conn, [queue], callbacks=[lambda body, message: messages.append(message)],
-                  accept=["application/octet-stream"]):
+    with Consumer(
+        conn, [queue], callbacks=[lambda body, message: messages.append(message)], accept=["application/octet-stream"]
+    ):
         while len(messages) < 10:
             conn.drain_events(timeout=5)
         sends = _count_calls(conn.connection.transport, "_write")
@@ -206,7 +216,7 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
     from urllib.parse import quote
 
     from app.constants import Tier
-    from app.tasks import publish
+    from app.engine import publish
     from tests.conftest import VHOST, _mgmt, join
 
     def consuming_connections() -> set[str]:

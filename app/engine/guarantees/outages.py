@@ -1,9 +1,12 @@
 """Redis outages the worker meets on its own path: retried after a backoff, then dead-lettered naming the error.
 
-The worker needs Redis before a task runs (the start check: revoked? how many starts? app/tasks/starts.py) and
-after (the result store: app/tasks/pool.py, app/tasks/results.py). An outage there says nothing about the task,
+The worker needs Redis before a task runs (the start check: revoked? how many starts? app/engine/guarantees/starts.py)
+and
+after (the result store: app/engine/speed/pool.py, app/engine/speed/results.py). An outage there says nothing about
+the task,
 so it is not the task's failure: the attempt is put back on the broker, in a delay queue, and tried again
-(`CourierRequest`, app/tasks/request.py), up to OUTAGE_RETRY_MAX times with exponential backoff (equal jitter,
+(`CourierRequest`, app/engine/guarantees/request.py), up to OUTAGE_RETRY_MAX times with exponential backoff (equal
+jitter,
 never under a second: no hot loop). The task's own retry budget (`retries`) is untouched; the count rides the
 message (OUTAGE_RETRIES_HEADER). An attempt still failing after that is dead-lettered as `infra_unavailable`,
 with the Redis error's class.
@@ -27,7 +30,7 @@ from app.logging import StateChangeLog
 logger = logging.getLogger(__name__)
 
 #: A Redis outage on the worker's path, logged when it starts, every OUTAGE_LOG_INTERVAL_S while it lasts and when
-#: a result store succeeds again (app/tasks/pool.py): never a line per attempt put back.
+#: a result store succeeds again (app/engine/speed/pool.py): never a line per attempt put back.
 redis_outage = StateChangeLog(
     logger, "Redis", consequence="the worker puts attempts back in delay queues until it returns"
 )

@@ -32,7 +32,7 @@ class CourierConsumer(Consumer):  # type: ignore[misc]
         """Ack (or reject) now when called from the event loop's own thread, instead of at the loop's next turn.
 
         Celery defers it to the next turn, after the loop's poll. A worker that has read every prefetched message
-        at once (app/tasks/amqp_transport.py) then has nothing left to wake that poll: the acks, and with them
+        at once (app/engine/speed/amqp_transport.py) then has nothing left to wake that poll: the acks, and with them
         the broker's next deliveries, waited for a timer. The pool's batch of acks goes out in one send
         (`batched_writes`). From any other thread, Celery's way (which wakes the loop) stands.
         """

@@ -3,7 +3,7 @@
 Celery publishes a task message (`apply_async`: the sync `dispatch()`, a task's retry into a delay queue, a retry
 after a lost worker, beat) without the `mandatory` flag, so a message RabbitMQ cannot route (its queue deleted or
 unbound, its node down) is confirmed and dropped. Here each one is mandatory, and the channel raises
-`amqp_transport.Unroutable` for a returned message (app/tasks/amqp_transport.py): the publisher gets an error
+`amqp_transport.Unroutable` for a returned message (app/engine/speed/amqp_transport.py): the publisher gets an error
 (a 503 at the API, a dead letter for a retry, a logged SchedulingError in beat), never a silent drop.
 
 Celery also declares the target queue before it publishes, once per connection: a queue deleted after that was
@@ -21,7 +21,7 @@ from celery.app.amqp import AMQP
 
 
 class CourierAMQP(AMQP):  # type: ignore[misc]
-    """Selected by `Celery(amqp=...)` (app/tasks/celery_app.py)."""
+    """Selected by `Celery(amqp=...)` (app/engine/celery_app.py)."""
 
     def _create_task_sender(self) -> Callable[..., Any]:
         send = super()._create_task_sender()

@@ -36,9 +36,9 @@ from pamqp.commands import Basic
 
 from app.config import Settings, redact_url
 from app.constants import TASK_EXCHANGE
+from app.engine.celery_app import celery_app
+from app.engine.speed.tracing import bounded_repr
 from app.logging import StateChangeLog
-from app.tasks.celery_app import celery_app
-from app.tasks.tracing import bounded_repr
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The check every attempt passes before its body runs: is the task revoked, and how often has this attempt
 started? One Redis script answers it for any number of attempts: the worker's main process asks it once per
-turn of its event loop for every job it hands to its pool children (app/tasks/pool.py); a task run any other
-way (eager mode, a stock Celery pool) asks it for itself in `before_start` (app/tasks/base.py).
+turn of its event loop for every job it hands to its pool children (app/engine/speed/pool.py); a task run any other
+way (eager mode, a stock Celery pool) asks it for itself in `before_start` (app/engine/task.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import pytest
 from billiard.einfo import ExceptionInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.tasks import pool
-from app.tasks.celery_app import celery_app
+from app.engine.celery_app import celery_app
+from app.engine.speed import pool
 from tests.conftest import redis_client
 
 
@@ -65,8 +65,8 @@ def test_outside_a_pool_child_a_success_is_stored_at_once():
 
 
 def test_one_start_check_answers_for_many_attempts_and_counts_each_start():
+    from app.engine.guarantees import starts
     from app.runs import revocations
-    from app.tasks import starts
 
     fresh, revoked, again = (str(uuid.uuid4()) for _ in range(3))
     redis_client().set(f"courier:revoked:{revoked}", "1", ex=60)
@@ -121,7 +121,7 @@ def test_a_task_running_through_a_warm_shutdown_is_stored_and_acked_not_run_agai
     import subprocess
 
     from app.constants import Tier
-    from app.tasks import publish
+    from app.engine import publish
     from tests.conftest import join, queue_depth
 
     worker = start_worker("low", concurrency=1)

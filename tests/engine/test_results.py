@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from app.tasks.celery_app import celery_app
+from app.engine.celery_app import celery_app
 from tests.conftest import redis_client
 
 
@@ -46,8 +46,16 @@ def _no_lookup(*_: object, **__: object) -> object:
 def _request(**extra: object) -> object:
     from celery.app.task import Context
 
-    fields = {"id": "t-1", "task": "system.ping", "args": [1], "kwargs": {"echo": "x"}, "hostname": "medium@host",
-              "retries": 2, "delivery_info": {"routing_key": "medium", "exchange": "courier.tasks"}, "children": []}
+    fields = {
+        "id": "t-1",
+        "task": "system.ping",
+        "args": [1],
+        "kwargs": {"echo": "x"},
+        "hostname": "medium@host",
+        "retries": 2,
+        "delivery_info": {"routing_key": "medium", "exchange": "courier.tasks"},
+        "children": [],
+    }
     return Context(**{**fields, **extra})
 
 

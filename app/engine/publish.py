@@ -1,7 +1,7 @@
 """Confirmed publishing: a 202 only after RabbitMQ confirmed the persistent message.
 
 Two paths share everything but the publish itself:
-- `dispatch_async` (the API's hot path): aiormq with pipelined confirms (app/tasks/amqp_async.py), and the
+- `dispatch_async` (the API's hot path): aiormq with pipelined confirms (app/engine/speed/amqp_async.py), and the
   task metas of concurrent dispatches written to Redis in one round trip (`MetaWriter`);
 - `dispatch` (CLI, tasks, sync callers, and eager mode): Celery's `apply_async` with `confirm_publish`.
 """
@@ -34,13 +34,13 @@ from app.constants import (
     Tier,
 )
 from app.context import request_id
+from app.engine.celery_app import celery_app
+from app.engine.policy import POLICIES, default_priority
+from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed, broker_outage
 from app.errors import ServiceUnavailable, Unprocessable
 from app.logging import StateChangeLog
 from app.metrics import observe_publish
 from app.redis_store import async_client_options, get_redis
-from app.tasks.amqp_async import AsyncPublisher, PublishFailed, broker_outage
-from app.tasks.celery_app import celery_app
-from app.tasks.policy import POLICIES, default_priority
 
 logger = logging.getLogger(__name__)
 

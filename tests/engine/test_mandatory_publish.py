@@ -14,10 +14,10 @@ from kombu.exceptions import KombuError
 
 from app.config import get_settings
 from app.constants import DELAY_BUCKETS_S, DELAY_QUEUE, TASK_EXCHANGE, Tier
+from app.engine import topology
+from app.engine.celery_app import celery_app
+from app.engine.policy import POLICIES
 from app.errors import ServiceUnavailable
-from app.tasks import topology
-from app.tasks.celery_app import celery_app
-from app.tasks.policy import POLICIES
 from tests.conftest import auth, dispatch, join, queue_depth
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
@@ -57,7 +57,7 @@ def test_a_returned_message_fails_its_own_publish_and_the_channel_stays_in_step(
 
 
 def test_a_sync_dispatch_to_an_unbound_queue_answers_503_and_drops_nothing(restore_topology):
-    from app.tasks import publish
+    from app.engine import publish
 
     # Given a dispatch that went through (the publisher's connection has already seen the queue) ...
     publish.dispatch("system.ping", kwargs={}, triggered_by="test", tier=Tier.low)
@@ -141,8 +141,8 @@ def test_a_replay_to_an_unbound_queue_answers_503_and_the_letter_stays_pending(
 
 
 def test_the_upstream_shapes_the_overrides_rely_on_are_still_there():
-    """An upgrade of Celery, kombu or py-amqp that moves these fails here, by name (app/tasks/sending.py and
-    app/tasks/amqp_transport.py override them)."""
+    """An upgrade of Celery, kombu or py-amqp that moves these fails here, by name (app/engine/guarantees/sending.py and
+    app/engine/speed/amqp_transport.py override them)."""
     import inspect
 
     import amqp.channel

@@ -31,7 +31,7 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
     label = "Courier topology check"
 
     def start(self, worker: Any) -> None:
-        from app.tasks import topology
+        from app.engine import topology
 
         settings = get_settings()
         if settings.celery_task_always_eager:
@@ -108,7 +108,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 def _pool_kind(pool: Any) -> str | None:
-    """`prefork` or `solo` for Courier's pools (app/tasks/pool.py), else the module of Celery's pool."""
+    """`prefork` or `solo` for Courier's pools (app/engine/speed/pool.py), else the module of Celery's pool."""
     if pool is None:
         return None
     return str(getattr(pool, "kind", None) or type(pool).__module__.rsplit(".", 1)[-1])
@@ -119,4 +119,4 @@ def install(app: Celery) -> None:
     app.steps["worker"].add(TopologyCheck)
     signals.worker_process_init.connect(db.forget_inherited_pool, weak=False)
     app.steps["worker"].add(Heartbeat)
-    app.steps["worker"].add("app.tasks.pauses:SkipPausedQueues")  # (section: ops) paused tiers stay paused
+    app.steps["worker"].add("app.engine.pauses:SkipPausedQueues")  # (section: ops) paused tiers stay paused

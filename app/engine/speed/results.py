@@ -3,7 +3,7 @@
 Celery's backend reads the current result before writing (so a duplicate run never overwrites SUCCESS), then
 writes it: two round trips per task, and a race between them. Here one Lua script does both atomically, for
 one result or for a batch: the worker's main process stores the SUCCESS results its pool children hand back
-in one call per turn of its event loop (app/tasks/pool.py). The benchmark's profile of a worker child showed
+in one call per turn of its event loop (app/engine/speed/pool.py). The benchmark's profile of a worker child showed
 result storage at about 40 % of its time, most of it waiting on those round trips.
 """
 
@@ -22,11 +22,12 @@ from redis.commands.core import Script
 
 from app.config import get_settings
 from app.constants import HISTORY_STREAM, HISTORY_STREAM_MAX_LENGTH
+from app.engine.guarantees import outages, starts
+from app.engine.guarantees.starts import Answer
+from app.engine.speed import pool
+from app.engine.speed.pool import Deferred
 from app.redis_store import get_redis, shares_result_backend
 from app.runs import journal
-from app.tasks import outages, pool, starts
-from app.tasks.pool import Deferred
-from app.tasks.starts import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ return stored
 
 
 class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Selected with `result_backend = "app.tasks.results:CourierRedisBackend+redis://..."`."""
+    """Selected with `result_backend = "app.engine.speed.results:CourierRedisBackend+redis://..."`."""
 
     def _store_result(
         self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
@@ -78,7 +79,7 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         deferred: Deferred = (self.get_key_for_task(task_id), value, int(expires or 0), entry)
         collected = pool.collecting()
         if collected is not None and state == states.SUCCESS:
-            collected.append(deferred)  # stored by the worker's main process with others (app/tasks/pool.py)
+            collected.append(deferred)  # stored by the worker's main process with others (app/engine/speed/pool.py)
         elif state == states.RETRY:
             try:
                 self.ensure(self.store_many, ([deferred],))
@@ -129,7 +130,8 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def store_many(self, deferred: list[Deferred], attempts: list[tuple[str, int]] | None = None) -> list[Answer]:
         """Store results (and journal their outcomes) with STORE_SCRIPT, and check the start of `attempts`
-        (app/tasks/starts.py), returning their answers: one round trip when Courier's Redis is this one, else
+        (app/engine/guarantees/starts.py), returning their answers: one round trip when Courier's Redis is this one,
+        else
         one each."""
         shared = shares_result_backend()
         args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]

@@ -5,7 +5,8 @@ Stock Celery acks a message whose hard time limit struck and a message that expi
 would be lost. Here both are rejected without requeue, so RabbitMQ moves them to the dead-letter exchange
 (the failure and the reason are already in the result backend when that happens).
 
-A failure that is a Redis outage on the worker's own path (app/tasks/outages.py) is put back in a delay queue
+A failure that is a Redis outage on the worker's own path (app/engine/guarantees/outages.py) is put back in a delay
+queue
 with backoff; past OUTAGE_RETRY_MAX it is published to the dead-letter exchange with its reason in headers (a
 reject cannot carry one, and the result backend that would is the thing that is down).
 """
@@ -31,8 +32,8 @@ from app.constants import (
     OUTAGE_RETRIES_HEADER,
 )
 from app.deadletters.models import Reason
-from app.tasks import outages
-from app.tasks.sending import republish
+from app.engine.guarantees import outages
+from app.engine.guarantees.sending import republish
 
 logger = logging.getLogger(__name__)
 

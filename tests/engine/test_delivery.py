@@ -70,7 +70,7 @@ def test_a_task_revoked_before_it_starts_never_runs_even_across_a_worker_restart
     redis_client().delete(f"courier:revoked:{task_id}")  # even Redis forgot it: SQL restores it at boot
     start_worker("high,medium,low", concurrency=1)
     # Then the message is consumed but the task never runs: its result stays REVOKED, not SUCCESS
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
 
     join(lambda: celery_app.AsyncResult(task_id).state in ("REVOKED", "SUCCESS"), what="the worker to take it")
     task = _task(api, admin_key, task_id)

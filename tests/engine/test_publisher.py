@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from app.config import get_settings
 from app.constants import Tier
-from app.tasks import publish
-from app.tasks.amqp_async import AsyncPublisher, PublishFailed
+from app.engine import publish
+from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
 from tests.conftest import REDIS_DB, REDIS_HOST, queue_depth, redis_client
 
 
@@ -99,8 +99,8 @@ def test_the_message_has_celerys_headers_without_saferepr_or_a_host_lookup_per_m
     origin computed once: Celery's per-message saferepr and host lookup were a tenth of the publisher's time."""
     from celery.app import amqp
 
-    from app.tasks.amqp_async import build_message
-    from app.tasks.celery_app import celery_app
+    from app.engine.celery_app import celery_app
+    from app.engine.speed.amqp_async import build_message
 
     kwargs = {"echo": "x" * 2000, "n": [1, 2]}
     celerys = celery_app.amqp.as_task_v2("t-1", "system.ping", args=(), kwargs=kwargs).headers

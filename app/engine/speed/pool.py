@@ -6,14 +6,14 @@ child hands the encoded result back with its return value (the pipe to the main 
 and the main process stores every result that arrived in one turn of its event loop with one Redis script,
 then acks those messages. The guarantee is unchanged: a message is acked only after its result is stored.
 If the store fails, each of those tasks takes Celery's failure path: a Redis outage puts it back to run again
-(app/tasks/outages.py), any other error rejects it to the dead-letter queue.
+(app/engine/guarantees/outages.py), any other error rejects it to the dead-letter queue.
 
 Failures, retries and revocations are stored by the child at once, as before: they are rare, and their order
 relative to the reject or the retry's publish matters.
 
 The check before each attempt (revoked? how many starts?) is made the same way: the jobs Celery hands to the
 pool in one turn of the loop are held until the loop's next tick (Celery's semaphore already holds back every
-job no child is free for), checked together in one Redis script (app/tasks/starts.py), and passed on with
+job no child is free for), checked together in one Redis script (app/engine/guarantees/starts.py), and passed on with
 their answers, which the child's `before_start` uses instead of a round trip of its own.
 
 The main process also journals the start of each run still going after START_ENTRY_AFTER_S, or lost with its
@@ -34,9 +34,10 @@ from celery.concurrency.asynpool import SCHED_STRATEGY_FAIR
 
 from app.config import get_settings
 from app.constants import HISTORY_STREAM
+from app.engine.guarantees import outages, starts
+from app.engine.speed import amqp_transport
 from app.redis_store import get_redis
 from app.runs import journal
-from app.tasks import amqp_transport, outages, starts
 
 logger = logging.getLogger(__name__)
 

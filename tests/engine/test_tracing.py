@@ -6,7 +6,7 @@ from celery import signals
 from celery.app import trace
 from celery.utils.saferepr import saferepr
 
-from app.tasks import tracing
+from app.engine.speed import tracing
 
 
 def test_a_result_is_represented_as_repr_does_cut_to_the_limit():

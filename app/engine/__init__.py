@@ -1,0 +1,1 @@
+"""Courier's engine: Celery, kombu and py-amqp as Courier runs them."""
