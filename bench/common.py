@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -17,11 +19,15 @@ from typing import Any
 
 import httpx
 import pika
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_HOST = os.environ.get("BENCH_RABBITMQ_HOST", "127.0.0.1")
 MGMT_URL = os.environ.get("BENCH_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 MGMT_AUTH = (os.environ.get("BENCH_RABBITMQ_USER", "guest"), os.environ.get("BENCH_RABBITMQ_PASSWORD", "guest"))
+REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+#: The claim key of tests/conftest.py: a benchmark and test sessions running at once never share a Redis db.
+CLAIM_KEY = "courier-test:claim"
 
 
 @dataclass
@@ -70,13 +76,65 @@ def vhost(prefix: str) -> Iterator[str]:
         httpx.delete(f"{MGMT_URL}/api/vhosts/{name}", auth=MGMT_AUTH, timeout=30)
 
 
-def ready_count(vhost_name: str, queue: str) -> int:
-    """Ready messages in a queue (exact: a passive declare, not the lagging management statistics)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost_name)))
+@contextmanager
+def redis_db() -> Iterator[int]:
+    """A Redis db nobody else is using (claimed like a test session claims one), flushed afterwards."""
+    mine = f"bench-{uuid.uuid4().hex[:6]} {socket.gethostname()} {os.getpid()}"
+    for db in range(15, 0, -1):
+        with redis.Redis(host=REDIS_HOST, db=db) as client:
+            if client.set(CLAIM_KEY, mine, nx=True, ex=7200):
+                break
+    else:
+        raise RuntimeError("No free Redis db for the benchmark (every db 1-15 is claimed).")
     try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+        yield db
     finally:
-        connection.close()
+        with redis.Redis(host=REDIS_HOST, db=db) as client:
+            client.flushdb()
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:6379/{db}"
+
+
+#: How long results may trail a drained queue before a run counts as failed (results follow within a second).
+RESULTS_TIMEOUT_S = 60.0
+
+
+def wait_results(db: int, expected: int) -> float:
+    """Wait until a peer's own Redis db holds `expected` results (one key each, besides the claim)."""
+    with redis.Redis(host=REDIS_HOST, db=db) as client:
+        return wait_until(
+            lambda: client.dbsize() - 1 >= expected, RESULTS_TIMEOUT_S, what=f"{expected} results in db {db}"
+        )
+
+
+def wait_result_keys(db: int, keys: list[str]) -> float:
+    """Wait until every key of `keys` exists in Redis db `db` (asked in one EXISTS per poll)."""
+    with redis.Redis(host=REDIS_HOST, db=db) as client:
+        return wait_until(
+            lambda: client.exists(*keys) == len(keys), RESULTS_TIMEOUT_S, what=f"{len(keys)} results in db {db}"
+        )
+
+
+def stored_answers(db: int, kind: str, keys: list[str] | None = None) -> int:
+    """How many results in Redis db `db` are a successful probe's answer (`"pong": true`): Celery's result
+    documents (`kind` "celery", status SUCCESS) or Dramatiq's stored return values ("dramatiq"); `keys`, or every
+    key but the claim."""
+    with redis.Redis(host=REDIS_HOST, db=db) as client:
+        if keys is None:
+            keys = [k.decode() for k in client.scan_iter(count=1000) if k.decode() != CLAIM_KEY]
+        if kind == "dramatiq":
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.lindex(key, 0)
+            values = pipe.execute()
+        else:
+            values = client.mget(keys) if keys else []
+    answers = [json.loads(value) for value in values if value]
+    if kind == "celery":
+        answers = [doc.get("result") for doc in answers if doc.get("status") == "SUCCESS"]
+    return sum(1 for answer in answers if isinstance(answer, dict) and answer.get("pong") is True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02, what: str = "") -> float:

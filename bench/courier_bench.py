@@ -21,6 +21,7 @@ import psycopg
 import redis
 
 from bench.common import (
+    REDIS_HOST,
     ROOT,
     Process,
     amqp_url,
@@ -29,16 +30,19 @@ from bench.common import (
     pgrep,
     python,
     queue_ready,
+    redis_db,
+    redis_url,
+    stored_answers,
     vhost,
     wait_drained,
+    wait_result_keys,
     wait_until,
 )
 
 PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
-CLAIM_KEY = "courier-bench:claim"
-#: Dispatches in flight at once when the benchmark publishes through Courier (like an API under load).
-IN_FLIGHT = 64
+#: Courier on the stock engine: the worker and the publisher on stock Celery/kombu/py-amqp machinery, every
+#: correctness guarantee kept (the setting of app/config.py, read from the environment by each process).
+STOCK_ENGINE = {"ENGINE_SPEED_PATCHES": "off"}
 
 
 @dataclass
@@ -92,31 +96,22 @@ class CourierStack:
             self.stop(name)
 
 
-def _claim_redis_db() -> int:
-    for db in range(15, 0, -1):
-        client = redis.Redis(host=REDIS_HOST, db=db)
-        if client.set(CLAIM_KEY, "1", nx=True, ex=3600):
-            return db
-    raise RuntimeError("No free Redis db for the benchmark.")
-
-
 @contextmanager
 def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
     """A migrated database, a declared topology and an admin key; everything removed afterwards."""
     database = f"courier_bench_{uuid.uuid4().hex[:6]}"
-    redis_db = _claim_redis_db()
-    with vhost("courier") as name, psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+    with vhost("courier") as name, redis_db() as db, psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
         env = {
             "ENVIRONMENT": "test",
             "CELERY_BROKER_URL": amqp_url(name),
-            "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{redis_db}",
+            "CELERY_RESULT_BACKEND": redis_url(db),
             "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}",
             "VAR_DIR": str(log_dir),
             "LOG_LEVEL": "WARNING",
         }
         os.environ.update(env)
-        stack = CourierStack(env=env, vhost=name, redis_db=redis_db, log_dir=log_dir)
+        stack = CourierStack(env=env, vhost=name, redis_db=db, log_dir=log_dir)
         try:
             for step in (["-m", "alembic", "upgrade", "head"], ["-m", "app.cli", "topology", "declare"]):
                 subprocess.run([python(), *step], cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True)
@@ -135,7 +130,6 @@ def courier_stack(log_dir: Path) -> Iterator[CourierStack]:
 
             reset_engine()
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            redis.Redis(host=REDIS_HOST, db=redis_db).flushdb()
 
 
 @contextmanager
@@ -162,26 +156,13 @@ def freeze_harness() -> None:
     freeze_start_up_objects()
 
 
-def publish_many(messages: int, tier: str) -> float:
-    """Publish no-op probes through the API's publish path (pipelined confirms), IN_FLIGHT at a time; returns s."""
+def publish_many(messages: int, tier: str) -> None:
+    """Publish no-op probes from this process through the API's publish path (to prefill a queue; untimed)."""
     import asyncio
 
-    from app.constants import Tier
-    from app.engine import publish
+    from bench.courier_publisher import publish
 
-    async def run() -> None:
-        limit = asyncio.Semaphore(IN_FLIGHT)
-
-        async def one() -> None:
-            async with limit:
-                await publish.dispatch_async("system.ping", kwargs={}, triggered_by="bench", tier=Tier(tier))
-
-        await asyncio.gather(*(one() for _ in range(messages)))
-        await publish.close()
-
-    started = time.monotonic()
-    asyncio.run(run())
-    return time.monotonic() - started
+    asyncio.run(publish(messages, tier))
 
 
 def _consumers(stack: CourierStack, tier: str, on: bool) -> None:
@@ -224,7 +205,6 @@ def cpu_seconds(stack: CourierStack) -> dict[str, float]:
         "rabbitmq": pgrep("-f", "beam.smp"),
         "redis": pgrep("-x", "redis-server"),
         "postgresql": pgrep("-x", "postgres"),
-        "publisher": [os.getpid()],
     }
     return {name: cpu_of(pids) for name, pids in groups.items()}
 
@@ -268,13 +248,44 @@ def ensure_only_worker(stack: CourierStack, tier: str, worker_env: dict[str, str
         stack.start_worker(tier, worker_env)
 
 
-def end_to_end_rate(stack: CourierStack, messages: int) -> float:
-    """Messages per second from the first confirmed publish until the queue is drained, worker running."""
-    ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true"})
-    started = time.monotonic()
-    publish_many(messages, "medium")
-    finished = wait_drained(stack.vhost, "medium", timeout=900)
-    return messages / (finished - started)
+def stock_engine_known() -> bool:
+    """Whether this checkout has the stock-engine switch (without it, Courier 'on the stock engine' is Courier)."""
+    from app.config import Settings
+
+    return "engine_speed_patches" in Settings.model_fields
+
+
+def end_to_end_rate(stack: CourierStack, messages: int, engine_env: dict[str, str]) -> tuple[float, int, float]:
+    """(Messages per second from the first confirmed publish until the queue is drained and every result is
+    stored, results stored, publisher CPU seconds), the medium worker running; `engine_env` goes to the worker and
+    the publisher."""
+    ensure_only_worker(stack, "medium", {"HISTORY_ENABLED": "true", **engine_env})
+    publisher = subprocess.Popen(
+        [python(), "-m", "bench.courier_publisher", "--messages", str(messages), "--tier", "medium"],
+        cwd=ROOT,
+        env={**os.environ, **stack.env, **engine_env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert publisher.stdin is not None and publisher.stdout is not None
+    try:
+        if publisher.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the Courier publisher did not start (exit {publisher.wait(30)})")
+        publisher.stdin.write("go\n")
+        publisher.stdin.flush()
+        out, _ = publisher.communicate(timeout=900)
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+    if publisher.returncode != 0:
+        raise RuntimeError(f"the Courier publisher failed (exit {publisher.returncode})")
+    report = json.loads(out)
+    wait_drained(stack.vhost, "medium", timeout=900)
+    keys = [f"celery-task-meta-{task_id}" for task_id in report["task_ids"]]
+    finished = wait_result_keys(stack.redis_db, keys)
+    stored = stored_answers(stack.redis_db, "celery", keys)
+    return messages / (finished - report["started"]), stored, float(report["cpu_s"])
 
 
 def start_api(stack: CourierStack, port: int) -> Process:

@@ -1,4 +1,5 @@
-"""The peers Courier is measured against: raw AMQP (pika), stock Celery, Dramatiq."""
+"""The peers Courier is measured against: raw AMQP (pika), Celery in three flavours (bench/celery_peers.py), and
+Dramatiq with confirms and results (bench/dramatiq_app.py). Each peer gets its own vhost and Redis db."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ from pathlib import Path
 
 import pika
 
-from bench.common import Process, amqp_url, cpu_of, pgrep, python, vhost, wait_drained
+from bench.common import (
+    Process,
+    amqp_url,
+    cpu_of,
+    pgrep,
+    python,
+    redis_db,
+    redis_url,
+    stored_answers,
+    vhost,
+    wait_drained,
+    wait_results,
+)
 
 QUEUE = "bench"
 
@@ -79,50 +92,70 @@ def pika_consume(messages: int, prefetch: int) -> float:
         return messages / elapsed
 
 
-def stock_celery(messages: int, log_dir: Path) -> tuple[float, float, dict[str, float]]:
-    """(enqueue rate with no worker, end-to-end rate with a worker running, CPU ms per task of each part end to
-    end) of an out-of-the-box Celery."""
-    from bench import stock_celery_app
+def _cpu_parts(worker: Process) -> dict[str, list[int]]:
+    main = worker.popen.pid
+    return {
+        "worker_main": [main],
+        "worker_children": pgrep("-P", str(main)),
+        "rabbitmq": pgrep("-f", "beam.smp"),
+        "redis": pgrep("-x", "redis-server"),
+        "publisher": [os.getpid()],
+    }
+
+
+def stock_celery_enqueue(messages: int) -> float:
+    """Messages per second `delay()` publishes with no worker running, out-of-the-box Celery (no results)."""
+    from bench import celery_peers
 
     with vhost("celery") as name:
-        app = stock_celery_app.make_app(amqp_url(name))
+        app = celery_peers.make_app("stock", amqp_url(name))
         noop = app.tasks["bench.noop"]
-        started = time.monotonic()
-        for _ in range(messages):
-            noop.delay()
-        enqueue = messages / (time.monotonic() - started)
-        app.connection_for_write().default_channel.queue_purge("celery")
+        try:
+            started = time.monotonic()
+            for _ in range(messages):
+                noop.delay()
+            return messages / (time.monotonic() - started)
+        finally:
+            app.close()
+
+
+def celery_e2e(flavour: str, messages: int, log_dir: Path) -> tuple[float, int, dict[str, float]]:
+    """(End-to-end rate, results stored, CPU ms per task of each part) of a Celery peer (bench/celery_peers.py):
+    from the first `delay()` until its queue is drained and, with a result backend, every result is stored."""
+    from bench import celery_peers
+
+    with vhost(f"celery_{flavour}") as name, redis_db() as db:
+        app = celery_peers.make_app(flavour, amqp_url(name), redis_url(db))
+        noop = app.tasks["bench.noop"]
+        queue = celery_peers.QUEUE[flavour]
         worker = Process(
-            "worker-stock-celery",
-            [python(), "-m", "celery", "-A", "bench.stock_celery_app", "worker", "--loglevel", "INFO"],
-            {"BENCH_BROKER_URL": amqp_url(name)},
+            f"worker-celery-{flavour}",
+            [python(), "-m", "celery", "-A", "bench.celery_peers", "worker", "-Q", queue, "--loglevel", "INFO"],
+            {"BENCH_CELERY_FLAVOUR": flavour, "BENCH_BROKER_URL": amqp_url(name), "BENCH_RESULT_URL": redis_url(db)},
             log_dir,
         )
         try:
             worker.wait_for_log("ready.")
-            main = worker.popen.pid
-            parts = {
-                "worker_main": [main],
-                "worker_children": pgrep("-P", str(main)),
-                "rabbitmq": pgrep("-f", "beam.smp"),
-                "publisher": [os.getpid()],
-            }
+            parts = _cpu_parts(worker)
             before = {part: cpu_of(pids) for part, pids in parts.items()}
             started = time.monotonic()
             for _ in range(messages):
                 noop.delay()
-            finished = wait_drained(name, "celery", timeout=600)
+            finished = wait_drained(name, queue, timeout=600)
+            if flavour != "stock":
+                finished = wait_results(db, messages)
             cpu = {part: 1000 * (cpu_of(pids) - before[part]) / messages for part, pids in parts.items()}
         finally:
             worker.stop()
             app.close()
-        return enqueue, messages / (finished - started), cpu
+        return messages / (finished - started), stored_answers(db, "celery"), cpu
 
 
-def dramatiq_e2e(messages: int, confirm: bool, log_dir: Path) -> float:
-    """End-to-end no-op messages per second through Dramatiq on RabbitMQ, confirms on or off."""
-    with vhost("dramatiq") as name:
-        env = {"BENCH_BROKER_URL": amqp_url(name), "BENCH_CONFIRM": "1" if confirm else "0"}
+def dramatiq_e2e(messages: int, log_dir: Path) -> tuple[float, int]:
+    """(End-to-end no-op messages per second, results stored) through Dramatiq on RabbitMQ with confirms and Redis
+    results: from the first `send()` until the queue is drained and every result is stored."""
+    with vhost("dramatiq") as name, redis_db() as db:
+        env = {"BENCH_BROKER_URL": amqp_url(name), "BENCH_RESULT_URL": redis_url(db)}
         worker = Process(
             "worker-dramatiq",
             [python(), "-m", "dramatiq", "bench.dramatiq_app", "--processes", "2", "--threads", "8"],
@@ -133,12 +166,13 @@ def dramatiq_e2e(messages: int, confirm: bool, log_dir: Path) -> float:
             worker.wait_for_log("is ready for action")
             from bench import dramatiq_app
 
-            broker, actor = dramatiq_app.make(amqp_url(name), confirm)
+            broker, actor = dramatiq_app.make(amqp_url(name), redis_url(db))
             started = time.monotonic()
             for _ in range(messages):
                 actor.send()
-            finished = wait_drained(name, "default", timeout=600)
+            wait_drained(name, "default", timeout=600)
+            finished = wait_results(db, messages)
             broker.close()
-            return messages / (finished - started)
+            return messages / (finished - started), stored_answers(db, "dramatiq")
         finally:
             worker.stop()
