@@ -1,12 +1,15 @@
-"""The benchmark's process helper: a restarted process is judged by its own output only."""
+"""The benchmark's helpers: a restarted process is judged by its own output only; the Redis dbs it claims; how it
+counts stored results."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
+import redis
 
-from bench.common import Process
+from bench.common import CLAIM_KEY, REDIS_HOST, Process, redis_db, stored_answers
 
 
 def test_a_restarted_process_does_not_count_its_predecessors_ready_line(tmp_path):
@@ -23,3 +26,37 @@ def test_a_restarted_process_does_not_count_its_predecessors_ready_line(tmp_path
         second.wait_for_log("ready.", timeout=30)
     finally:
         second.stop()
+
+
+def test_the_benchmark_never_takes_the_redis_db_a_test_session_claimed():
+    # Given this test session's claimed db (tests/conftest.py)
+    from tests.conftest import REDIS_DB
+
+    # When the benchmark claims dbs while the session holds its own
+    with redis_db() as first, redis_db() as second:
+        # Then it gets other dbs, each its own, marked with the same claim key
+        assert REDIS_DB not in (first, second) and first != second
+        with redis.Redis(host=REDIS_HOST, db=first) as client:
+            assert client.get(CLAIM_KEY).startswith(b"bench-")
+    # And a released db is flushed (its claim with it)
+    with redis.Redis(host=REDIS_HOST, db=first) as client:
+        assert client.dbsize() == 0
+    with redis.Redis(host=REDIS_HOST, db=REDIS_DB) as client:
+        assert client.exists(CLAIM_KEY)
+
+
+def test_only_a_successful_probes_answer_counts_as_a_stored_result():
+    with redis_db() as db, redis.Redis(host=REDIS_HOST, db=db) as client:
+        # Given Celery result documents: two answers, a failure, a success of another shape, and Dramatiq's lists
+        client.set("celery-task-meta-a", json.dumps({"status": "SUCCESS", "result": {"pong": True}}))
+        client.set("celery-task-meta-b", json.dumps({"status": "SUCCESS", "result": {"pong": True, "x": 1}}))
+        client.set("celery-task-meta-c", json.dumps({"status": "FAILURE", "result": {"pong": True}}))
+        client.set("celery-task-meta-d", json.dumps({"status": "SUCCESS", "result": None}))
+        # Then only the two answers count, among every key or the keys asked for
+        assert stored_answers(db, "celery") == 2
+        assert stored_answers(db, "celery", ["celery-task-meta-a", "celery-task-meta-c"]) == 1
+        client.flushdb()
+        client.set(CLAIM_KEY, "bench-test")
+        client.lpush("dramatiq-results:1", json.dumps({"pong": True}))
+        client.lpush("dramatiq-results:2", json.dumps({"error": "boom"}))
+        assert stored_answers(db, "dramatiq") == 1
