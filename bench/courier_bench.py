@@ -1,7 +1,8 @@
 """Courier with its production settings, measured: worker drain, publish end to end, the API, latency, memory.
 
-Courier runs as real processes (workers, recorder, uvicorn) against its own vhost, Redis db and PostgreSQL
-database, set up and removed here. This module configures the environment before it imports `app`.
+Courier runs as real processes (workers, recorder, uvicorn, the end-to-end publisher) against its own vhost,
+Redis db and PostgreSQL database, set up and removed here; as shipped, or on the stock engine (STOCK_ENGINE).
+This module configures the environment before it imports `app`.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def outside_courier(stack: CourierStack) -> Iterator[None]:
 
 def freeze_harness() -> None:
     """Import the publish path now and freeze what this process holds, as the API does at start-up
-    (app/memory.py): this process publishes in the API's place, and for stock Celery, from the same heap."""
+    (app/memory.py): this process prefills the queues the drains time, and publishes for the Celery peers, from
+    the same heap."""
     from app.engine import publish  # noqa: F401
     from app.memory import freeze_start_up_objects
 
