@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the benchmark (README, "Performance"): sets up .venv like the test command, then `python -m bench "$@"`.
-#   ./scripts/bench.sh                       # default sizes, about 4 minutes on 2 cores
+#   ./scripts/bench.sh                       # default sizes: 12 minutes measured on 2 busy cores (README)
 #   ./scripts/bench.sh --messages 20000      # the size
 set -euo pipefail
 # shellcheck source=scripts/start_tasks.sh
