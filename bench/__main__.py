@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
-from bench.common import ROOT, Stat
+from bench.common import ROOT, Stat, cpu_spent
 
 API_PORT = 8765
 #: The Celery flavours measured end to end (bench/celery_peers.py), and each one's figure prefix.
@@ -133,7 +133,7 @@ def _courier_e2e(stats: dict[str, Stat], cb: Any, stack: Any, n: int, prefix: st
     stats[f"{prefix}.e2e"].values.append(rate)
     stats[f"{prefix}.results_stored"].values.append(stored)
     cb.history_catch_up(stack, recorded + n, time.monotonic())  # (so the next figure starts from a quiet history)
-    spent = {part: seconds - cpu_before[part] for part, seconds in cb.cpu_seconds(stack).items()}
+    spent = {part: cpu_spent(cpu_before[part], after) for part, after in cb.cpu_seconds(stack).items()}
     for part, seconds in {**spent, "publisher": publisher_cpu_s}.items():
         # CPU per task of each part, from the publish to the history
         stats[f"{prefix}.e2e_cpu_per_task_{part}_ms"].values.append(1000 * seconds / n)

@@ -229,17 +229,23 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def cpu_of(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the processes `pids`, from /proc (a process gone counts 0)."""
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of `pids` still running, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    spent = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        spent[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two `cpu_of` readings by the processes running at the second (one started in
+    between counts whole; one gone by then is left out, rather than read as negative time)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def pgrep(*args: str) -> list[int]:

@@ -197,7 +197,7 @@ def drain_rate(stack: CourierStack, tier: str, messages: int, *, history: bool =
     return messages / (finished - started)
 
 
-def cpu_seconds(stack: CourierStack) -> dict[str, float]:
+def cpu_seconds(stack: CourierStack) -> dict[str, dict[int, float]]:
     """CPU time (user + system) used so far by each part of the stack, from /proc: where a task's cost goes."""
     main = stack.processes["worker-medium"].popen.pid
     groups = {

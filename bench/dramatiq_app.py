@@ -25,7 +25,7 @@ def make(url: str, result_url: str) -> tuple[RabbitmqBroker, Any]:
         """Answer a small result, like Courier's probe (system.ping)."""
         return {"pong": True, "started_at": time.time()}
 
-    return broker, dramatiq.actor(noop, broker=broker, actor_name="noop", max_retries=0, store_results=True)
+    return broker, dramatiq.actor(broker=broker, actor_name="noop", max_retries=0, store_results=True)(noop)
 
 
 if "BENCH_BROKER_URL" in os.environ:

@@ -14,6 +14,7 @@ from bench.common import (
     Process,
     amqp_url,
     cpu_of,
+    cpu_spent,
     pgrep,
     python,
     redis_db,
@@ -136,15 +137,15 @@ def celery_e2e(flavour: str, messages: int, log_dir: Path) -> tuple[float, int, 
         )
         try:
             worker.wait_for_log("ready.")
-            parts = _cpu_parts(worker)
-            before = {part: cpu_of(pids) for part, pids in parts.items()}
+            before = {part: cpu_of(pids) for part, pids in _cpu_parts(worker).items()}
             started = time.monotonic()
             for _ in range(messages):
                 noop.delay()
             finished = wait_drained(name, queue, timeout=600)
             if flavour != "stock":
                 finished = wait_results(db, messages)
-            cpu = {part: 1000 * (cpu_of(pids) - before[part]) / messages for part, pids in parts.items()}
+            after = {part: cpu_of(pids) for part, pids in _cpu_parts(worker).items()}
+            cpu = {part: 1000 * cpu_spent(before[part], after[part]) / messages for part in after}
         finally:
             worker.stop()
             app.close()
