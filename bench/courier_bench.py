@@ -44,6 +44,8 @@ PG_ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0
 #: Courier on the stock engine: the worker and the publisher on stock Celery/kombu/py-amqp machinery, every
 #: correctness guarantee kept (the setting of app/config.py, read from the environment by each process).
 STOCK_ENGINE = {"ENGINE_SPEED_PATCHES": "off"}
+#: The API's liveness probe: up means serving (unlike /docs, it needs no front-end asset).
+LIVE_PATH = "/api/v1/tasks/health/live"
 
 
 @dataclass
@@ -318,7 +320,7 @@ def wait_api(port: int) -> None:
 
     def up() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}{LIVE_PATH}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
