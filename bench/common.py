@@ -28,6 +28,14 @@ MGMT_AUTH = (os.environ.get("BENCH_RABBITMQ_USER", "guest"), os.environ.get("BEN
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
 #: The claim key of tests/conftest.py: a benchmark and test sessions running at once never share a Redis db.
 CLAIM_KEY = "courier-test:claim"
+#: The key earlier benchmarks claimed a db with: held too, so one of them running beside this one keeps off it.
+LEGACY_CLAIM_KEY = "courier-bench:claim"
+CLAIM_KEYS = (CLAIM_KEY, LEGACY_CLAIM_KEY)
+#: Claims a db only when no claim of either kind holds it, both keys at once.
+_CLAIM = (
+    "if redis.call('exists', KEYS[1]) + redis.call('exists', KEYS[2]) > 0 then return 0 end "
+    "redis.call('set', KEYS[1], ARGV[1], 'EX', 7200) redis.call('set', KEYS[2], ARGV[1], 'EX', 7200) return 1"
+)
 
 
 @dataclass
@@ -82,7 +90,7 @@ def redis_db() -> Iterator[int]:
     mine = f"bench-{uuid.uuid4().hex[:6]} {socket.gethostname()} {os.getpid()}"
     for db in range(15, 0, -1):
         with redis.Redis(host=REDIS_HOST, db=db) as client:
-            if client.set(CLAIM_KEY, mine, nx=True, ex=7200):
+            if client.eval(_CLAIM, 2, *CLAIM_KEYS, mine):
                 break
     else:
         raise RuntimeError("No free Redis db for the benchmark (every db 1-15 is claimed).")
@@ -102,10 +110,12 @@ RESULTS_TIMEOUT_S = 60.0
 
 
 def wait_results(db: int, expected: int) -> float:
-    """Wait until a peer's own Redis db holds `expected` results (one key each, besides the claim)."""
+    """Wait until a peer's own Redis db holds `expected` results (one key each, besides the claims)."""
     with redis.Redis(host=REDIS_HOST, db=db) as client:
         return wait_until(
-            lambda: client.dbsize() - 1 >= expected, RESULTS_TIMEOUT_S, what=f"{expected} results in db {db}"
+            lambda: client.dbsize() - len(CLAIM_KEYS) >= expected,
+            RESULTS_TIMEOUT_S,
+            what=f"{expected} results in db {db}",
         )
 
 
@@ -120,10 +130,10 @@ def wait_result_keys(db: int, keys: list[str]) -> float:
 def stored_answers(db: int, kind: str, keys: list[str] | None = None) -> int:
     """How many results in Redis db `db` are a successful probe's answer (`"pong": true`): Celery's result
     documents (`kind` "celery", status SUCCESS) or Dramatiq's stored return values ("dramatiq"); `keys`, or every
-    key but the claim."""
+    key but the claims."""
     with redis.Redis(host=REDIS_HOST, db=db) as client:
         if keys is None:
-            keys = [k.decode() for k in client.scan_iter(count=1000) if k.decode() != CLAIM_KEY]
+            keys = [k.decode() for k in client.scan_iter(count=1000) if k.decode() not in CLAIM_KEYS]
         if kind == "dramatiq":
             pipe = client.pipeline(transaction=False)
             for key in keys:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import redis
 
-from bench.common import CLAIM_KEY, REDIS_HOST, Process, redis_db, stored_answers
+from bench.common import CLAIM_KEY, LEGACY_CLAIM_KEY, REDIS_HOST, Process, redis_db, stored_answers
 
 
 def test_a_restarted_process_does_not_count_its_predecessors_ready_line(tmp_path):
@@ -28,19 +28,21 @@ def test_a_restarted_process_does_not_count_its_predecessors_ready_line(tmp_path
         second.stop()
 
 
-def test_the_benchmark_never_takes_the_redis_db_a_test_session_claimed():
-    # Given this test session's claimed db (tests/conftest.py)
+def test_the_benchmark_never_takes_a_redis_db_claimed_by_a_test_session_or_an_earlier_benchmark():
+    # Given this test session's claimed db (tests/conftest.py), and a db an earlier benchmark holds with its own key
     from tests.conftest import REDIS_DB
 
-    # When the benchmark claims dbs while the session holds its own
-    with redis_db() as first, redis_db() as second:
-        # Then it gets other dbs, each its own, marked with the same claim key
-        assert REDIS_DB not in (first, second) and first != second
-        with redis.Redis(host=REDIS_HOST, db=first) as client:
-            assert client.get(CLAIM_KEY).startswith(b"bench-")
-    # And a released db is flushed (its claim with it)
-    with redis.Redis(host=REDIS_HOST, db=first) as client:
-        assert client.dbsize() == 0
+    with redis_db() as earlier, redis.Redis(host=REDIS_HOST, db=earlier) as client:
+        client.delete(CLAIM_KEY)  # (as an earlier benchmark leaves it: its own key only)
+        # When the benchmark claims dbs meanwhile
+        with redis_db() as first, redis_db() as second:
+            # Then it gets other dbs, each its own, marked with both keys (so neither kind takes them)
+            assert len({REDIS_DB, earlier, first, second}) == 4
+            with redis.Redis(host=REDIS_HOST, db=first) as mine:
+                assert mine.get(CLAIM_KEY).startswith(b"bench-") and mine.get(LEGACY_CLAIM_KEY) == mine.get(CLAIM_KEY)
+        # And a released db is flushed (its claims with it)
+        with redis.Redis(host=REDIS_HOST, db=first) as released:
+            assert released.dbsize() == 0
     with redis.Redis(host=REDIS_HOST, db=REDIS_DB) as client:
         assert client.exists(CLAIM_KEY)
 
