@@ -86,11 +86,15 @@ def vhost(prefix: str) -> Iterator[str]:
 
 @contextmanager
 def redis_db() -> Iterator[int]:
-    """A Redis db nobody else is using (claimed like a test session claims one), flushed afterwards."""
+    """A Redis db nobody else is using (claimed like a test session claims one), emptied first, flushed afterwards."""
     mine = f"bench-{uuid.uuid4().hex[:6]} {socket.gethostname()} {os.getpid()}"
     for db in range(15, 0, -1):
         with redis.Redis(host=REDIS_HOST, db=db) as client:
             if client.eval(_CLAIM, 2, *CLAIM_KEYS, mine):
+                # What a run killed before its clean-up left behind must not count as this run's.
+                leftovers = [key for key in client.scan_iter(count=1000) if key.decode() not in CLAIM_KEYS]
+                if leftovers:
+                    client.delete(*leftovers)
                 break
     else:
         raise RuntimeError("No free Redis db for the benchmark (every db 1-15 is claimed).")
