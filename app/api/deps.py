@@ -15,7 +15,7 @@ from app.access import service as access_service
 from app.access.service import KeyCache, Principal
 from app.audit.context import adopt_session, remember_principal
 from app.config import Settings, get_settings
-from app.db import get_sessionmaker
+from app.db import get_sessionmaker, session_scope
 from app.errors import Forbidden, Unauthenticated
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -29,20 +29,16 @@ def get_session() -> Iterator[Session]:
     not committed, and on SQLite the audit entry never waits for the request's own write lock. A route that raises
     rolls the transaction back. Why the middleware and not this function: FastAPI (0.118 on) runs the code after
     `yield` only once the response has been sent, and only the middleware knows the answer's status as it starts.
+    The session is `session_scope`'s (app/db.py): it commits here only what the middleware did not take (an app
+    without it); after the middleware's commit there is nothing left to commit.
     """
-    session = get_sessionmaker()()
-    call = adopt_session(session)
-    try:
-        yield session
-        if call is None or call.session is session:
-            session.commit()  # the middleware did not take it (an app without it): commit, as before
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        if call is not None and call.session is session:
-            call.session = None
-        session.close()
+    with session_scope() as session:
+        call = adopt_session(session)
+        try:
+            yield session
+        finally:
+            if call is not None and call.session is session:
+                call.session = None
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

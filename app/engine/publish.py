@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -322,25 +322,23 @@ async def dispatch_once(
     options: dict[str, Any] | None = None,
 ) -> Dispatched:
     """`dispatch_async`, honouring an Idempotency-Key: a repeat of the same request returns the first answer."""
-    publish = partial(
-        dispatch_async, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
-    )
-    if idempotency_key is None:
-        return await publish()
-    digest = idempotency.fingerprint(name, request_body)
-    try:
-        first = await run_in_threadpool(idempotency.begin, owner=triggered_by, key=idempotency_key, digest=digest)
-    except redis.RedisError as exc:
+
+    async def publish() -> dict[str, Any]:
+        dispatched = await dispatch_async(
+            name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
+        )
+        return dispatched.as_dict()
+
+    def redis_down(exc: redis.RedisError) -> Exception:
         redis_outage.failed(repr(exc))
-        raise ServiceUnavailable(_REDIS_DOWN) from exc
-    if first is not None:
-        return Dispatched(**first)
-    try:
-        result = await publish()
-    except BaseException:
-        await run_in_threadpool(idempotency.abandon, owner=triggered_by, key=idempotency_key)
-        raise
-    await run_in_threadpool(
-        idempotency.complete, owner=triggered_by, key=idempotency_key, digest=digest, response=result.as_dict()
+        return ServiceUnavailable(_REDIS_DOWN)
+
+    answer = await idempotency.once(
+        owner=triggered_by,
+        key=idempotency_key,
+        route=name,
+        body=request_body,
+        action=publish,
+        unreachable=redis_down,
     )
-    return result
+    return Dispatched(**answer)
