@@ -24,7 +24,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def get_session() -> Iterator[Session]:
     """The request's session: one transaction per request, committed before the response starts.
 
-    The audit middleware (app/audit/middleware.py) adds the call's audit entry to this transaction and commits it
+    The audit middleware (app/api/audit_middleware.py) adds the call's audit entry to this transaction and commits it
     when the route has answered, before the status line goes out: a client never sees a 2xx for a change that is
     not committed, and on SQLite the audit entry never waits for the request's own write lock. A route that raises
     rolls the transaction back. Why the middleware and not this function: FastAPI (0.118 on) runs the code after
