@@ -259,14 +259,14 @@ def dead_replay(
 ) -> None:
     """Replay dead letters by id: back to their queue, same task id, fresh retry budget."""
     from app.db import session_scope
-    from app.deadletters import service
+    from app.engine import dead_letters
     from app.errors import CourierError
 
     failed = 0
     for letter_id in letter_ids:
         try:
             with session_scope() as session:
-                letter = service.replay(session=session, letter_id=letter_id, actor=_operator(), reason=why)
+                letter = dead_letters.replay(session=session, letter_id=letter_id, actor=_operator(), reason=why)
             typer.echo(f"replayed {letter_id}: {letter.task_name}[{letter.task_id}] -> {letter.queue}")
         except CourierError as exc:
             _err(exc.message)

@@ -8,7 +8,7 @@ process (app/engine/speed/pool.py), so the history shows it running. A short run
 recorder's work per run was mostly per entry. Celery's own task events cost three broker messages per task,
 published from the worker's consumer loop; the benchmark measured them at about a third of its throughput.
 
-The recorder (app/runs/recorder.py) reads the stream through a consumer group and acknowledges entries only
+The recorder (app/recorder.py) reads the stream through a consumer group and acknowledges entries only
 after their batch is committed to SQL, so entries written while it is down wait for it.
 """
 

@@ -24,9 +24,7 @@ def task_meta(task_id: str) -> dict[str, str]:
     return meta
 
 
-def task_status(
-    *, session: Session, task_id: str, result_meta: Callable[[str], dict[str, Any]]
-) -> TaskRead | None:
+def task_status(*, session: Session, task_id: str, result_meta: Callable[[str], dict[str, Any]]) -> TaskRead | None:
     """Merge the live result (`result_meta(task_id)`: what the worker stored, as the result backend decodes it)
     with the durable history (SQL); None for an id never seen."""
     meta = task_meta(task_id)
