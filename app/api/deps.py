@@ -12,7 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.access import service as access_service
-from app.access.service import KeyCache, Principal
+from app.access.schemas import Principal
+from app.access.service import KeyCache
 from app.audit.context import adopt_session, remember_principal
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.db import utcnow
 from app.deadletters.exceptions import DeadLetterNotFound, NotReplayable

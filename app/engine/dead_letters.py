@@ -18,7 +18,7 @@ from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.constants import (
     DEAD_ERROR_CLASS_HEADER,
     DEAD_ERROR_HEADER,

@@ -14,7 +14,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.constants import DEAD_LETTER_QUEUE, REDIS_PREFIX, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import utcnow

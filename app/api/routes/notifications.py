@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api import once
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings

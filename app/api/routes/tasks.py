@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, SettingsDep
 from app.config import Settings
 from app.constants import TERMINAL_STATES, TaskState
