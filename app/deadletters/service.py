@@ -296,6 +296,20 @@ def latest_for_task(*, session: Session, task_id: str) -> DeadLetter | None:
     return session.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id).order_by(DeadLetter.id.desc()))
 
 
+def link_for_task(*, session: Session, task_id: str) -> dict[str, Any] | None:
+    """The newest letter of a task id as the task status links it (id, reason, status, error, url)."""
+    letter = latest_for_task(session=session, task_id=task_id)
+    if letter is None:
+        return None
+    return {
+        "id": letter.id,
+        "reason": letter.reason,
+        "status": letter.status,
+        "error": letter.error,
+        "url": f"/api/v1/tasks/dead-letters/{letter.id}",
+    }
+
+
 def replayable(*, session: Session, letter_id: int) -> DeadLetter:
     """A letter that may be replayed: pending, and a decodable task message; NotReplayable otherwise."""
     letter = get(session=session, letter_id=letter_id)

@@ -12,7 +12,8 @@ from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import DELAY_BUCKETS_S, Tier
+from app.constants import DELAY_BUCKETS_S, TaskState, Tier
+from app.deadletters import service as deadletters
 from app.engine import topology
 from app.engine.celery_app import celery_app
 from app.errors import ServiceUnavailable
@@ -34,8 +35,12 @@ def result_meta(task_id: str) -> dict[str, Any]:
 
 
 def task_status(*, session: Session, task_id: str) -> TaskRead | None:
-    """One task's status (app/runs/status.py) with its stored result; None for an id never seen."""
-    return status.task_status(session=session, task_id=task_id, result_meta=result_meta)
+    """One task's status (app/runs/status.py) with its stored result and, once dead-lettered, the link to its
+    dead letter; None for an id never seen."""
+    found = status.task_status(session=session, task_id=task_id, result_meta=result_meta)
+    if found is not None and found.state == TaskState.DEAD_LETTERED:
+        found = found.model_copy(update={"dead_letter": deadletters.link_for_task(session=session, task_id=task_id)})
+    return found
 
 
 def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:

@@ -18,16 +18,15 @@ import time
 from typing import Any
 
 import orjson
-from celery import states
 
-from app.constants import DISPATCHED_AT_HEADER, HISTORY_STREAM_MAX_LENGTH, TRIGGERED_BY_HEADER
+from app.constants import DISPATCHED_AT_HEADER, HISTORY_STREAM_MAX_LENGTH, TRIGGERED_BY_HEADER, TaskState
 
 #: Result states that end or pause a run, and the event type each is journaled as.
 STATE_EVENTS = {
-    states.SUCCESS: "task-succeeded",
-    states.FAILURE: "task-failed",
-    states.RETRY: "task-retried",
-    states.REVOKED: "task-revoked",
+    TaskState.SUCCESS.value: "task-succeeded",
+    TaskState.FAILURE.value: "task-failed",
+    TaskState.RETRY.value: "task-retried",
+    TaskState.REVOKED.value: "task-revoked",
 }
 #: Longest traceback journaled (the dead-letter record keeps the whole message).
 TRACEBACK_MAX_CHARS = 8000

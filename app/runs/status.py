@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.constants import TASK_META_KEY, TaskState
-from app.deadletters import service as deadletters_service
 from app.redis_store import get_redis
 from app.runs import revocations
 from app.runs import service as runs_service
@@ -26,7 +25,8 @@ def task_meta(task_id: str) -> dict[str, str]:
 
 def task_status(*, session: Session, task_id: str, result_meta: Callable[[str], dict[str, Any]]) -> TaskRead | None:
     """Merge the live result (`result_meta(task_id)`: what the worker stored, as the result backend decodes it)
-    with the durable history (SQL); None for an id never seen."""
+    with the durable history (SQL); None for an id never seen. A dead-lettered task's `dead_letter` link is the
+    caller's to add (the dead-letter store records into the run history, so the history does not read it)."""
     meta = task_meta(task_id)
     run = runs_service.get(session=session, task_id=task_id)
     backend = result_meta(task_id)
@@ -63,21 +63,7 @@ def task_status(*, session: Session, task_id: str, result_meta: Callable[[str], 
         started_at=run.started_at if run is not None else None,
         finished_at=(run.finished_at if run is not None else None) or backend.get("date_done"),
         revoked=revocations.is_revoked(task_id),
-        dead_letter=_dead_letter_link(session, task_id) if state == TaskState.DEAD_LETTERED else None,
     )
-
-
-def _dead_letter_link(session: Session, task_id: str) -> dict[str, Any] | None:
-    letter = deadletters_service.latest_for_task(session=session, task_id=task_id)
-    if letter is None:
-        return None
-    return {
-        "id": letter.id,
-        "reason": letter.reason,
-        "status": letter.status,
-        "error": letter.error,
-        "url": f"/api/v1/tasks/dead-letters/{letter.id}",
-    }
 
 
 def owner_of(*, session: Session, task_id: str) -> str | None:
