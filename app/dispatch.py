@@ -1,7 +1,7 @@
 """The one enqueue port of the domains: enqueue a named task with its kwargs, now or after the caller's commit.
 
 Domains know task names, never Celery. The adapters install the engine's confirmed publisher here when their
-process starts (`app/tasks/__init__.py`, which the worker, the API and the CLI all import): `install(publisher)`.
+process starts (`install_publisher()` in app/tasks/__init__.py: the worker, the API and the recorder).
 
 After-commit work goes through one outbox kept in the session (`after_commit`): callbacks run once the caller's
 transaction commits, in the order they were added, and are dropped if it rolls back. Publishing before the rows a

@@ -24,7 +24,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
 
-from app import redis_store
+from app import redis_store, tasks
 from app.config import Settings, get_settings
 from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
 from app.db import session_scope
@@ -234,6 +234,7 @@ def main() -> None:
     if settings.history_recorder_nice:
         # Work behind the workers: under load they get the CPU first, and the recorder catches up afterwards.
         os.nice(settings.history_recorder_nice)
+    tasks.install_publisher()  # a recorded dead letter emits `task.dead_lettered`: its webhook deliveries publish
     recorder = Recorder(settings)
     signal.signal(signal.SIGTERM, recorder.stop)
     signal.signal(signal.SIGINT, recorder.stop)

@@ -1,7 +1,8 @@
 """Courier's Celery side. `celery -A app.tasks ...` resolves `app` below (Celery's find_app looks for it).
 
 Importing this package also installs the engine's confirmed publisher into the domains' enqueue port
-(app/dispatch.py): the worker imports it by `-A app.tasks`, and the API and the CLI import it at start.
+(app/dispatch.py): the worker and beat import it by `-A app.tasks`; the API (app/main.py) and the recorder
+(app/recorder.py) call `install_publisher()` when they start.
 """
 
 from __future__ import annotations
