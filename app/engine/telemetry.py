@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.config import get_settings
+from app.logging import configure_logging
 from app.metrics import enable_multiprocess
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,6 @@ def on_task_retry(sender: Any = None, reason: Any = None, **_: Any) -> None:
 
 def on_setup_logging(loglevel: Any = None, **_: Any) -> None:
     """`setup_logging`: the worker logs JSON lines (LOG_FORMAT) instead of Celery's own format."""
-    from app.logging import configure_logging
-
     level = loglevel if isinstance(loglevel, str) else logging.getLevelName(loglevel or logging.INFO)
     configure_logging(str(level))
 
