@@ -1,4 +1,6 @@
-"""Operations: pause and resume a tier across workers (durably), purge a queue, overview and performance."""
+"""Operations: pause and resume a tier across workers (durably), purge a queue, live workers (their heartbeats),
+overview and performance. The broker and the live workers are reached through the `Broker` the adapter passes in
+(the engine's: app/engine/inspect.py)."""
 
 from __future__ import annotations
 
