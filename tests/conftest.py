@@ -257,7 +257,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 class RecorderProcess:
-    """The recorder (`python -m app.runs.recorder`) as a real process that a test may kill and restart."""
+    """The recorder (`python -m app.recorder`) as a real process that a test may kill and restart."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
@@ -265,7 +265,7 @@ class RecorderProcess:
     def start(self) -> None:
         with open(VAR_DIR / "recorder.log", "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.runs.recorder"],
+                [sys.executable, "-m", "app.recorder"],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

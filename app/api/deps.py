@@ -12,7 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.access import service as access_service
-from app.access.service import KeyCache, Principal
+from app.access.schemas import Principal
+from app.access.service import KeyCache
 from app.audit.context import adopt_session, remember_principal
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker, session_scope
@@ -24,7 +25,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def get_session() -> Iterator[Session]:
     """The request's session: one transaction per request, committed before the response starts.
 
-    The audit middleware (app/audit/middleware.py) adds the call's audit entry to this transaction and commits it
+    The audit middleware (app/api/audit_middleware.py) adds the call's audit entry to this transaction and commits it
     when the route has answered, before the status line goes out: a client never sees a 2xx for a change that is
     not committed, and on SQLite the audit entry never waits for the request's own write lock. A route that raises
     rolls the transaction back. Why the middleware and not this function: FastAPI (0.118 on) runs the code after

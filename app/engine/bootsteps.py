@@ -14,7 +14,10 @@ from celery import Celery, bootsteps, signals
 from app import db, redis_store
 from app.config import get_settings
 from app.constants import WORKER_HEARTBEAT_KEY
+from app.db import session_scope
+from app.engine import topology
 from app.redis_store import get_redis
+from app.runs import revocations
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +34,6 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
     label = "Courier topology check"
 
     def start(self, worker: Any) -> None:
-        from app.engine import topology
-
         settings = get_settings()
         if settings.celery_task_always_eager:
             return
@@ -50,9 +51,6 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
         except redis_store.PersistenceRefused as exc:
             logger.critical("%s", exc)
             raise SystemExit(EX_CONFIG) from exc
-        from app.db import session_scope
-        from app.runs import revocations
-
         try:
             with session_scope() as session:
                 restored = revocations.restore_to_redis(session=session)

@@ -13,7 +13,7 @@ from celery.schedules import crontab  # (section: audit)
 from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.engine import policy, topology
+from app.engine import bootsteps, policy, telemetry, topology
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
 from app.engine.speed import amqp_transport, pool, tracing
@@ -189,12 +189,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     # (app/engine/guarantees/sending.py).
     app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp="app.engine.guarantees.sending:CourierAMQP")
     app.conf.update(celery_config(settings))
-    from app.engine import bootsteps
-
     bootsteps.install(app)
     # (section: ops) task metrics (multiprocess files) and JSON logs of the workers
-    from app.engine import telemetry
-
     telemetry.install(app)
 
     # Before the pool forks: a cheaper repr of each result in Celery's tracer (app/engine/speed/tracing.py).

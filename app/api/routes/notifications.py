@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 
 from app import idempotency
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope, utcnow
