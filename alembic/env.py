@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, pool
 import app.access.models  # noqa: F401  (register tables)
 import app.audit.models  # noqa: F401
 import app.deadletters.models  # noqa: F401
+import app.events.models  # noqa: F401
 import app.identity.models  # noqa: F401
 import app.integrations.models  # noqa: F401  (section: audit)
 import app.notifications.models  # noqa: F401

@@ -22,7 +22,7 @@ from app.audit import service as audit_service
 from app.db import utcnow
 from app.deadletters.exceptions import DeadLetterNotFound, NotReplayable
 from app.deadletters.models import DeadLetter, Reason, Status
-from app.integrations import events
+from app.events import service as events
 from app.runs import service as runs_service
 
 logger = logging.getLogger(__name__)

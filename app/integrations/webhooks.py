@@ -25,10 +25,12 @@ from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.config import Settings
 from app.db import session_scope, utcnow
+from app.events import service as events
+from app.events.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from app.identity.models import User
-from app.integrations import egress, events, signing
+from app.integrations import egress, signing
 from app.integrations.exceptions import DeliveryNotFound, EgressRefused, EndpointDisabled, EndpointNotFound
-from app.integrations.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.integrations.models import WebhookAttempt
 from app.notifications import service as notifications
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, object_session
 from app import dispatch
 from app.config import get_settings
 from app.db import utcnow
-from app.integrations import events
+from app.events import service as events
 from app.notifications.exceptions import NotCancellable, NotificationNotFound
 from app.notifications.models import Channel, Notification, Status
 
@@ -248,7 +248,7 @@ def claim_retryable(*, session: Session, now: datetime, limit: int) -> list[Noti
 def on_failed(notification: Notification) -> None:
     """A notification has just failed for good (or until retry_failed_notifications tries again).
 
-    The one place `notification.failed` happens: the integrations emitter is wired here.
+    The one place `notification.failed` happens: the event emitter (app/events) is wired here.
     """
     logger.warning(
         "Notification %s (%s) failed after %d attempt(s): %s",

@@ -8,9 +8,9 @@ import uuid
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.audit import anomalies
 from app.audit import service as audit_service
 from app.audit.models import AuditFinding
+from app.compliance import anomalies
 from app.config import get_settings
 from app.db import session_scope
 from app.main import app

@@ -10,9 +10,9 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from app.audit import reports
 from app.audit import service as audit_service
-from app.audit.collectors import email_target
+from app.compliance import reports
+from app.compliance.collectors import email_target
 from app.db import session_scope, utcnow
 from app.identity.models import User, UserSession
 from app.notifications.models import Notification

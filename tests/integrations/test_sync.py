@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import session_scope
+from app.events.models import WebhookEvent
 from app.integrations import sync
-from app.integrations.models import ExternalRecord, WebhookEvent
+from app.integrations.models import ExternalRecord
 from tests.conftest import auth, join
 from tests.integrations.receiver import Answer, Received, as_json
 

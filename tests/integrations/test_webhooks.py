@@ -21,9 +21,10 @@ from app import crypto
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.engine import publish
+from app.events import service as events
+from app.events.models import WebhookDelivery, WebhookEndpoint
 from app.identity.models import User
-from app.integrations import events, webhooks
-from app.integrations.models import WebhookDelivery, WebhookEndpoint
+from app.integrations import webhooks
 from app.notifications.models import Notification
 from tests.conftest import ROOT, auth, join
 from tests.integrations.receiver import Receiver

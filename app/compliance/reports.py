@@ -15,14 +15,15 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from app.audit import archive, chain, collectors
+from app.audit import archive, chain
 from app.audit.context import AUTH_FAILED
 from app.audit.exceptions import ReportNotFound, ReportNotReady
 from app.audit.models import AuditEvent, AuditReport, ReportKind, ReportStatus
+from app.compliance import collectors
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.deadletters.models import DeadLetter
-from app.integrations import events
+from app.events import service as events
 
 logger = logging.getLogger(__name__)
 

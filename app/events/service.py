@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.db import session_scope
 from app.errors import ServiceUnavailable
-from app.integrations.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.events.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
