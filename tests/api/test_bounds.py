@@ -13,7 +13,7 @@ from typing import Any
 
 from app.main import app
 from app.schema_types import MAX_ID
-from tests.conftest import auth
+from tests.support.api import auth
 
 #: Values no SQL integer column holds, on either side.
 OUT_OF_RANGE = (2**63, -(2**64))

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import auth, join
-from tests.support.services import ApiProcess, OwnRedis
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis
+from tests.support.session import join
 
 HEALTH = "/api/v1/tasks/health"
 

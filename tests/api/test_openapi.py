@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 
 from app.api.deps import get_principal, require_admin
 from app.main import app
-from tests.conftest import auth
+from tests.support.api import auth
 
 ENVELOPE = "#/components/schemas/ErrorResponse"
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import auth, join
-from tests.support.services import ApiProcess, OwnRedis, free_port
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, free_port
+from tests.support.session import join
 
 
 def test_routes_that_read_redis_answer_503_while_it_is_down_and_the_outage_is_logged_once(

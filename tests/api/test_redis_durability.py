@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import ROOT, join
-from tests.support.services import ApiProcess, OwnRedis
+from tests.support.api import ApiProcess
+from tests.support.processes import OwnRedis
+from tests.support.session import ROOT, join
 
 #: Production settings that pass every other guard rail (no development placeholder secrets).
 PRODUCTION = {

@@ -217,12 +217,13 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
 
     from app.constants import Tier
     from app.engine import publish
-    from tests.conftest import VHOST, _mgmt, join
+    from tests.support.services import VHOST, mgmt
+    from tests.support.session import join
 
     def consuming_connections() -> set[str]:
         """The connections of the `low` queue's consumers (the worker's consumer connection, by name): listing
         the connections that appeared once the worker started could catch another of its connections first."""
-        queue = _mgmt("GET", f"/queues/{quote(VHOST)}/low").json()
+        queue = mgmt("GET", f"/queues/{quote(VHOST)}/low").json()
         # (the management API lists a consumer whose channel is closing with `channel_details: []`)
         details = [c.get("channel_details") for c in queue.get("consumer_details") or []]
         return {d["connection_name"] for d in details if isinstance(d, dict)}
@@ -231,7 +232,7 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
     names = join(consuming_connections, what="the worker's consumer in the management API")
     # When the broker closes the worker's consumer connection
     for name in names:
-        _mgmt("DELETE", f"/connections/{quote(name)}")
+        mgmt("DELETE", f"/connections/{quote(name)}")
     join(lambda: "Connection to broker lost" in worker.log(), what="the worker to see its connection closed")
     # Then a task published afterwards still runs
     task_id = publish.dispatch("system.ping", kwargs={}, triggered_by="test", tier=Tier.low).task_id

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.engine.celery_app import celery_app
 from app.engine.speed import pool
-from tests.conftest import redis_client
+from tests.support.services import redis_client
 
 
 def _trace_ok(task_id: str) -> tuple[int, str, float]:
@@ -97,7 +97,8 @@ def test_a_job_waiting_behind_a_running_one_is_checked_when_it_starts_not_when_i
     """A prefork job waits in Celery's semaphore until a child is free, an inline (solo) job until the one before
     it ends: either way its revocation check must come when it starts. The revocation is written to Redis only,
     as when the broadcast to the workers is lost, so nothing but the check can stop it."""
-    from tests.conftest import dispatch, join
+    from tests.support.api import dispatch
+    from tests.support.session import join
 
     # Given two tasks queued before the worker starts, so that it takes both at once (prefetch)
     running = dispatch(api, admin_key, tier="low", sleep_s=2)
@@ -122,7 +123,8 @@ def test_a_task_running_through_a_warm_shutdown_is_stored_and_acked_not_run_agai
 
     from app.constants import Tier
     from app.engine import publish
-    from tests.conftest import join, queue_depth
+    from tests.support.services import queue_depth
+    from tests.support.session import join
 
     worker = start_worker("low", concurrency=1)
     task_id = publish.dispatch(
@@ -149,9 +151,11 @@ def test_with_results_in_another_redis_the_worker_checks_and_journals_in_courier
     journal go to Courier's (REDIS_URL) and the results to the backend's, in a round trip each."""
     import redis
 
-    from tests.conftest import REDIS_DB, REDIS_HOST, _claim_redis_db, dispatch, join
+    from tests.support.api import dispatch
+    from tests.support.services import REDIS_HOST, claim_redis_db, redis_db
+    from tests.support.session import join
 
-    results_db = _claim_redis_db()
+    results_db = claim_redis_db()
     results = redis.Redis(host=REDIS_HOST, db=results_db, decode_responses=True)
     recorder.stop()  # (so the journal keeps what the worker writes)
     try:
@@ -162,7 +166,7 @@ def test_with_results_in_another_redis_the_worker_checks_and_journals_in_courier
             "low",
             concurrency=1,
             env={
-                "REDIS_URL": f"redis://{REDIS_HOST}:6379/{REDIS_DB}",
+                "REDIS_URL": f"redis://{REDIS_HOST}:6379/{redis_db()}",
                 "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{results_db}",
             },
         )

@@ -14,7 +14,7 @@ from app.config import get_settings
 from app.constants import Tier
 from app.engine import publish
 from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
-from tests.conftest import REDIS_DB, REDIS_HOST, queue_depth, redis_client
+from tests.support.services import REDIS_HOST, queue_depth, redis_client, redis_db
 
 
 def _publish(publisher: AsyncPublisher, routing_key: str) -> asyncio.Future[None]:
@@ -64,7 +64,7 @@ def test_concurrent_metas_are_all_written_with_their_ttl():
     keys = [f"courier:test-meta:{uuid.uuid4()}" for _ in range(50)]
 
     async def run() -> None:
-        client = aioredis.Redis(host=REDIS_HOST, db=REDIS_DB, decode_responses=True)
+        client = aioredis.Redis(host=REDIS_HOST, db=redis_db(), decode_responses=True)
         writer = publish.MetaWriter(client, ttl_s=300)
         try:
             await asyncio.gather(

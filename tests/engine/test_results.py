@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from app.engine.celery_app import celery_app
-from tests.conftest import redis_client
+from tests.support.services import redis_client
 
 
 def test_results_are_stored_with_their_ttl_and_a_success_is_final():
@@ -27,7 +27,8 @@ def test_results_are_stored_with_their_ttl_and_a_success_is_final():
 def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, admin_key, start_worker):
     """The worker runs its two scripts by digest (EVALSHA): after a restart or SCRIPT FLUSH, Redis no longer
     knows them, and the worker must load them again rather than fail the task."""
-    from tests.conftest import dispatch, join
+    from tests.support.api import dispatch
+    from tests.support.session import join
 
     start_worker("low", concurrency=1)
     first = dispatch(api, admin_key, tier="low", echo="before")

@@ -11,7 +11,8 @@ from app.constants import Tier
 from app.context import request_id
 from app.engine import publish
 from app.logging import JsonFormatter
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -82,7 +83,7 @@ def test_secrets_are_masked_in_every_log_line():
 
 def test_the_request_id_travels_in_the_message_itself(api, start_worker, admin_key):
     """The header, not the publisher's Redis meta, carries it: a task whose meta is gone still logs it."""
-    from tests.conftest import redis_client
+    from tests.support.services import redis_client
 
     # Given a request id in force and the probe's meta removed before any worker sees the task
     token = request_id.set("req-in-header")

@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from app.logging import JsonFormatter, RedactingFormatter
-from tests.conftest import AMQP_HOST, MGMT_AUTH, VAR_DIR, VHOST, auth, join
-from tests.support.services import ApiProcess, OwnRedis, free_port
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, free_port
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST
+from tests.support.session import VAR_DIR, join
 
 #: A password anyone would recognise in a log, with characters a URL must percent-encode.
 PASSWORD = "Leak-Me/9@x:courier"

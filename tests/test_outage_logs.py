@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import AMQP_HOST, MGMT_AUTH, ROOT, VAR_DIR, VHOST, _mgmt, auth, join
-from tests.support.services import ApiProcess, OwnRedis, TcpProxy
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, TcpProxy
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, mgmt
+from tests.support.session import ROOT, VAR_DIR, join
 
 #: Words of a line about the broker being unreachable, in any of its forms (Courier's, aiormq's, asyncio's).
 OUTAGE_WORDS = ("broker", "publish", "connection", "future", "confirm")
@@ -198,7 +200,7 @@ def test_beat_survives_a_redis_outage_without_a_retry_limit_and_keeps_publishing
         finally:
             beat.terminate()
             beat.wait(20)
-            _mgmt("DELETE", f"/queues/{VHOST}/high/contents")
+            mgmt("DELETE", f"/queues/{VHOST}/high/contents")
     # And it never declared itself in need of a restart
     text = log_path.read_text()
     assert "Retry limit exceeded" not in text
