@@ -14,7 +14,7 @@ No future is left with an exception nobody reads: aiormq creates a confirmation 
 it only after the frames are written, so a publish that fails before (its connection lost, or our deadline)
 leaves the confirmation orphaned, and aiormq later fails it with the connection's error. `_abandon` reads such
 a confirmation when it ends, through two attributes of aiormq's Channel (aiormq 6.9, checked by
-tests/ops/test_outage_logs.py): `message_id_delivery_tag` (message id -> delivery tag) and `confirmations`
+tests/test_outage_logs.py): `message_id_delivery_tag` (message id -> delivery tag) and `confirmations`
 (delivery tag -> future). Without them a lost connection only costs "Future exception was never retrieved" lines.
 """
 
