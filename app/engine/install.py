@@ -129,9 +129,7 @@ def celery_options(engine: Engine, settings: Settings) -> dict[str, Any]:
 def install(app: Celery, engine: Engine) -> None:
     """Hook `engine` into the worker's start: the tracer's repr (before the pool forks) and the log of its mode."""
 
-    def on_worker_init(**_: Any) -> None:
-        logger.info("%s.", engine.describe())
-        if engine.speed_patches:
-            tracing.install()
-
-    signals.worker_init.connect(on_worker_init, weak=False)
+    if engine.speed_patches:  # before the pool forks, so the children inherit it
+        signals.worker_init.connect(lambda **_: tracing.install(), weak=False)
+    # once the worker's logging is set up
+    signals.celeryd_after_setup.connect(lambda **_: logger.info("%s.", engine.describe()), weak=False)
