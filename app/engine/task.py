@@ -61,9 +61,10 @@ class CourierTask(Task):  # type: ignore[misc]
         The answer comes from app/engine/guarantees/starts.py: EXISTS on the revocation key and INCR of this
         attempt's start count, asked by the worker's main process for every job it hands to its pool children in
         one round trip (it rides the attempt's HandOff, app/engine/speed/pool.py), or here when the task runs any
-        other way (eagerly, inline, or on Celery's stock pools). An attempt that starts more than MAX_STARTS_PER_ATTEMPT times
-        never finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected
-        to the dead-letter queue as `worker_lost`. The run's start is journaled with its outcome (app/runs/journal.py).
+        other way (eagerly, inline, or on Celery's stock pools). An attempt that starts more than
+        MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each time: classic queues count no
+        redeliveries), so it is rejected to the dead-letter queue as `worker_lost`. The run's start is journaled
+        with its outcome (app/runs/journal.py).
 
         Redis unreachable here is an outage, not this task's failure: it is reported as Reject(InfraUnavailable),
         which stores nothing, and the worker's main process puts the attempt back (app/engine/guarantees/request.py).

@@ -8,9 +8,8 @@ import uuid
 
 import pytest
 from billiard.einfo import ExceptionInfo
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 from celery.app.task import Context
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import get_settings
 from app.engine.celery_app import celery_app
