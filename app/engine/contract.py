@@ -121,7 +121,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override(
         "app.engine.guarantees.sending:CourierAMQP",
         "guarantees",
-        "every task message is published mandatory, and publishers declare no queue",
+        "every task message is published mandatory, publishers declare no queue, and the attempt's HandOff (a "
+        "request key) never leaves the process as a header",
         "stock Celery confirms and drops a message RabbitMQ cannot route, and re-creates a deleted queue unnoticed",
         (
             _s("celery", "celery.app.amqp:AMQP", "class"),
@@ -129,6 +130,13 @@ OVERRIDES: tuple[Override, ...] = (
             _s("celery", "celery.app.amqp:AMQP._create_task_sender", "source", source="declare=None"),
             _s("celery", "celery.app.amqp:AMQP._create_task_sender", "source", source="**properties"),
             _s("kombu", "kombu.messaging:Producer.publish", "callable", "mandatory", "declare"),
+            _s(
+                "celery",
+                "celery.app.task:Context._get_custom_headers",
+                "source",
+                source="headers.update(*args, **kwargs)",
+            ),
+            _s("celery", "celery.app.task:Context.as_execution_options", "source", source="'headers'"),
             _s("celery", "celery.app.base:Celery.__init__", "callable", "amqp"),
         ),
     ),
@@ -148,6 +156,13 @@ OVERRIDES: tuple[Override, ...] = (
                 "amqp.channel:Channel._on_basic_return",
                 "source",
                 source="callback(exc, exchange, routing_key, message)",
+            ),
+            _s("amqp", "amqp.channel:Channel._on_basic_return", "source", source="events.get('basic_return')"),
+            _s(
+                "amqp",
+                "amqp.channel:Channel.basic_publish_confirm",
+                "source",
+                source="self.wait([spec.Basic.Ack, spec.Basic.Nack]",
             ),
             _s("kombu", "kombu.exceptions:KombuError", "class"),
         ),

@@ -36,6 +36,7 @@ from app.config import get_settings
 from app.constants import HISTORY_STREAM
 from app.engine.guarantees import outages, starts
 from app.engine.guarantees.results import Deferred
+from app.engine.guarantees.sending import HANDOFF_KEY
 from app.engine.speed import amqp_transport
 from app.redis_store import get_redis
 from app.runs import journal
@@ -49,8 +50,9 @@ Pending = tuple[Callable[[Outcome], Any], Outcome, list[Deferred]]
 #: A job held until the loop's tick: (Celery's trace function, its arguments, keyword arguments, pool options).
 Held = tuple[Any, tuple[Any, ...], Any, dict[str, Any]]
 
-#: The key of Celery's request dict (a task's `self.request` attribute) that carries the attempt's HandOff.
-HANDOFF = "courier_handoff"
+#: The key of Celery's request dict (a task's `self.request` attribute) that carries the attempt's HandOff; the
+#: task sender keeps it out of the messages a task publishes from its request (app/engine/guarantees/sending.py).
+HANDOFF = HANDOFF_KEY
 
 
 class HandOff:
