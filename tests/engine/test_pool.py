@@ -198,3 +198,24 @@ def test_with_results_in_another_redis_the_worker_checks_and_journals_in_courier
         recorder.start()
         results.flushdb()
         results.close()
+
+
+def test_a_message_published_from_an_attempt_s_request_carries_no_handoff():
+    """Celery copies a request's unknown keys into its custom headers, and those into what a task publishes from
+    its request (a retry): the task sender keeps the attempt's HandOff, an object of this process, out of it."""
+    request = Context({"id": "t", pool.HANDOFF: pool.HandOff(None), "custom": "kept"})
+    assert pool.HANDOFF in request.headers  # (Celery's behaviour the sender guards against)
+    amqp = celery_app.amqp
+    message = amqp.create_task_message("t", "system.ping", (), {}, headers=request.headers)
+    published: list[dict[str, object]] = []
+
+    class Producer:
+        def publish(self, body: object, **kwargs: object) -> None:
+            published.append(kwargs)
+
+    amqp.send_task_message(
+        Producer(), "system.ping", message, exchange="courier.tasks", routing_key="low", headers=request.headers
+    )
+    headers = published[0]["headers"]
+    assert isinstance(headers, dict) and headers["custom"] == "kept" and pool.HANDOFF not in headers
+    assert pool.HANDOFF in request.headers  # the request itself is left as it was
