@@ -14,6 +14,7 @@ from celery import Celery, bootsteps, signals
 from app import db, redis_store
 from app.config import get_settings
 from app.constants import WORKER_HEARTBEAT_KEY
+from app.engine.guarantees import outages
 from app.engine.pauses import SkipPausedQueues
 from app.redis_store import get_redis
 
@@ -93,6 +94,9 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                 }
                 try:
                     get_redis().set(key, json.dumps(status), ex=max(1, int(interval * 3)))
+                    # Redis answers: the end of an outage the worker met on its tasks' path is logged here too
+                    # (on Celery's own pools, with ENGINE_SPEED_PATCHES=off, nothing else in this process hears).
+                    outages.redis_outage.succeeded()
                 except Exception:
                     logger.warning("Could not write the heartbeat of %s.", worker.hostname, exc_info=True)
                 if self._stop.wait(interval):
