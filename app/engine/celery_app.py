@@ -8,12 +8,12 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.beat import PersistentScheduler
-from celery.schedules import crontab  # (section: audit)
+from celery.schedules import crontab
 
 from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.engine import install, policy, topology
+from app.engine import bootsteps, install, policy, telemetry, topology
 from app.memory import freeze_start_up_objects
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
@@ -23,13 +23,10 @@ TRACE_LOGGER = "celery.app.trace"
 TASK_MODULES = [
     "app.tasks.system",
     "app.tasks.deadletters",
-    # (section: identity)
     "app.tasks.identity",
     "app.tasks.notifications",
-    # (section: audit)
     "app.tasks.audit",
     "app.tasks.integrations",
-    # (section: ops)
 ]
 
 
@@ -111,7 +108,6 @@ def schedule() -> dict[str, Any]:
     """Periodic tasks run by `celery -A app.tasks beat` (exactly one beat per deployment)."""
     return {
         "prune-run-history": {"task": "runs.prune_history", "schedule": 3600.0},
-        # (section: identity)
         "cleanup-expired-sessions": {"task": "identity.cleanup_expired_sessions", "schedule": 3600.0},
         "cleanup-expired-tokens": {"task": "identity.cleanup_expired_tokens", "schedule": 3600.0},
         "process-scheduled-notifications": {
@@ -122,7 +118,6 @@ def schedule() -> dict[str, Any]:
             "task": "notifications.retry_failed_notifications",
             "schedule": get_settings().notification_retry_interval_s,
         },
-        # (section: audit)
         "audit-daily-report": {"task": "audit.generate_daily_report", "schedule": crontab(minute=0, hour=1)},
         "audit-archive-old-logs": {
             "task": "audit.archive_old_logs",
@@ -132,7 +127,6 @@ def schedule() -> dict[str, Any]:
         "integrations-health-check": {"task": "integrations.health_check_integrations", "schedule": 300.0},
         "integrations-sync-all": {"task": "integrations.sync_all_systems", "schedule": 3600.0},
         "integrations-dispatch-pending": {"task": "integrations.dispatch_pending", "schedule": 60.0},
-        # (section: ops)
     }
 
 
@@ -179,12 +173,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp=engine.amqp)
     app.conf.update(celery_config(settings, engine))
     install.install(app, engine)
-    from app.engine import bootsteps
-
     bootsteps.install(app)
-    # (section: ops) task metrics (multiprocess files) and JSON logs of the workers
-    from app.engine import telemetry
-
+    # Task metrics (multiprocess files) and JSON logs of the workers.
     telemetry.install(app)
 
     # Start-up objects out of full garbage collections (app/memory.py): before the pool forks, so the children
