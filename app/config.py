@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     celery_worker_pool: str = Field(default="prefork", pattern="^(prefork|solo)$")
     #: Run one worker per tier (true) or one worker consuming every tier (false).
     worker_per_tier: bool = True
+    #: The engine's speed layer (app/engine/speed/) on, or off: workers and publishers on stock Celery/kombu/py-amqp
+    #: machinery, every correctness guarantee kept (app/engine/README.md). Accepts on/off (or true/false).
+    engine_speed_patches: bool = True
     worker_heartbeat_interval_s: Seconds = 5.0
 
     rabbitmq_host: str = "127.0.0.1"
