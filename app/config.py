@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, unquote, urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import Field, computed_field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,6 +62,24 @@ class QueueType(StrEnum):
     quorum = "quorum"
 
 
+def parse_keys(keys: str) -> list[Fernet]:
+    """The Fernet keys of a DATA_ENCRYPTION_KEYS value, first one first (app/crypto.py encrypts with them).
+
+    Raises:
+        ValueError: when the value holds no key, or a key that is not 32 url-safe base64-encoded bytes.
+    """
+    names = [k.strip() for k in keys.split(",") if k.strip()]
+    if not names:
+        raise ValueError("DATA_ENCRYPTION_KEYS holds no key")
+    try:
+        return [Fernet(name) for name in names]
+    except ValueError as exc:
+        raise ValueError(
+            "each DATA_ENCRYPTION_KEYS key must be 32 url-safe base64-encoded bytes "
+            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
+        ) from exc
+
+
 class Settings(BaseSettings):
     """Every setting Courier reads. `.env.example` documents each field with a safe development default."""
 
@@ -98,6 +117,9 @@ class Settings(BaseSettings):
     celery_worker_pool: str = Field(default="prefork", pattern="^(prefork|solo)$")
     #: Run one worker per tier (true) or one worker consuming every tier (false).
     worker_per_tier: bool = True
+    #: The engine's speed layer (app/engine/speed/) on, or off: workers and publishers on stock Celery/kombu/py-amqp
+    #: machinery, every correctness guarantee kept (app/engine/README.md). Accepts on/off (or true/false).
+    engine_speed_patches: bool = True
     worker_heartbeat_interval_s: Seconds = 5.0
 
     rabbitmq_host: str = "127.0.0.1"
@@ -302,8 +324,6 @@ class Settings(BaseSettings):
     @field_validator("data_encryption_keys")
     @classmethod
     def _valid_encryption_keys(cls, value: str) -> str:
-        from app.crypto import parse_keys
-
         parse_keys(value)
         return value
 

@@ -10,6 +10,7 @@ from typing import Any
 from app.constants import Tier
 from app.context import request_id
 from app.engine import publish
+from app.engine.celery_app import celery_app
 from app.logging import JsonFormatter
 from tests.support.api import auth
 from tests.support.session import join
@@ -106,7 +107,13 @@ def test_messages_carry_the_request_id_header_and_a_timestamp():
     from app.engine.speed.amqp_async import build_message
 
     message = build_message(
-        name="system.ping", task_id="t-1", kwargs={}, priority=3, options={}, headers={"courier_request_id": "r-1"}
+        celery_app.amqp,
+        name="system.ping",
+        task_id="t-1",
+        kwargs={},
+        priority=3,
+        options={},
+        headers={"courier_request_id": "r-1"},
     )
     assert message.headers["courier_request_id"] == "r-1"
     assert message.headers["task"] == "system.ping"  # Celery's own headers kept

@@ -70,6 +70,7 @@ def test_publishes_in_flight_when_the_broker_connection_drops_leave_no_future_un
     import gc
 
     from app.config import Settings
+    from app.engine.celery_app import celery_app
     from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
 
     reported: list[str] = []
@@ -77,7 +78,7 @@ def test_publishes_in_flight_when_the_broker_connection_drops_leave_no_future_un
     async def scenario(proxy: TcpProxy) -> list[str]:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(str(context)))
         url = f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@127.0.0.1:{proxy.port}/{VHOST}"
-        publisher = AsyncPublisher(Settings(celery_broker_url=url, publish_timeout_s=2))
+        publisher = AsyncPublisher(Settings(celery_broker_url=url, publish_timeout_s=2), celery_app.amqp)
         await publisher.connect()
 
         async def publish(i: int) -> str:

@@ -17,11 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import dispatch
 from app.audit.context import AUTH_FAILED
 from app.audit.models import AuditEvent, AuditFinding
 from app.config import Settings
 from app.db import session_scope, utcnow
 from app.deadletters.models import DeadLetter
+from app.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +161,7 @@ def _store(session: Session, hit: Hit, settings: Settings, now: datetime) -> Aud
 
 def alert(finding_id: int) -> str | None:
     """Publish the alert of one finding (after its commit) and note the task; None when it could not be sent."""
-    from app.engine import publish
-    from app.engine.policy import POLICIES
-    from app.errors import ServiceUnavailable
-
-    if ALERT_TASK not in POLICIES:
+    if not dispatch.knows(ALERT_TASK):
         logger.warning("Finding %s is not alerted: the task %s does not exist here.", finding_id, ALERT_TASK)
         return None
     with session_scope() as session:
@@ -178,15 +176,15 @@ def alert(finding_id: int) -> str | None:
             "dedupe_key": f"finding:{finding.key}",
         }
     try:
-        dispatched = publish.dispatch(ALERT_TASK, kwargs=kwargs, triggered_by="audit.detect_anomalies")
+        task_id = dispatch.enqueue(ALERT_TASK, kwargs=kwargs, triggered_by="audit.detect_anomalies")
     except ServiceUnavailable:
         logger.warning("Publishing the alert of finding %s failed; the next run retries it.", finding_id)
         return None
     with session_scope() as session:
         finding = session.get(AuditFinding, finding_id)
         assert finding is not None
-        finding.alert_task_id, finding.alerted_at = dispatched.task_id, utcnow()
-    return dispatched.task_id
+        finding.alert_task_id, finding.alerted_at = task_id, utcnow()
+    return task_id
 
 
 def detect(*, settings: Settings) -> dict[str, Any]:

@@ -3,6 +3,7 @@ user. A domain registers its collector here; the export runs them all, in regist
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +42,6 @@ def register(section: str) -> Callable[[Collector], Collector]:
 
 def email_target(email: str) -> str:
     """The audit target that names an e-mail address without storing it: `email:` + 16 hex of its SHA-256."""
-    import hashlib
-
     return "email:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app import context
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import chain
 from app.audit.context import current_call
 from app.audit.models import GENESIS_HASH, AuditArchive, AuditEvent

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.config import get_settings
 from app.db import utcnow

@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.integrations import outbox
+from app import dispatch
+from app.db import session_scope
+from app.errors import ServiceUnavailable
 from app.integrations.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ def delivery_count(session: Session, event: WebhookEvent) -> int:
 def publish_after_commit(session: Session, delivery_ids: list[int]) -> None:
     """Publish a delivery task for each id once `session` commits."""
     if delivery_ids:
-        outbox.after_commit(session, lambda: _publish_quietly(delivery_ids))
+        dispatch.after_commit(session, lambda: _publish_quietly(delivery_ids))
 
 
 def _publish_quietly(delivery_ids: list[int]) -> None:
@@ -84,19 +86,15 @@ def publish_deliveries(delivery_ids: list[int]) -> int:
 
     A failed publish leaves the delivery without a task id; the sweeper publishes it later.
     """
-    from app.db import session_scope
-    from app.engine import publish
-    from app.errors import ServiceUnavailable
-
     published: dict[int, str] = {}
     for delivery_id in delivery_ids:
         try:
-            dispatched = publish.dispatch(DELIVERY_TASK, kwargs={"delivery_id": delivery_id}, triggered_by="events")
+            task_id = dispatch.enqueue(DELIVERY_TASK, kwargs={"delivery_id": delivery_id}, triggered_by="events")
         except ServiceUnavailable:
             # The publisher logs the outage once; the sweeper (integrations.dispatch_pending) publishes it later.
             logger.debug("Publishing delivery %s failed; the sweeper will retry it.", delivery_id)
             continue
-        published[delivery_id] = dispatched.task_id
+        published[delivery_id] = task_id
     if published:
         with session_scope() as session:
             for delivery_id, task_id in published.items():

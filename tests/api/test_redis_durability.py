@@ -58,7 +58,7 @@ def test_in_production_the_worker_and_the_recorder_refuse_a_redis_without_persis
     assert "appendonly yes" in worker.log()
     # And so does the recorder
     recorder = subprocess.run(
-        [sys.executable, "-m", "app.runs.recorder"],
+        [sys.executable, "-m", "app.recorder"],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

@@ -140,21 +140,3 @@ def test_a_replay_to_an_unbound_queue_answers_503_and_the_letter_stays_pending(
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "replayed"
     join(lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] != "PENDING")
-
-
-def test_the_upstream_shapes_the_overrides_rely_on_are_still_there():
-    """An upgrade of Celery, kombu or py-amqp that moves these fails here, by name (app/engine/guarantees/sending.py and
-    app/engine/speed/amqp_transport.py override them)."""
-    import inspect
-
-    import amqp.channel
-    import celery.app.amqp
-    from kombu import Producer
-
-    assert callable(celery.app.amqp.AMQP._create_task_sender)
-    assert "declare" in inspect.signature(celery.app.amqp.AMQP._create_task_sender(celery_app.amqp)).parameters
-    assert "mandatory" in inspect.signature(Producer.publish).parameters
-    assert "events.get('basic_return')" in inspect.getsource(amqp.channel.Channel._on_basic_return)
-    assert "self.wait([spec.Basic.Ack, spec.Basic.Nack]" in inspect.getsource(
-        amqp.channel.Channel.basic_publish_confirm
-    )

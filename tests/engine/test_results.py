@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 
+from app.config import get_settings
 from app.engine.celery_app import celery_app
+from app.engine.guarantees.results import CourierRedisBackend
+from app.engine.speed.results import BatchingRedisBackend
 from tests.support.services import redis_client
 
 
 def test_results_are_stored_with_their_ttl_and_a_success_is_final():
-    backend = celery_app.backend
-    assert type(backend).__name__ == "CourierRedisBackend"
+    backend = celery_app.backend  # the speed layer's subclass or, ENGINE_SPEED_PATCHES=off, the correctness part
+    assert isinstance(backend, CourierRedisBackend)
     task_id = str(uuid.uuid4())
     # Given a task that started, then succeeded
     backend.store_result(task_id, None, "STARTED")
@@ -40,6 +43,11 @@ def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, ad
     assert redis_client().get(f"courier:starts:{second}:0") == "1"
 
 
+def _batching() -> BatchingRedisBackend:
+    """The speed layer's backend, whichever engine this session's ENGINE_SPEED_PATCHES selects for celery_app."""
+    return BatchingRedisBackend(app=celery_app, url=get_settings().result_backend_dsn)
+
+
 def _no_lookup(*_: object, **__: object) -> object:
     raise AssertionError("looked up per call")
 
@@ -61,11 +69,11 @@ def _request(**extra: object) -> object:
 
 
 def test_the_result_meta_is_celerys_built_without_its_settings_lookups(monkeypatch):
-    """CourierRedisBackend builds the extended meta itself (Celery looks two settings up per call); the stored
+    """BatchingRedisBackend builds the extended meta itself (Celery looks two settings up per call); the stored
     JSON must not change: same keys in the same order, same values, a UTC date for a finished state only."""
     from celery.backends.redis import RedisBackend
 
-    backend = celery_app.backend
+    backend = _batching()
     assert backend._extended_with_utc
     for state, extra in (("SUCCESS", {}), ("FAILURE", {"group": "g-1", "parent_id": "p-1"}), ("STARTED", {})):
         with monkeypatch.context() as patched:  # what Celery's meta looks up per call
@@ -82,7 +90,7 @@ def test_the_result_meta_is_celerys_built_without_its_settings_lookups(monkeypat
 
 
 def test_stamped_requests_and_encoded_args_take_celerys_meta():
-    backend = celery_app.backend
+    backend = _batching()
     stamped = _request(stamps={"on": "yes"}, stamped_headers=["on"])
     assert backend._get_result_meta(None, "SUCCESS", None, stamped)["on"] == "yes"
     encoded = backend._get_result_meta(None, "SUCCESS", None, _request(), encode=True)

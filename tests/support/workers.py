@@ -2,7 +2,7 @@
 
 - `spawn_worker()` starts a worker in a session of its own, its output in VAR_DIR/<name>.log; `WorkerProcess`
   waits for it to be ready, stops it warmly or kills it as a crash would;
-- `RecorderProcess` is `python -m app.runs.recorder`, which a test may kill and restart.
+- `RecorderProcess` is `python -m app.recorder`, which a test may kill and restart.
 
 tests/conftest.py offers them as fixtures: `start_worker` (a factory), `worker` (one per module), `recorder`.
 """
@@ -92,7 +92,7 @@ def spawn_worker(name: str, queues: str, concurrency: int, env: dict[str, str]) 
 
 
 class RecorderProcess:
-    """The recorder (`python -m app.runs.recorder`) as a real process that a test may kill and restart."""
+    """The recorder (`python -m app.recorder`) as a real process that a test may kill and restart."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
@@ -100,7 +100,7 @@ class RecorderProcess:
     def start(self) -> None:
         with open(VAR_DIR / "recorder.log", "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.runs.recorder"],
+                [sys.executable, "-m", "app.recorder"],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

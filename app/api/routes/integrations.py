@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.engine import publish
 from app.errors import Unprocessable, error_responses

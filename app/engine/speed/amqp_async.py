@@ -36,7 +36,6 @@ from pamqp.commands import Basic
 
 from app.config import Settings, redact_url
 from app.constants import TASK_EXCHANGE
-from app.engine.celery_app import celery_app
 from app.engine.speed.tracing import bounded_repr
 from app.logging import StateChangeLog
 
@@ -111,14 +110,17 @@ class AsyncPublisher:
 
     Parameters:
         settings: broker URL and publish timeout.
+        amqp: the Celery app's message builder (`celery_app.amqp`), so messages are exactly what `apply_async`
+            would send.
         channels: confirm channels; each carries many unconfirmed publishes at once.
 
     Raises:
         PublishFailed: from `publish`, when a message is not confirmed.
     """
 
-    def __init__(self, settings: Settings, channels: int = 4) -> None:
+    def __init__(self, settings: Settings, amqp: Any, channels: int = 4) -> None:
         self.settings = settings
+        self.amqp = amqp
         self.channel_count = channels
         self._connection: AbstractConnection | None = None
         self._channels: list[AbstractChannel] = []
@@ -184,7 +186,7 @@ class AsyncPublisher:
     ) -> None:
         """Publish one persistent task message and wait for RabbitMQ's confirm."""
         message = build_message(
-            name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options, headers=headers
+            self.amqp, name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options, headers=headers
         )
         channel = await self._channel()
         try:
@@ -217,6 +219,7 @@ def _origin() -> str:
 
 
 def build_message(
+    amqp: Any,
     *,
     name: str,
     task_id: str,
@@ -230,7 +233,6 @@ def build_message(
     The message id is the task id (aiormq tracks returned messages by it). The `argsrepr`/`kwargsrepr` headers
     come from the builtin repr, and `origin` is computed once: Celery's saferepr and host lookup were a tenth of
     the publisher's time per message."""
-    amqp = celery_app.amqp
     built = amqp.as_task_v2(
         task_id,
         name,

@@ -35,14 +35,14 @@ from celery.concurrency.asynpool import SCHED_STRATEGY_FAIR
 from app.config import get_settings
 from app.constants import HISTORY_STREAM
 from app.engine.guarantees import outages, starts
+from app.engine.guarantees.results import Deferred
+from app.engine.guarantees.sending import HANDOFF_KEY
 from app.engine.speed import amqp_transport
 from app.redis_store import get_redis
 from app.runs import journal
 
 logger = logging.getLogger(__name__)
 
-#: A deferred result: (result key, encoded value, TTL in seconds or 0, history entry or None).
-Deferred = tuple[bytes, str, int, str | None]
 #: What Celery's pool callbacks receive: (failed, retval, runtime).
 Outcome = tuple[int, Any, float]
 #: An outcome waiting for its result to be stored: (Celery's callback, the outcome, the child's results).
@@ -50,38 +50,53 @@ Pending = tuple[Callable[[Outcome], Any], Outcome, list[Deferred]]
 #: A job held until the loop's tick: (Celery's trace function, its arguments, keyword arguments, pool options).
 Held = tuple[Any, tuple[Any, ...], Any, dict[str, Any]]
 
-#: Results a task stored while `run_deferring` ran it; None outside it (then results are stored at once).
-_collected: list[Deferred] | None = None
-#: The start check's answer for the attempt `run_deferring` runs; None outside it (then the task asks itself).
-_answer: starts.Answer | None = None
+#: The key of Celery's request dict (a task's `self.request` attribute) that carries the attempt's HandOff; the
+#: task sender keeps it out of the messages a task publishes from its request (app/engine/guarantees/sending.py).
+HANDOFF = HANDOFF_KEY
 
 
-def collecting() -> list[Deferred] | None:
-    """The list a SUCCESS result should be appended to instead of stored, or None to store it now."""
-    return _collected
+class HandOff:
+    """What passes between `run_deferring` and the attempt it runs, in the pool child: the main process's start
+    check in (`before_start`, app/engine/task.py), the SUCCESS result out (app/engine/speed/results.py).
 
+    It rides the attempt's request (Celery's request dict becomes the task's `self.request`), so a task that one
+    attempt runs inline or eagerly has a request of its own, without one, and stores and checks for itself.
+    """
 
-def take_start_answer() -> starts.Answer | None:
-    """The main process's start check for the attempt running now, once (a task the attempt runs inline, eagerly,
-    asks for itself), or None when the task must ask itself."""
-    global _answer
-    answer, _answer = _answer, None
-    return answer
+    __slots__ = ("_answer", "collected")
+
+    def __init__(self, answer: starts.Answer | None) -> None:
+        self._answer = answer
+        #: SUCCESS results to be stored by the main process instead of now.
+        self.collected: list[Deferred] = []
+
+    def take_start_answer(self) -> starts.Answer | None:
+        """The main process's start check for this attempt, once; None when the task must ask itself."""
+        answer, self._answer = self._answer, None
+        return answer
+
+    @staticmethod
+    def of(request: Any) -> HandOff | None:
+        """The hand-off of the attempt whose request (a task's `self.request`) this is; None outside a pool child
+        of Courier's pools."""
+        handoff = getattr(request, HANDOFF, None)
+        return handoff if isinstance(handoff, HandOff) else None
 
 
 def run_deferring(
     target: Callable[..., Outcome], answer: starts.Answer | None, *args: Any, **kwargs: Any
 ) -> tuple[int, Any, float, list[Deferred]]:
     """Run Celery's trace function `target` in the pool child with the main process's start check `answer`,
-    collecting its SUCCESS result instead of storing it; the main process stores it (`ResultBatch`)."""
-    global _collected, _answer
-    collected: list[Deferred] = []
-    _collected, _answer = collected, answer
-    try:
-        failed, retval, runtime = target(*args, **kwargs)
-    finally:
-        _collected, _answer = None, None
-    return failed, retval, runtime, collected
+    collecting its SUCCESS result instead of storing it; the main process stores it (`ResultBatch`).
+
+    `args` are Celery's trace arguments (type, task id, request dict, body, ...): the attempt's HandOff goes into
+    a copy of its request dict (an inline pool runs in the main process, whose request must not hold it).
+    """
+    handoff = HandOff(answer)
+    if len(args) > 2 and isinstance(args[2], dict):
+        args = (*args[:2], {**args[2], HANDOFF: handoff}, *args[3:])
+    failed, retval, runtime = target(*args, **kwargs)
+    return failed, retval, runtime, handoff.collected
 
 
 class ResultBatch:
@@ -378,5 +393,5 @@ class SoloPool(_BatchingPool, solo.TaskPool):  # type: ignore[misc]
     checks_in_batches = False
 
 
-#: CELERY_WORKER_POOL → the pool class Celery loads (`module:Class`).
-POOLS = {"prefork": f"{__name__}:PreforkPool", "solo": f"{__name__}:SoloPool"}
+#: CELERY_WORKER_POOL → the pool class app/engine/install.py selects when the speed patches are on.
+POOLS: dict[str, type[_BatchingPool]] = {"prefork": PreforkPool, "solo": SoloPool}

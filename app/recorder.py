@@ -6,7 +6,7 @@ dead-letter exchange's second queue (no TTL, no cap). Both are acknowledged only
 committed, so a recorder that is down for a while catches up when it returns, and a dead letter reaches SQL
 even if RabbitMQ's `dead_letter` queue has already dropped it (TTL or cap).
 
-Run it with ``python -m app.runs.recorder`` (``scripts/start_tasks.sh`` does). Run one per deployment.
+Run it with ``python -m app.recorder`` (``scripts/start_tasks.sh`` does). Run one per deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -23,13 +24,15 @@ from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
 
-from app import redis_store
+from app import redis_store, tasks
 from app.config import Settings, get_settings
 from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
 from app.db import session_scope
 from app.deadletters import service as deadletters
+from app.engine import dead_letters
 from app.engine.celery_app import celery_app
 from app.engine.topology import dead_letter_archive_queue
+from app.logging import configure_logging
 from app.redis_store import get_redis
 from app.runs import journal, service
 
@@ -101,7 +104,7 @@ class Recorder:
         headers = dict(message.headers or {})
         task_id = headers.get("id")
         backend_meta = celery_app.backend.get_task_meta(str(task_id)) if task_id else {}
-        incoming = deadletters.Incoming(
+        incoming = dead_letters.Incoming(
             body=message.body if isinstance(message.body, bytes) else str(message.body).encode(),
             content_type=message.content_type,
             content_encoding=message.content_encoding,
@@ -110,11 +113,13 @@ class Recorder:
         )
         try:
             with session.begin_nested():
-                deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta=backend_meta)
+                arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta=backend_meta)
+                deadletters.record(session=session, arrival=arrival)
         except Exception:  # never let one odd stored result wedge the recorder: record the letter without it
             logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
             with session.begin_nested():
-                deadletters.record(session=session, incoming=incoming, registered=celery_app.tasks, meta={})
+                arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta={})
+                deadletters.record(session=session, arrival=arrival)
 
     @staticmethod
     def _meta(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -216,11 +221,7 @@ def is_alive(max_idle_s: float = 30.0) -> bool:
 
 
 def main() -> None:
-    """Entry point of `python -m app.runs.recorder` (`--check`: exit 0 if a recorder is alive, for healthchecks)."""
-    import sys
-
-    from app.logging import configure_logging
-
+    """Entry point of `python -m app.recorder` (`--check`: exit 0 if a recorder is alive, for healthchecks)."""
     if sys.argv[1:] == ["--check"]:
         sys.exit(0 if is_alive() else 1)
     settings = get_settings()
@@ -233,6 +234,7 @@ def main() -> None:
     if settings.history_recorder_nice:
         # Work behind the workers: under load they get the CPU first, and the recorder catches up afterwards.
         os.nice(settings.history_recorder_nice)
+    tasks.install_publisher()  # a recorded dead letter emits `task.dead_lettered`: its webhook deliveries publish
     recorder = Recorder(settings)
     signal.signal(signal.SIGTERM, recorder.stop)
     signal.signal(signal.SIGINT, recorder.stop)
