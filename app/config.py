@@ -186,8 +186,7 @@ class Settings(BaseSettings):
     flower_password: str = "flower_dev_pass"
     flower_port: int = 5555
 
-    # --- Identity and notifications (issue 4) ------------------------------------------------------
-    # (section: identity)
+    # --- Identity and notifications ------------------------------------------------------
     #: Key of the HMAC that hashes reset/verification tokens, MFA codes and session tokens (the placeholder is
     #: refused in production when a secret is first hashed; the production compose file requires it).
     identity_secret_key: str = "identity_dev_secret"
@@ -253,8 +252,7 @@ class Settings(BaseSettings):
         """SECURITY_ALERT_EMAILS as a list of addresses."""
         return [address.strip() for address in self.security_alert_emails.split(",") if address.strip()]
 
-    # --- Audit and integrations (issue 5) ----------------------------------------------------------
-    # (section: audit)
+    # --- Audit and integrations ----------------------------------------------------------
     #: Path prefixes of mutating API calls the generic HTTP audit skips (comma-separated): the probe task is a
     #: health check that changes no domain state, and it is the benchmark's hot path.
     audit_http_exempt_paths: str = "/api/v1/tasks/ping"
@@ -295,8 +293,7 @@ class Settings(BaseSettings):
     integration_page_size: int = Field(default=100, ge=1, le=1000)
     integration_response_max_bytes: int = Field(default=5_000_000, ge=1024)
 
-    # --- Observability and operations (issue 7) ----------------------------------------------------
-    # (section: ops)
+    # --- Observability and operations ----------------------------------------------------
     #: Log format of the API, workers and recorder: json (one JSON object per line) or text.
     log_format: str = Field(default="json", pattern="^(json|text)$")
     #: Where API and worker processes keep their Prometheus multiprocess files; empty means <VAR_DIR>/metrics.
@@ -430,12 +427,12 @@ class Settings(BaseSettings):
 
     @property
     def audit_archive_path(self) -> Path:
-        """Where audit archives are written (section: audit)."""
+        """Where audit archives are written."""
         return Path(self.audit_archive_dir) if self.audit_archive_dir else self.var_dir / "audit-archive"
 
     @property
     def audit_reports_path(self) -> Path:
-        """Where audit reports are written (section: audit)."""
+        """Where audit reports are written."""
         return Path(self.audit_reports_dir) if self.audit_reports_dir else self.var_dir / "reports"
 
     @property

@@ -121,7 +121,7 @@ def test_an_api_whose_broker_and_result_store_refuse_it_leaks_no_password(admin_
                 ]
                 try:
                     answers.append(client.get(f"/api/v1/tasks/task/{uuid.uuid4()}", headers=auth(admin_key)))
-                except httpx.HTTPError:  # (a result store that refuses the API is issue 15's items 4-5; no answer)
+                except httpx.HTTPError:  # (a result store that refuses the API gives no answer)
                     pass
         finally:
             api.stop()

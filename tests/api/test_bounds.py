@@ -1,4 +1,4 @@
-"""Every integer the API accepts is bounded by its schema (issue 15, item 1).
+"""Every integer the API accepts is bounded by its schema.
 
 An integer the database cannot hold (2**63 and up, or a huge negative) in a path id, `limit`/`offset` or a
 body field reached the driver and ended in a 500 ("Python int too large to convert to SQLite INTEGER",

@@ -1,4 +1,4 @@
-"""A property-based pass over the OpenAPI spec (schemathesis), as an admin and as a client (issue 15).
+"""A property-based pass over the OpenAPI spec (schemathesis), as an admin and as a client.
 
 Every operation of the app's own spec gets a bounded number of generated requests, valid and invalid, sent
 in-process to the real app (real RabbitMQ vhost, Redis db and PostgreSQL database of the test session). Each

@@ -1,4 +1,4 @@
-"""Health and dispatch across a Redis outage and restart (issue 15, items 4 and 5), on a Redis the test owns."""
+"""Health and dispatch across a Redis outage and restart, on a Redis the test owns."""
 
 from __future__ import annotations
 

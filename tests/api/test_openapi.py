@@ -1,4 +1,4 @@
-"""The OpenAPI spec declares every error answer a route can give, with the JSON envelope (issue 15, item 12).
+"""The OpenAPI spec declares every error answer a route can give, with the JSON envelope.
 
 The 429s of /identity/password-reset and /identity/mfa/challenge, and the 401/403 of the key checks, were
 missing from the spec. What each route can answer is derived here from the route itself (its dependencies,

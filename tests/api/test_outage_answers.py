@@ -1,5 +1,5 @@
 """A route that meets a dependency's outage in the middle of its work answers 503 with Retry-After, never a 500,
-and the outage is logged once, not as a traceback per request (issue 15: the task status answered 500 and dropped
+and the outage is logged once, not as a traceback per request (the task status answered 500 and dropped
 the connection while Redis refused the API)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Redis persistence is a checked requirement (issue 15, item 6): production refuses a Redis that persists nothing,
+"""Redis persistence is a checked requirement: production refuses a Redis that persists nothing,
 development says so loudly, and health reports it. Each case runs on a redis-server of the test's own."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""/docs and /redoc render every operation in headless Chromium with the network closed (issue 15, item 3).
+"""/docs and /redoc render every operation in headless Chromium with the network closed.
 
 Swagger UI and ReDoc come from package.json's npm packages, served by the API itself under /static/vendor;
 FastAPI's defaults loaded them from a CDN, which left a white page on a closed network.

@@ -1,5 +1,5 @@
 """A Redis outage on the worker's own path (the start check, the result store) is retried, not taken for the
-task's failure; past its budget the dead letter names the Redis error (issue 15, item 7).
+task's failure; past its budget the dead letter names the Redis error.
 
 Each test runs a worker whose result backend and Redis are a `redis-server` the test owns on a free port, and
 kills and restarts that server; the session's Redis, the API and the recorder are untouched.

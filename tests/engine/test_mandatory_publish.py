@@ -1,5 +1,5 @@
 """Every Celery publish is mandatory, and a message RabbitMQ cannot route is an error for its publisher, never
-a confirmed drop (issue 15, item 8): the sync dispatch, a task's retry into a delay queue, a dead-letter replay
+a confirmed drop: the sync dispatch, a task's retry into a delay queue, a dead-letter replay
 and beat. Each test unbinds a queue (or deletes delay queues) in the session's vhost and restores it after."""
 
 from __future__ import annotations
