@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     worker_log_each_task: bool = False
     worker_prefetch_multiplier: int = Field(default=4, ge=1)
     #: Celery pool: prefork, or solo (one task at a time, for debugging). The threads pool is not offered: it
-    #: stopped consuming under the benchmark's load (see the README, "Performance").
+    #: stopped consuming under sustained load (see the README, "Performance").
     celery_worker_pool: str = Field(default="prefork", pattern="^(prefork|solo)$")
     #: Run one worker per tier (true) or one worker consuming every tier (false).
     worker_per_tier: bool = True

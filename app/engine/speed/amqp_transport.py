@@ -3,8 +3,7 @@
 py-amqp reads every frame with two or three `recv`s of exact sizes (header, payload, frame end), and switches
 the socket to non-blocking and back around every read the event loop makes (two `ioctl`s). kombu's reader
 takes one message per turn of the event loop, so each message also costs a tick of every pool callback and an
-`epoll_wait`. strace of a worker's main process during a drain counted about 40 system calls per task, most of
-them these. Here:
+`epoll_wait`: most of the system calls a worker's main process makes per task are these. Here:
 
 - the socket is read in large chunks, and frames are cut from the buffer;
 - a non-blocking read passes `MSG_DONTWAIT` instead of switching the socket's mode;

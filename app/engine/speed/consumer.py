@@ -43,8 +43,8 @@ class FastConsumer(CourierConsumer):
         """The task-events connection (Celery's only use of this method), without publisher confirms.
 
         Events are transient and best-effort by design; waiting for a confirm on each of the three per task
-        stalled the consumer's event loop (the benchmark measured the run history at a third of drain
-        throughput). Task messages, retries and results keep their confirms: they use other connections.
+        stalled the consumer's event loop. Task messages, retries and results keep their confirms: they use other
+        connections.
         """
         return self.ensure_connected(
             self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False})

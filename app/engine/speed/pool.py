@@ -1,7 +1,7 @@
 """Worker pools that store the results of successful tasks in batches, from the worker's main process.
 
-A task's SUCCESS result (and its history entry) used to cost the pool child a Redis round trip of its own,
-and the benchmark showed pool children spending most of their time waiting on such round trips. Here the
+Stock, a task's SUCCESS result (and its history entry) costs the pool child a Redis round trip of its own, and
+pool children spend most of their time waiting on such round trips. Here the
 child hands the encoded result back with its return value (the pipe to the main process carries it anyway),
 and the main process stores every result that arrived in one turn of its event loop with one Redis script,
 then acks those messages. The guarantee is unchanged: a message is acked only after its result is stored.
@@ -257,7 +257,7 @@ class _BatchingPool:
         self._held = []
         # Celery's prefork pool schedules its writes to the children from its own tick callback (`on_poll_start`).
         # The tick's order is a set's: run it right after ours, or the jobs this tick hands over would wait for
-        # the next event (a worker with two children drained under 200 tasks/s). Ours writes to idle children
+        # the next event, and the worker drains at a fraction of its speed. Ours writes to idle children
         # first (`_write_jobs`).
         on_poll_start = getattr(getattr(self, "_pool", None), "on_poll_start", None)
         if on_poll_start is not None and on_poll_start in hub.on_tick:
@@ -287,7 +287,7 @@ class _BatchingPool:
         """Write the jobs handed over to idle children now, instead of through Celery's way.
 
         Celery registers every idle child's pipe with the poller, polls, writes one job per writable pipe, and
-        unregisters them all again: about eight `epoll_ctl`s and a poll per turn (strace of a drain), half of
+        unregisters them all again: several `epoll_ctl`s and a poll per turn of the loop, half of
         them on pipes not registered at all. An idle child's pipe is empty, so the write goes through at once;
         a job whose write cannot complete waits for its pipe in the poller, as Celery's own do. Jobs left (no
         child idle) and writes already waiting take Celery's way.
@@ -307,8 +307,8 @@ class _BatchingPool:
         """Once per turn of the loop: store the results that came back and check the held jobs (one Redis round
         trip when Courier's Redis is the results'), then let Celery ack and hand the jobs over.
 
-        Running the round trip on a thread of its own, with the loop collecting the next batch meanwhile, drained
-        no faster (1,205 against 1,295 tasks/s, medians of 3 in one run): the loop is short of CPU, not waiting.
+        The round trip stays on the loop's thread: on a thread of its own, with the loop collecting the next batch
+        meanwhile, it drained no faster, because the loop is short of CPU, not waiting.
         """
         assert self._batch is not None
         # Until nothing is left: acking a batch frees Celery's semaphore, which hands over the next jobs, and

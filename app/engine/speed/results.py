@@ -1,7 +1,7 @@
 """BatchingRedisBackend: Courier's result backend, with SUCCESS results stored by the worker's main process.
 
-A task's SUCCESS result used to cost its pool child a Redis round trip of its own: the benchmark's profile of a
-worker child showed result storage at about 40 % of its time, most of it waiting on those round trips. Here a
+Stock, a task's SUCCESS result costs its pool child a Redis round trip of its own, and a pool child of short
+tasks spends much of its time waiting on those round trips. Here a
 SUCCESS stored in a pool child of Courier's pools goes into the attempt's HandOff instead, and the main process
 stores every result that came back in one turn of its event loop with one call (app/engine/speed/pool.py), before
 it acks their messages. What is stored, and the history entry with it, is CourierRedisBackend's
