@@ -296,7 +296,7 @@ def dead_purge(
     typer.echo(f"discarded {discarded}")
 
 
-# --- Operator commands (issue 7) -------------------------------------------------------------------------------
+# --- Operator commands -------------------------------------------------------------------------------
 
 
 def _print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from redis.retry import Retry
 
 from app import idempotency
 from app.errors import Conflict, ServiceUnavailable, Unprocessable
-from tests.support.services import free_port
+from tests.support.processes import free_port
 
 
 class Action:

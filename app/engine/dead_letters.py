@@ -35,8 +35,8 @@ from app.deadletters import service as store
 from app.deadletters.exceptions import ReplayNotPublished
 from app.deadletters.models import DeadLetter, Reason
 from app.engine.celery_app import celery_app
+from app.engine.guarantees.returns import Unroutable
 from app.engine.guarantees.sending import republish
-from app.engine.speed.amqp_transport import Unroutable
 from app.redis_store import get_redis
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.session import ROOT
 
 
 @pytest.mark.timeout(300)

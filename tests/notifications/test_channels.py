@@ -14,8 +14,8 @@ from app.notifications import service as notification_service
 from app.notifications.channels import OutgoingMessage, PermanentDeliveryError, TransientDeliveryError, sender_for
 from app.notifications.channels.http import HttpSender
 from app.notifications.models import Notification
-from tests.conftest import ROOT
-from tests.delivery import start_provider
+from tests.support.delivery import start_provider
+from tests.support.session import ROOT
 
 
 def test_the_development_outbox_keeps_each_message_as_a_readable_file_once():

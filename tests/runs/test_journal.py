@@ -13,7 +13,9 @@ import pytest
 import redis
 
 from app.constants import HISTORY_GROUP, HISTORY_STREAM
-from tests.conftest import auth, dispatch, join, redis_client
+from tests.support.api import auth, dispatch
+from tests.support.services import redis_client
+from tests.support.session import join
 
 
 def _entries_of(task_id: str) -> list[dict[str, Any]]:

@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from app.logging import JsonFormatter, RedactingFormatter
-from tests.conftest import AMQP_HOST, MGMT_AUTH, VAR_DIR, VHOST, auth, join
-from tests.support.services import ApiProcess, OwnRedis, free_port
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, free_port
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST
+from tests.support.session import VAR_DIR, join
 
 #: A password anyone would recognise in a log, with characters a URL must percent-encode.
 PASSWORD = "Leak-Me/9@x:courier"
@@ -119,7 +121,7 @@ def test_an_api_whose_broker_and_result_store_refuse_it_leaks_no_password(admin_
                 ]
                 try:
                     answers.append(client.get(f"/api/v1/tasks/task/{uuid.uuid4()}", headers=auth(admin_key)))
-                except httpx.HTTPError:  # (a result store that refuses the API is issue 15's items 4-5; no answer)
+                except httpx.HTTPError:  # (a result store that refuses the API gives no answer)
                     pass
         finally:
             api.stop()

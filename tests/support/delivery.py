@@ -19,8 +19,10 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.conftest import VAR_DIR, WorkerProcess, redis_client, spawn_worker
-from tests.support.services import free_port
+from tests.support.processes import free_port
+from tests.support.services import redis_client
+from tests.support.session import VAR_DIR
+from tests.support.workers import WorkerProcess, spawn_worker
 
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 

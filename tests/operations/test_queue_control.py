@@ -6,7 +6,9 @@ from sqlalchemy import select
 
 from app.audit.models import AuditEvent
 from app.db import session_scope
-from tests.conftest import auth, dispatch, join, queue_depth
+from tests.support.api import auth, dispatch
+from tests.support.services import queue_depth
+from tests.support.session import join
 
 
 def audited(action: str, target: str) -> list[AuditEvent]:

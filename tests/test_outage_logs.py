@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import AMQP_HOST, MGMT_AUTH, ROOT, VAR_DIR, VHOST, _mgmt, auth, join
-from tests.support.services import ApiProcess, OwnRedis, TcpProxy
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, TcpProxy
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, mgmt
+from tests.support.session import ROOT, VAR_DIR, join
 
 #: Words of a line about the broker being unreachable, in any of its forms (Courier's, aiormq's, asyncio's).
 OUTAGE_WORDS = ("broker", "publish", "connection", "future", "confirm")
@@ -68,6 +70,7 @@ def test_publishes_in_flight_when_the_broker_connection_drops_leave_no_future_un
     import gc
 
     from app.config import Settings
+    from app.engine.celery_app import celery_app
     from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
 
     reported: list[str] = []
@@ -75,7 +78,7 @@ def test_publishes_in_flight_when_the_broker_connection_drops_leave_no_future_un
     async def scenario(proxy: TcpProxy) -> list[str]:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(str(context)))
         url = f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@127.0.0.1:{proxy.port}/{VHOST}"
-        publisher = AsyncPublisher(Settings(celery_broker_url=url, publish_timeout_s=2))
+        publisher = AsyncPublisher(Settings(celery_broker_url=url, publish_timeout_s=2), celery_app.amqp)
         await publisher.connect()
 
         async def publish(i: int) -> str:
@@ -198,7 +201,7 @@ def test_beat_survives_a_redis_outage_without_a_retry_limit_and_keeps_publishing
         finally:
             beat.terminate()
             beat.wait(20)
-            _mgmt("DELETE", f"/queues/{VHOST}/high/contents")
+            mgmt("DELETE", f"/queues/{VHOST}/high/contents")
     # And it never declared itself in need of a restart
     text = log_path.read_text()
     assert "Retry limit exceeded" not in text

@@ -8,9 +8,9 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import dispatch, join
-from tests.ops.test_metrics import finished, value
-from tests.support.services import free_port
+from tests.support.api import dispatch, finished, value
+from tests.support.processes import free_port
+from tests.support.session import join
 
 
 def test_a_worker_serves_its_own_metrics_on_its_port_when_one_is_set(api, start_worker, admin_key, empty_queues):

@@ -13,8 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MGMT_URL, ROOT, VAR_DIR, auth, join
-from tests.support.services import ServiceProcess, free_port
+from tests.support.api import auth
+from tests.support.processes import ServiceProcess, free_port
+from tests.support.services import MGMT_URL
+from tests.support.session import ROOT, VAR_DIR, join
 
 USER, PASSWORD = "ops", "flower-test-pass"
 

@@ -1,4 +1,4 @@
-"""A local HTTP server for the integration tests: scripted answers, every request kept for assertions."""
+"""A local HTTP server for the webhook and sync tests: scripted answers, every request kept for assertions."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import auth, dispatch, join
+from tests.support.api import auth, dispatch, finished, value
+from tests.support.session import join
 
 
 def scrape(api: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -19,15 +20,6 @@ def scrape(api: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(response.text)
         for s in family.samples
     }
-
-
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric: str, **labels: str) -> float:
-    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
-
-
-def finished(api: Any, key: tuple[str, str], task_id: str) -> bool:
-    body = api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(key)).json()
-    return body["state"] in ("SUCCESS", "FAILURE", "DEAD_LETTERED")
 
 
 def test_task_counters_durations_and_errors_move_by_exactly_the_work_done(api, worker, admin_key):

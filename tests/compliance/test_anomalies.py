@@ -14,7 +14,8 @@ from app.compliance import anomalies
 from app.config import get_settings
 from app.db import session_scope
 from app.main import app
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def _findings(subject: str) -> list[AuditFinding]:

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, auth, dispatch, join
+from tests.support.api import auth, dispatch
+from tests.support.session import ROOT, join
 
 MONITORING = ROOT / "monitoring"
 #: Series Prometheus itself records for every scrape target.
@@ -52,9 +53,9 @@ def served(worker: Any) -> set[str]:
     from fastapi.testclient import TestClient
 
     from app.main import app
-    from tests.conftest import _make_key
+    from tests.support.api import make_key
 
-    key = _make_key("admin")
+    key = make_key("admin")
     with TestClient(app) as api:
         ids = [dispatch(api, key), dispatch(api, key, fail="permanent")]
         for task_id in ids:

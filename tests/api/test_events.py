@@ -2,26 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from app.engine import publish
-from tests.conftest import auth
-
-
-def read_events(api: Any, key: tuple[str, str], task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every (event, data) of the stream, until the server ends it."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    with api.stream("GET", f"/api/v1/tasks/task/{task_id}/events", headers=auth(key)) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((str(name), json.loads(line.removeprefix("data: "))))
-    return events
+from tests.support.api import auth, read_events
 
 
 def test_a_task_reporting_progress_streams_increasing_progress_and_ends_with_its_final_state(api, worker, client_key):

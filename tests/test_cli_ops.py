@@ -7,7 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import ROOT, auth, dispatch, join, queue_depth
+from tests.support.api import auth, dispatch
+from tests.support.services import queue_depth
+from tests.support.session import ROOT, join
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

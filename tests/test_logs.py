@@ -10,8 +10,10 @@ from typing import Any
 from app.constants import Tier
 from app.context import request_id
 from app.engine import publish
+from app.engine.celery_app import celery_app
 from app.logging import JsonFormatter
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -82,7 +84,7 @@ def test_secrets_are_masked_in_every_log_line():
 
 def test_the_request_id_travels_in_the_message_itself(api, start_worker, admin_key):
     """The header, not the publisher's Redis meta, carries it: a task whose meta is gone still logs it."""
-    from tests.conftest import redis_client
+    from tests.support.services import redis_client
 
     # Given a request id in force and the probe's meta removed before any worker sees the task
     token = request_id.set("req-in-header")
@@ -105,7 +107,13 @@ def test_messages_carry_the_request_id_header_and_a_timestamp():
     from app.engine.speed.amqp_async import build_message
 
     message = build_message(
-        name="system.ping", task_id="t-1", kwargs={}, priority=3, options={}, headers={"courier_request_id": "r-1"}
+        celery_app.amqp,
+        name="system.ping",
+        task_id="t-1",
+        kwargs={},
+        priority=3,
+        options={},
+        headers={"courier_request_id": "r-1"},
     )
     assert message.headers["courier_request_id"] == "r-1"
     assert message.headers["task"] == "system.ping"  # Celery's own headers kept

@@ -16,7 +16,8 @@ from app.compliance.collectors import email_target
 from app.db import session_scope, utcnow
 from app.identity.models import User, UserSession
 from app.notifications.models import Notification
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def request_report(api: Any, key: tuple[str, str], **body: Any) -> dict[str, Any]:
