@@ -10,10 +10,11 @@ from sqlalchemy import create_engine, pool
 import app.access.models  # noqa: F401  (register tables)
 import app.audit.models  # noqa: F401
 import app.deadletters.models  # noqa: F401
+import app.events.models  # noqa: F401
 import app.identity.models  # noqa: F401
-import app.integrations.models  # noqa: F401  (section: audit)
+import app.integrations.models  # noqa: F401
 import app.notifications.models  # noqa: F401
-import app.operations.models  # noqa: F401  (section: ops)
+import app.operations.models  # noqa: F401
 import app.runs.models  # noqa: F401
 from alembic import context
 from app.config import get_settings

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, unquote, urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import Field, computed_field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,6 +62,24 @@ class QueueType(StrEnum):
     quorum = "quorum"
 
 
+def parse_keys(keys: str) -> list[Fernet]:
+    """The Fernet keys of a DATA_ENCRYPTION_KEYS value, first one first (app/crypto.py encrypts with them).
+
+    Raises:
+        ValueError: when the value holds no key, or a key that is not 32 url-safe base64-encoded bytes.
+    """
+    names = [k.strip() for k in keys.split(",") if k.strip()]
+    if not names:
+        raise ValueError("DATA_ENCRYPTION_KEYS holds no key")
+    try:
+        return [Fernet(name) for name in names]
+    except ValueError as exc:
+        raise ValueError(
+            "each DATA_ENCRYPTION_KEYS key must be 32 url-safe base64-encoded bytes "
+            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
+        ) from exc
+
+
 class Settings(BaseSettings):
     """Every setting Courier reads. `.env.example` documents each field with a safe development default."""
 
@@ -94,10 +113,13 @@ class Settings(BaseSettings):
     worker_log_each_task: bool = False
     worker_prefetch_multiplier: int = Field(default=4, ge=1)
     #: Celery pool: prefork, or solo (one task at a time, for debugging). The threads pool is not offered: it
-    #: stopped consuming under the benchmark's load (see the README, "Performance").
+    #: stopped consuming under sustained load (see the README, "Performance").
     celery_worker_pool: str = Field(default="prefork", pattern="^(prefork|solo)$")
     #: Run one worker per tier (true) or one worker consuming every tier (false).
     worker_per_tier: bool = True
+    #: The engine's speed layer (app/engine/speed/) on, or off: workers and publishers on stock Celery/kombu/py-amqp
+    #: machinery, every correctness guarantee kept (app/engine/README.md). Accepts on/off (or true/false).
+    engine_speed_patches: bool = True
     worker_heartbeat_interval_s: Seconds = 5.0
 
     rabbitmq_host: str = "127.0.0.1"
@@ -164,8 +186,7 @@ class Settings(BaseSettings):
     flower_password: str = "flower_dev_pass"
     flower_port: int = 5555
 
-    # --- Identity and notifications (issue 4) ------------------------------------------------------
-    # (section: identity)
+    # --- Identity and notifications ------------------------------------------------------
     #: Key of the HMAC that hashes reset/verification tokens, MFA codes and session tokens (the placeholder is
     #: refused in production when a secret is first hashed; the production compose file requires it).
     identity_secret_key: str = "identity_dev_secret"
@@ -231,8 +252,7 @@ class Settings(BaseSettings):
         """SECURITY_ALERT_EMAILS as a list of addresses."""
         return [address.strip() for address in self.security_alert_emails.split(",") if address.strip()]
 
-    # --- Audit and integrations (issue 5) ----------------------------------------------------------
-    # (section: audit)
+    # --- Audit and integrations ----------------------------------------------------------
     #: Path prefixes of mutating API calls the generic HTTP audit skips (comma-separated): the probe task is a
     #: health check that changes no domain state, and it is the benchmark's hot path.
     audit_http_exempt_paths: str = "/api/v1/tasks/ping"
@@ -273,8 +293,7 @@ class Settings(BaseSettings):
     integration_page_size: int = Field(default=100, ge=1, le=1000)
     integration_response_max_bytes: int = Field(default=5_000_000, ge=1024)
 
-    # --- Observability and operations (issue 7) ----------------------------------------------------
-    # (section: ops)
+    # --- Observability and operations ----------------------------------------------------
     #: Log format of the API, workers and recorder: json (one JSON object per line) or text.
     log_format: str = Field(default="json", pattern="^(json|text)$")
     #: Where API and worker processes keep their Prometheus multiprocess files; empty means <VAR_DIR>/metrics.
@@ -302,8 +321,6 @@ class Settings(BaseSettings):
     @field_validator("data_encryption_keys")
     @classmethod
     def _valid_encryption_keys(cls, value: str) -> str:
-        from app.crypto import parse_keys
-
         parse_keys(value)
         return value
 
@@ -410,12 +427,12 @@ class Settings(BaseSettings):
 
     @property
     def audit_archive_path(self) -> Path:
-        """Where audit archives are written (section: audit)."""
+        """Where audit archives are written."""
         return Path(self.audit_archive_dir) if self.audit_archive_dir else self.var_dir / "audit-archive"
 
     @property
     def audit_reports_path(self) -> Path:
-        """Where audit reports are written (section: audit)."""
+        """Where audit reports are written."""
         return Path(self.audit_reports_dir) if self.audit_reports_dir else self.var_dir / "reports"
 
     @property

@@ -11,34 +11,16 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-from app.config import get_settings
+from app.config import get_settings, parse_keys
 
 
 class SecretUnreadable(RuntimeError):
     """A stored secret none of the configured keys decrypts."""
-
-
-def parse_keys(keys: str) -> list[Fernet]:
-    """The Fernet keys of a DATA_ENCRYPTION_KEYS value, first one first.
-
-    Raises:
-        ValueError: when the value holds no key, or a key that is not 32 url-safe base64-encoded bytes.
-    """
-    names = [k.strip() for k in keys.split(",") if k.strip()]
-    if not names:
-        raise ValueError("DATA_ENCRYPTION_KEYS holds no key")
-    try:
-        return [Fernet(name) for name in names]
-    except ValueError as exc:
-        raise ValueError(
-            "each DATA_ENCRYPTION_KEYS key must be 32 url-safe base64-encoded bytes "
-            '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
-        ) from exc
 
 
 @lru_cache

@@ -1,17 +1,29 @@
-"""Idempotency-Key handling: the same key and body returns the first answer; another body is a 422."""
+"""Idempotency-Key handling: the same key and body returns the first answer; another body is a 422.
+
+`once` is the protocol every idempotent entry point runs (the dispatching routes, `dispatch_once`): claim the key
+before doing anything, replay the stored answer of an earlier identical request, run the action, then store its
+answer, or release the key when the action failed so the client may retry with it. A route that writes rows
+before it publishes claims the key before the rows are written, so a repeat never writes them twice.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
+
+import redis
+from anyio import to_thread
 
 from app.config import get_settings
 from app.constants import IDEMPOTENCY_KEY
-from app.errors import Conflict, Unprocessable
+from app.errors import Conflict, ServiceUnavailable, Unprocessable
 from app.redis_store import get_redis
 
 _PENDING = "pending"
+_STORE_DOWN = "The idempotency store (Redis) is unreachable; nothing was done."
 
 
 def fingerprint(route: str, body: Any) -> str:
@@ -51,3 +63,51 @@ def complete(*, owner: str, key: str, digest: str, response: dict[str, Any]) -> 
 def abandon(*, owner: str, key: str) -> None:
     """Release the claim after a failure, so the client may retry with the same key."""
     get_redis().delete(IDEMPOTENCY_KEY.format(owner=owner, key=key))
+
+
+def _store_down(exc: redis.RedisError) -> Exception:
+    return ServiceUnavailable(_STORE_DOWN)
+
+
+async def once(
+    *,
+    owner: str,
+    key: str | None,
+    route: str,
+    body: Any,
+    action: Callable[[], Awaitable[dict[str, Any]]],
+    unreachable: Callable[[redis.RedisError], Exception] = _store_down,
+) -> dict[str, Any]:
+    """Run `action` once per (owner, key); a repeat with the same `body` gets the first answer.
+
+    Without a key the action just runs. The Redis calls run in the thread pool, off the event loop.
+
+    Parameters:
+        owner: whose key it is (the caller's principal name): two callers never share a key.
+        key: the client's Idempotency-Key, or None.
+        route: names what is asked (with `body`, the request's fingerprint).
+        body: the request as JSON values; a repeat with another body is a 422.
+        action: does the work and returns the JSON answer that is stored for repeats.
+        unreachable: builds the error raised when the key cannot be claimed because Redis is down
+            (by default a 503 saying nothing was done).
+
+    Raises:
+        Unprocessable: the key was used with a different request.
+        Conflict: the first request with this key is still in flight.
+    """
+    if key is None:
+        return await action()
+    digest = fingerprint(route, body)
+    try:
+        first = await to_thread.run_sync(partial(begin, owner=owner, key=key, digest=digest))
+    except redis.RedisError as exc:
+        raise unreachable(exc) from exc
+    if first is not None:
+        return first
+    try:
+        answer = await action()
+    except BaseException:
+        await to_thread.run_sync(partial(abandon, owner=owner, key=key))
+        raise
+    await to_thread.run_sync(partial(complete, owner=owner, key=key, digest=digest, response=answer))
+    return answer

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from app.config import MASK, redact_url
-from app.constants import REQUEST_ID_HEADER
+from app.config import MASK, get_settings, redact_url
+from app.constants import REQUEST_ID_HEADER, TASK_META_KEY
 from app.context import request_id
+from app.redis_store import get_redis
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
@@ -75,6 +76,8 @@ def redact(text: str) -> str:
 def _task_context() -> dict[str, Any]:
     """Id, name and attempt of the task this process is running now (a thread-local read; no I/O)."""
     try:
+        # Local: the infrastructure layer imports no framework of an adapter at module level; only a worker's
+        # process runs tasks, and there Celery is already loaded.
         from celery import current_task
     except ImportError:  # pragma: no cover - celery is a dependency
         return {}
@@ -100,9 +103,6 @@ def _request_id_of_task(task_id: str) -> str | None:
         return _request_ids[task_id]
     found: str | None = None
     try:
-        from app.constants import TASK_META_KEY
-        from app.redis_store import get_redis
-
         raw = get_redis().hget(TASK_META_KEY.format(task_id=task_id), "request_id")
         found = str(raw) if raw else None
     except Exception:  # a log line must never fail because Redis is away
@@ -153,8 +153,6 @@ class RedactingFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     """Send records to stderr as JSON lines (or text, LOG_FORMAT=text); idempotent."""
-    from app.config import get_settings
-
     if fmt is None:
         fmt = get_settings().log_format
     remember_secrets(get_settings().secrets)
@@ -220,8 +218,6 @@ class StateChangeLog:
     @property
     def interval_s(self) -> float:
         if self._interval_s is None:
-            from app.config import get_settings
-
             self._interval_s = get_settings().outage_log_interval_s
         return self._interval_s
 

@@ -11,15 +11,16 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import configure_mappers
 from starlette.concurrency import run_in_threadpool
 
-from app import docs, errors, web_assets
+from app import docs, errors, health, tasks, web_assets
+from app.api.audit_middleware import AuditMiddleware
+from app.api.metrics import MetricsMiddleware
 from app.api.router import api_router
-from app.audit.middleware import AuditMiddleware
 from app.config import get_settings
 from app.context import RequestIdMiddleware
+from app.engine import publish
 from app.engine.speed.amqp_async import PublishFailed
 from app.logging import configure_logging
 from app.memory import freeze_start_up_objects
-from app.metrics import MetricsMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +33,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await _warm_up(app)
     freeze_start_up_objects()  # (after the warm-up, so what it built is frozen too)
     yield
-    from app.engine import publish
-
     await publish.close()
 
 
 async def _warm_up(app: FastAPI) -> None:
-    """Do now what each process's first requests would otherwise wait for: py-spy of a first POST (300 ms
-    against 3 ms for the next) showed FastAPI building its routes' models, SQLAlchemy configuring its mappers,
-    the SQL engine's first connection and the publishing connection. A service that is down does not stop the
-    start: requests reconnect."""
-    from app.engine import publish
-    from app.tasks import control
-
+    """Do now what each process's first requests would otherwise wait for: FastAPI building its routes' models,
+    SQLAlchemy configuring its mappers, the SQL engine's first connection and the publishing connection. A service
+    that is down does not stop the start: requests reconnect."""
     app.openapi()  # (builds every route's models, which FastAPI otherwise does on the first match)
     configure_mappers()  # (SQLAlchemy otherwise configures every mapper on the first query)
-    database = await run_in_threadpool(control.check_database)
+    database = await run_in_threadpool(health.check_database)
     if database.status != "up":
         logger.warning("The database did not answer at start-up: %s.", database.detail)
     try:
@@ -67,6 +62,7 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    tasks.install_publisher()  # the domains enqueue through the engine's confirmed publisher (app/dispatch.py)
     errors.register(app)
     # Inside RequestIdMiddleware (added later, so outermost): audit entries carry the request id.
     app.add_middleware(AuditMiddleware)

@@ -1,11 +1,11 @@
 """Start-up objects kept out of the cyclic garbage collector's full collections.
 
-A started Courier process holds some 175,000-230,000 objects that live as long as it does: modules, FastAPI's
+A started Courier process holds a few hundred thousand objects that live as long as it does: modules, FastAPI's
 route models, SQLAlchemy's mappers, Celery's app, worker and pool. Python's full collection scans every one of
-them, and under load it came round every second or so: a pause of 100-160 ms (measured with `gc.callbacks`) in
-which the process did nothing else. In the API that pause was the p99 at concurrency 64; in a worker's main
-process, 4 pauses per 10,000 tasks took 8 % of its time. Frozen, a full collection scans only what came later:
-10-15 ms in the worker, 3-5 ms in the API. Objects made afterwards are collected as before.
+them, and under load it comes round often: a pause in which the process does nothing else, which was the API's
+p99 under concurrency and a visible share of a worker's main process. Frozen, a full collection scans only what
+came later (the README's "Performance" section has the figures). Objects made afterwards are collected as
+before.
 """
 
 from __future__ import annotations

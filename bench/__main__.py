@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = set(args.parts.split(","))
     memory: dict[str, int] = {}
     with cb.courier_stack(log_dir) as stack:
-        stack.start("recorder", [cb.python(), "-m", "app.runs.recorder"], None)
+        stack.start("recorder", [cb.python(), "-m", "app.recorder"], None)
         cb.freeze_harness()
         for _ in range(args.reps):
             if "peers" in parts:

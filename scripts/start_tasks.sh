@@ -473,7 +473,7 @@ service_command() {
             SERVICE_CMD=("$bin/celery" -A app.tasks beat --schedule "$VAR_DIR/celerybeat-schedule" --pidfile=
                 --enable-remote-control --loglevel "$CELERY_LOG_LEVEL")
             ;;
-        recorder) SERVICE_CMD=("$bin/python" -m app.runs.recorder) ;;
+        recorder) SERVICE_CMD=("$bin/python" -m app.recorder) ;;
         flower)
             # The credentials travel in FLOWER_BASIC_AUTH / FLOWER_BROKER_API (see start_service), not in argv,
             # so `ps` does not show them.

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import uuid
 
-from tests.conftest import ROOT, auth
+from tests.support.api import auth
+from tests.support.session import ROOT
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

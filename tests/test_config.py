@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import DEV_DATA_ENCRYPTION_KEY, Settings
-from tests.conftest import ROOT, TEST_ENV
+from tests.support.services import session_env
+from tests.support.session import ROOT
 
 #: A key that is not the development one (32 url-safe base64 bytes, as Fernet wants).
 PRODUCTION_KEY = "cHJvZHVjdGlvbi1rZXktZm9yLWNvbmZpZy10ZXN0cyE="
@@ -33,7 +34,7 @@ def test_every_variable_in_env_example_has_a_comment_above_its_group():
 
 
 def test_the_defaults_point_at_localhost_and_an_sqlite_file_under_var(monkeypatch):
-    for name in TEST_ENV:
+    for name in session_env():
         monkeypatch.delenv(name)
     settings = Settings(_env_file=ROOT / ".env.example")
     assert settings.broker_url == "amqp://courier:courier_dev_pass@127.0.0.1:5672/courier"

@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import PG_ADMIN_DSN, ROOT
+from tests.support.services import PG_ADMIN_DSN
+from tests.support.session import ROOT
 
 
 def test_the_models_and_the_migrations_have_not_drifted():

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import join
-from tests.support.services import OwnRedis, free_port
+from tests.support.processes import OwnRedis, free_port
+from tests.support.session import join
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "start_tasks.sh"

@@ -1,4 +1,4 @@
-"""identity and notifications (issue 4)
+"""identity and notifications
 
 Revision ID: a4e1d2c30004
 Revises: 0765f590f37f

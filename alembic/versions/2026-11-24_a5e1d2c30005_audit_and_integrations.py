@@ -1,4 +1,4 @@
-"""audit chain and integrations (issue 5)
+"""audit chain and integrations
 
 Revision ID: a5e1d2c30005
 Revises: a4e1d2c30004

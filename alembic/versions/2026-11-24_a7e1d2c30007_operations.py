@@ -1,4 +1,4 @@
-"""operations: queue pause state and the like (issue 7)
+"""operations: queue pause state and the like
 
 Revision ID: a7e1d2c30007
 Revises: a5e1d2c30005

@@ -6,30 +6,17 @@ import hashlib
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.access.exceptions import DuplicateKeyName, UnknownKey
 from app.access.models import ApiKey, Role
+from app.access.schemas import Principal
+from app.audit import service as audit_service
 from app.db import utcnow
 
 KEY_PREFIX = "ck_"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the key's id, name and role."""
-
-    key_id: int
-    name: str
-    role: Role
-
-    @property
-    def is_admin(self) -> bool:
-        """True for the admin role."""
-        return self.role is Role.admin
 
 
 def hash_key(key: str) -> str:
@@ -60,8 +47,6 @@ def revoke(*, session: Session, name: str, actor: Principal | str = "cli") -> Ap
 
 
 def _audit(session: Session, actor: Principal | str, action: str, row: ApiKey) -> None:
-    from app.audit import service as audit_service  # the audit domain imports Principal from here
-
     details = {"name": row.name, "role": str(row.role), "prefix": row.prefix}
     audit_service.record(session=session, actor=actor, action=action, target=f"api_key:{row.name}", details=details)
 

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends
 
 from app.api.deps import get_principal, require_admin
 from app.api.guards import reject_nul_characters
-from app.api.routes import audit as audit_routes  # (section: audit)
+from app.api.routes import audit as audit_routes
 from app.api.routes import dead_letters, health, metrics, tasks
-from app.api.routes import identity as identity_routes  # (section: identity)
-from app.api.routes import integrations as integration_routes  # (section: audit)
-from app.api.routes import notifications as notification_routes  # (section: identity)
-from app.api.routes import operations as operations_routes  # (section: ops)
+from app.api.routes import identity as identity_routes
+from app.api.routes import integrations as integration_routes
+from app.api.routes import notifications as notification_routes
+from app.api.routes import operations as operations_routes
 from app.errors import error_responses
 
 # Error answers common to a router are declared here, once; a route declares its own (404, 409, 429, 503...).
@@ -40,7 +40,7 @@ api_router.include_router(
     tasks.router, prefix="/api/v1/tasks", tags=["tasks"], dependencies=_client, responses=_client_errors
 )
 
-# --- Identity and notifications (issue 4) (section: identity)
+# --- Identity and notifications
 # Client role: any valid key (admins too) may run the identity and notification workflows.
 api_router.include_router(
     identity_routes.router,
@@ -57,7 +57,7 @@ api_router.include_router(
     responses=_client_errors,
 )
 
-# --- Audit and integrations (issue 5) (section: audit)
+# --- Audit and integrations
 api_router.include_router(
     audit_routes.router, prefix="/api/v1/audit", tags=["audit"], dependencies=_admin, responses=_admin_errors
 )
@@ -69,7 +69,7 @@ api_router.include_router(
     responses=_client_errors,
 )
 
-# --- Observability and operations (issue 7) (section: ops)
+# --- Observability and operations
 api_router.include_router(
     operations_routes.router,
     prefix="/api/v1/tasks",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app import context
-from app.access.service import Principal
 from app.audit import chain
 from app.audit.context import current_call
 from app.audit.models import GENESIS_HASH, AuditArchive, AuditEvent
@@ -18,6 +17,17 @@ from app.db import utcnow
 
 #: The PostgreSQL advisory-lock key that serializes appends to the chain ("audit" in ASCII).
 CHAIN_LOCK_KEY = 0x6175646974
+
+
+class Actor(Protocol):
+    """Who acted, as the trail records them: a name and a role (app.access.schemas.Principal is one). Every domain
+    writes the trail, so it names no other domain's type."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
 
 
 def _lock_chain(session: Session) -> None:
@@ -45,7 +55,7 @@ def chain_head(*, session: Session) -> str:
 def record(
     *,
     session: Session,
-    actor: Principal | str,
+    actor: Actor | str,
     action: str,
     target: str | None,
     reason: str | None = None,
@@ -59,7 +69,7 @@ def record(
     The request id and client address default to the current HTTP call's. Appends are serialized until the
     caller commits, so keep the transaction short after recording.
     """
-    name, role = (actor.name, actor.role.value) if isinstance(actor, Principal) else (actor, None)
+    name, role = (actor, None) if isinstance(actor, str) else (actor.name, str(actor.role))
     call = current_call.get()
     if call is not None:
         call.recorded = True

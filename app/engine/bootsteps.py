@@ -14,7 +14,12 @@ from celery import Celery, bootsteps, signals
 from app import db, redis_store
 from app.config import get_settings
 from app.constants import WORKER_HEARTBEAT_KEY
+from app.db import session_scope
+from app.engine import topology
+from app.engine.guarantees import outages
+from app.engine.pauses import SkipPausedQueues
 from app.redis_store import get_redis
+from app.runs import revocations
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +36,6 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
     label = "Courier topology check"
 
     def start(self, worker: Any) -> None:
-        from app.engine import topology
-
         settings = get_settings()
         if settings.celery_task_always_eager:
             return
@@ -50,9 +53,6 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
         except redis_store.PersistenceRefused as exc:
             logger.critical("%s", exc)
             raise SystemExit(EX_CONFIG) from exc
-        from app.db import session_scope
-        from app.runs import revocations
-
         try:
             with session_scope() as session:
                 restored = revocations.restore_to_redis(session=session)
@@ -86,11 +86,15 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                     "queues": queues,
                     "concurrency": worker.concurrency,
                     "pool": _pool_kind(worker.pool),
+                    "engine": _engine_classes(worker),
                     "started_at": started,
                     "ts": time.time(),
                 }
                 try:
                     get_redis().set(key, json.dumps(status), ex=max(1, int(interval * 3)))
+                    # Redis answers: the end of an outage the worker met on its tasks' path is logged here too
+                    # (on Celery's own pools, with ENGINE_SPEED_PATCHES=off, nothing else in this process hears).
+                    outages.redis_outage.succeeded()
                 except Exception:
                     logger.warning("Could not write the heartbeat of %s.", worker.hostname, exc_info=True)
                 if self._stop.wait(interval):
@@ -114,9 +118,26 @@ def _pool_kind(pool: Any) -> str | None:
     return str(getattr(pool, "kind", None) or type(pool).__module__.rsplit(".", 1)[-1])
 
 
+def _engine_classes(worker: Any) -> dict[str, str | None]:
+    """The classes this worker runs (app/engine/install.py chose them): its pool, result backend, consumer, and
+    the transport of the consumer's connection (None until the consumer has connected)."""
+    consumer = getattr(worker, "consumer", None)
+    connection = getattr(consumer, "connection", None)
+    return {
+        "pool": _qualified(worker.pool),
+        "backend": _qualified(worker.app.backend),
+        "consumer": _qualified(consumer),
+        "transport": _qualified(connection.transport) if connection is not None else None,
+    }
+
+
+def _qualified(thing: Any) -> str | None:
+    return None if thing is None else f"{type(thing).__module__}.{type(thing).__qualname__}"
+
+
 def install(app: Celery) -> None:
     """Add Courier's boot steps to the worker blueprint (they start before the consumer, which is last)."""
     app.steps["worker"].add(TopologyCheck)
     signals.worker_process_init.connect(db.forget_inherited_pool, weak=False)
     app.steps["worker"].add(Heartbeat)
-    app.steps["worker"].add("app.engine.pauses:SkipPausedQueues")  # (section: ops) paused tiers stay paused
+    app.steps["worker"].add(SkipPausedQueues)  # paused tiers stay paused

@@ -8,41 +8,36 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.beat import PersistentScheduler
-from celery.schedules import crontab  # (section: audit)
+from celery.schedules import crontab
 
 from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
-from app.engine import policy, topology
-
-#: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
-from app.engine.speed import amqp_transport, pool, tracing
+from app.engine import bootsteps, install, policy, telemetry, topology
 from app.memory import freeze_start_up_objects
 
+#: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
 TRACE_LOGGER = "celery.app.trace"
 
 #: Modules whose tasks the worker registers.
 TASK_MODULES = [
     "app.tasks.system",
     "app.tasks.deadletters",
-    # (section: identity)
     "app.tasks.identity",
     "app.tasks.notifications",
-    # (section: audit)
     "app.tasks.audit",
     "app.tasks.integrations",
-    # (section: ops)
 ]
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(settings: Settings, engine: install.Engine) -> dict[str, Any]:
     """Celery settings that carry Courier's guarantees (see README, "Delivery guarantees")."""
     return {
         "broker_url": settings.broker_url,
-        # kombu's pyamqp transport with buffered frame reads and batched acks (app/engine/speed/amqp_transport.py).
-        "broker_transport": amqp_transport.ALIAS,
-        # Celery's Redis backend, storing each result in one atomic round trip (app/engine/speed/results.py).
-        "result_backend": _one_trip_backend(settings.result_backend_dsn),
+        # The transport, pool, result backend and consumer of `engine` (app/engine/install.py): Celery's Redis
+        # backend storing each result with its history entry in one atomic round trip, the consumer that
+        # dead-letters malformed messages, and (speed patches on) the buffered transport and batching pool.
+        **install.celery_options(engine, settings),
         # JSON only: nothing that can execute code on decode.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -74,13 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_eta_task_limit": 1000,
         "worker_concurrency": settings.celery_worker_concurrency,
-        # Celery's pool, with successful results stored in batches by the main process (app/engine/speed/pool.py).
-        "worker_pool": pool.POOLS[settings.celery_worker_pool],
         "worker_hijack_root_logger": False,
         # The run history is journaled by the tasks themselves (app/runs/journal.py); events are for Flower.
         "worker_send_task_events": settings.task_events_enabled,
-        # Malformed messages are dead-lettered, never dropped or fatal (app/engine/guarantees/consumer.py).
-        "worker_consumer": "app.engine.guarantees.consumer:CourierConsumer",
         "task_send_sent_event": False,
         # Topology and routing: a typo in a queue name fails loudly instead of creating a queue.
         "task_queues": topology.work_queues(settings),
@@ -113,18 +104,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _one_trip_backend(url: str) -> str:
-    """Route redis:// and rediss:// result URLs to CourierRedisBackend (Celery's `module:Class+url` form)."""
-    if url.startswith(("redis://", "rediss://")):
-        return f"app.engine.speed.results:CourierRedisBackend+{url}"
-    return url
-
-
 def schedule() -> dict[str, Any]:
     """Periodic tasks run by `celery -A app.tasks beat` (exactly one beat per deployment)."""
     return {
         "prune-run-history": {"task": "runs.prune_history", "schedule": 3600.0},
-        # (section: identity)
         "cleanup-expired-sessions": {"task": "identity.cleanup_expired_sessions", "schedule": 3600.0},
         "cleanup-expired-tokens": {"task": "identity.cleanup_expired_tokens", "schedule": 3600.0},
         "process-scheduled-notifications": {
@@ -135,7 +118,6 @@ def schedule() -> dict[str, Any]:
             "task": "notifications.retry_failed_notifications",
             "schedule": get_settings().notification_retry_interval_s,
         },
-        # (section: audit)
         "audit-daily-report": {"task": "audit.generate_daily_report", "schedule": crontab(minute=0, hour=1)},
         "audit-archive-old-logs": {
             "task": "audit.archive_old_logs",
@@ -145,7 +127,6 @@ def schedule() -> dict[str, Any]:
         "integrations-health-check": {"task": "integrations.health_check_integrations", "schedule": 300.0},
         "integrations-sync-all": {"task": "integrations.sync_all_systems", "schedule": 3600.0},
         "integrations-dispatch-pending": {"task": "integrations.dispatch_pending", "schedule": 60.0},
-        # (section: ops)
     }
 
 
@@ -181,24 +162,21 @@ class BeatScheduler(PersistentScheduler):  # type: ignore[misc]
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app and its worker boot steps."""
     settings = settings or get_settings()
+    engine = install.select(settings)
+    install.register_transports()
     # Celery reads CELERY_BROKER_URL / CELERY_RESULT_BACKEND from the environment ahead of its config; make the
     # environment say what Settings computed (e.g. REDIS_PASSWORD applied), so there is one answer.
     os.environ["CELERY_BROKER_URL"] = settings.broker_url
-    os.environ["CELERY_RESULT_BACKEND"] = _one_trip_backend(settings.result_backend_dsn)
+    os.environ["CELERY_RESULT_BACKEND"] = engine.result_backend(settings.result_backend_dsn)
     # Every task message mandatory, a returned one an error; publishers declare nothing
     # (app/engine/guarantees/sending.py).
-    app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp="app.engine.guarantees.sending:CourierAMQP")
-    app.conf.update(celery_config(settings))
-    from app.engine import bootsteps
-
+    app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp=engine.amqp)
+    app.conf.update(celery_config(settings, engine))
+    install.install(app, engine)
     bootsteps.install(app)
-    # (section: ops) task metrics (multiprocess files) and JSON logs of the workers
-    from app.engine import telemetry
-
+    # Task metrics (multiprocess files) and JSON logs of the workers.
     telemetry.install(app)
 
-    # Before the pool forks: a cheaper repr of each result in Celery's tracer (app/engine/speed/tracing.py).
-    signals.worker_init.connect(lambda **_: tracing.install(), weak=False)
     # Start-up objects out of full garbage collections (app/memory.py): before the pool forks, so the children
     # inherit the frozen set, and once more when the main process has built its consumer and pool.
     signals.worker_init.connect(lambda **_: freeze_start_up_objects(), weak=False)

@@ -11,6 +11,9 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.control import control_command, ok
 
+from app.db import session_scope
+from app.operations import service as operations
+
 logger = logging.getLogger(__name__)
 
 #: The queues this worker was started to consume (its -Q), before any pause; set at boot.
@@ -23,9 +26,6 @@ class SkipPausedQueues(bootsteps.StartStopStep):  # type: ignore[misc]
     label = "Courier paused tiers"
 
     def start(self, worker: Any) -> None:
-        from app.db import session_scope
-        from app.operations import service as operations
-
         queues = worker.app.amqp.queues
         _configured.clear()
         _configured.update(queues.consume_from)

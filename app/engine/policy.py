@@ -85,7 +85,7 @@ POLICIES: dict[str, TaskPolicy] = {
     ),
     # Deletes run history older than HISTORY_RETENTION_DAYS; hourly from beat.
     "runs.prune_history": TaskPolicy(tier=Tier.low, rate_limit=""),
-    # --- Identity and notifications (issue 4) (section: identity)
+    # --- Identity and notifications
     # User-facing and time-sensitive: the secret-bearing messages and alerts run on the high tier.
     "identity.send_password_reset_email": TaskPolicy(tier=Tier.high),
     "identity.send_account_verification_email": TaskPolicy(tier=Tier.high),
@@ -104,7 +104,7 @@ POLICIES: dict[str, TaskPolicy] = {
     # The scheduler must not wait behind a backlog of reports: it only publishes, so it is cheap on high.
     "notifications.process_scheduled_notifications": TaskPolicy(tier=Tier.high, priority=3, rate_limit=""),
     "notifications.retry_failed_notifications": TaskPolicy(tier=Tier.low, rate_limit=""),
-    # --- Audit and integrations (issue 5) (section: audit)
+    # --- Audit and integrations
     # Reports and archival read and write a lot at once: low tier, generous time limits.
     "audit.generate_daily_report": TaskPolicy(tier=Tier.low, rate_limit="", soft_time_limit_s=1800, time_limit_s=1860),
     "audit.generate_compliance_report": TaskPolicy(
@@ -121,7 +121,7 @@ POLICIES: dict[str, TaskPolicy] = {
     ),
     "integrations.sync_all_systems": TaskPolicy(tier=Tier.medium, rate_limit=""),
     "integrations.health_check_integrations": TaskPolicy(tier=Tier.medium, rate_limit=""),
-    # --- Observability and operations (issue 7) (section: ops)
+    # --- Observability and operations
 }
 
 

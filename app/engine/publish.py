@@ -3,7 +3,8 @@
 Two paths share everything but the publish itself:
 - `dispatch_async` (the API's hot path): aiormq with pipelined confirms (app/engine/speed/amqp_async.py), and the
   task metas of concurrent dispatches written to Redis in one round trip (`MetaWriter`);
-- `dispatch` (CLI, tasks, sync callers, and eager mode): Celery's `apply_async` with `confirm_publish`.
+- `dispatch` (CLI, tasks, sync callers, eager mode, and the API when ENGINE_SPEED_PATCHES is off): Celery's
+  `apply_async` with `confirm_publish`, a returned message raising `Unroutable` (app/engine/guarantees/returns.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -34,6 +35,7 @@ from app.constants import (
     Tier,
 )
 from app.context import request_id
+from app.engine import install
 from app.engine.celery_app import celery_app
 from app.engine.policy import POLICIES, default_priority
 from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed, broker_outage
@@ -173,7 +175,7 @@ def dispatch(
 
 @lru_cache
 def _publisher() -> AsyncPublisher:
-    return AsyncPublisher(get_settings())
+    return AsyncPublisher(get_settings(), celery_app.amqp)
 
 
 @lru_cache
@@ -194,8 +196,8 @@ class MetaWriter:
     """Writes the task metas of concurrent dispatches to Redis in one pipeline per turn of the event loop.
 
     Each dispatch still waits until its own meta is written (or gets the batch's error) before it publishes;
-    the batch only shares the round trip. Writing each meta alone cost the publisher about 0.15 ms of CPU
-    per dispatch, a third of its total (the benchmark's publisher, 4,000 dispatches, 64 in flight).
+    the batch only shares the round trip, which was a large share of the publisher's CPU per dispatch when each
+    meta was written alone.
     """
 
     def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
@@ -261,9 +263,10 @@ async def dispatch_async(
     priority: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> Dispatched:
-    """`dispatch` for the event loop: pipelined confirms, no thread per request. Eager mode takes `dispatch`."""
+    """`dispatch` for the event loop: pipelined confirms, no thread per request. Eager mode, and the stock engine
+    (ENGINE_SPEED_PATCHES off), take `dispatch` in a thread."""
     settings = get_settings()
-    if settings.celery_task_always_eager:
+    if settings.celery_task_always_eager or not settings.engine_speed_patches:
         return await run_in_threadpool(
             dispatch, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
         )
@@ -293,9 +296,13 @@ async def dispatch_async(
 
 
 async def warm_up() -> None:
-    """Open the publishing connection and a Redis connection now (API start-up), so the first requests do not
-    wait for them. Raises PublishFailed or redis.RedisError when one is down; requests retry on their own."""
-    await _publisher().connect()
+    """Log the engine's mode, and open the publishing connection and a Redis connection now (API start-up), so the
+    first requests do not wait for them. Raises PublishFailed or redis.RedisError when one is down; requests retry
+    on their own."""
+    settings = get_settings()
+    logger.info("%s.", install.select(settings).describe())
+    if settings.engine_speed_patches:
+        await _publisher().connect()
     await _async_redis().ping()
 
 
@@ -322,25 +329,23 @@ async def dispatch_once(
     options: dict[str, Any] | None = None,
 ) -> Dispatched:
     """`dispatch_async`, honouring an Idempotency-Key: a repeat of the same request returns the first answer."""
-    publish = partial(
-        dispatch_async, name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
-    )
-    if idempotency_key is None:
-        return await publish()
-    digest = idempotency.fingerprint(name, request_body)
-    try:
-        first = await run_in_threadpool(idempotency.begin, owner=triggered_by, key=idempotency_key, digest=digest)
-    except redis.RedisError as exc:
+
+    async def publish() -> dict[str, Any]:
+        dispatched = await dispatch_async(
+            name, kwargs=kwargs, triggered_by=triggered_by, tier=tier, priority=priority, options=options
+        )
+        return dispatched.as_dict()
+
+    def redis_down(exc: redis.RedisError) -> Exception:
         redis_outage.failed(repr(exc))
-        raise ServiceUnavailable(_REDIS_DOWN) from exc
-    if first is not None:
-        return Dispatched(**first)
-    try:
-        result = await publish()
-    except BaseException:
-        await run_in_threadpool(idempotency.abandon, owner=triggered_by, key=idempotency_key)
-        raise
-    await run_in_threadpool(
-        idempotency.complete, owner=triggered_by, key=idempotency_key, digest=digest, response=result.as_dict()
+        return ServiceUnavailable(_REDIS_DOWN)
+
+    answer = await idempotency.once(
+        owner=triggered_by,
+        key=idempotency_key,
+        route=name,
+        body=request_body,
+        action=publish,
+        unreachable=redis_down,
     )
-    return result
+    return Dispatched(**answer)

@@ -17,9 +17,10 @@ from app.engine import topology
 from app.engine.celery_app import TRACE_LOGGER, celery_app
 from app.engine.guarantees import outages
 from app.engine.guarantees import starts as starts_check
+from app.engine.guarantees.request import CourierRequest
+from app.engine.guarantees.returns import Unroutable
 from app.engine.policy import POLICIES
-from app.engine.speed import pool
-from app.engine.speed.amqp_transport import Unroutable
+from app.engine.speed.pool import HandOff
 from app.runs import journal
 
 logger = logging.getLogger(__name__)
@@ -51,25 +52,29 @@ class CourierTask(Task):  # type: ignore[misc]
     """
 
     abstract = True
-    Request = "app.engine.guarantees.request:CourierRequest"
+    #: The worker-side request of every Courier task, in both engine modes (Celery reads it from the task class).
+    Request = CourierRequest
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before the body runs: refuse a revoked task, and dead-letter an attempt that keeps killing workers.
 
-        The answer comes from app/engine/guarantees/starts.py: EXISTS on the revocation key and INCR of this attempt's
-        start
-        count, asked by the worker's main process for every job it hands to its pool children in one round trip,
-        or here when the task runs any other way. An attempt that starts more than MAX_STARTS_PER_ATTEMPT times
-        never finished (its whole worker died each time: classic queues count no redeliveries), so it is rejected
-        to the dead-letter queue as `worker_lost`. The run's start is journaled with its outcome (app/runs/journal.py).
+        The answer comes from app/engine/guarantees/starts.py: EXISTS on the revocation key and INCR of this
+        attempt's start count, asked by the worker's main process for every job it hands to its pool children in
+        one round trip (it rides the attempt's HandOff, app/engine/speed/pool.py), or here when the task runs any
+        other way (eagerly, inline, or on Celery's stock pools). An attempt that starts more than
+        MAX_STARTS_PER_ATTEMPT times never finished (its whole worker died each time: classic queues count no
+        redeliveries), so it is rejected to the dead-letter queue as `worker_lost`. The run's start is journaled
+        with its outcome (app/runs/journal.py).
 
         Redis unreachable here is an outage, not this task's failure: it is reported as Reject(InfraUnavailable),
         which stores nothing, and the worker's main process puts the attempt back (app/engine/guarantees/request.py).
         """
         settings = get_settings()
         self.request.courier_started = time.monotonic()  # the journaled runtime (app/runs/journal.py)
+        handoff = HandOff.of(self.request)
+        answer = handoff.take_start_answer() if handoff is not None else None
         try:
-            revoked, starts = pool.take_start_answer() or starts_check.check([(task_id, self.request.retries or 0)])[0]
+            revoked, starts = answer or starts_check.check([(task_id, self.request.retries or 0)])[0]
         except outages.OUTAGE_ERRORS as exc:
             outage = outages.InfraUnavailable.at("the start check", exc)
             logger.warning("Task %s[%s] cannot start: %s.", self.name, task_id, outage)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
-from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.config import get_settings
+from app.logging import configure_logging
+from app.metrics import enable_multiprocess
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +30,6 @@ logger = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 #: Prefix of each worker's metrics directory inside METRICS_DIR.
 WORKER_DIR_PREFIX = "worker-"
-
-
-def enable_multiprocess(directory: Path, *, wipe: bool) -> None:
-    """Point prometheus-client at `directory` for every metric created from now on (and in forked children)."""
-    if wipe and directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    # The value class is chosen when prometheus_client is imported; choose again now that the directory is set.
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def worker_dir(hostname: str) -> Path:
@@ -154,8 +145,6 @@ def on_task_retry(sender: Any = None, reason: Any = None, **_: Any) -> None:
 
 def on_setup_logging(loglevel: Any = None, **_: Any) -> None:
     """`setup_logging`: the worker logs JSON lines (LOG_FORMAT) instead of Celery's own format."""
-    from app.logging import configure_logging
-
     level = loglevel if isinstance(loglevel, str) else logging.getLevelName(loglevel or logging.INFO)
     configure_logging(str(level))
 

@@ -13,15 +13,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.config import get_settings
 from app.db import utcnow
+from app.events import service as events
 from app.identity import secrets
 from app.identity.exceptions import EmailTaken, NoPhone, UserNotFound
 from app.identity.models import MfaCode, OneTimeToken, PushDevice, TokenPurpose, User, UserSession
 from app.identity.schemas import UserCreate
-from app.integrations import events
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def get_by_email(*, session: Session, email: str) -> User | None:
 def create(*, session: Session, user_in: UserCreate, actor: Actor) -> User:
     """Create an account (unverified) and record `identity.user.create`.
 
-    The one place `user.created` happens: the integrations emitter is wired here.
+    The one place `user.created` happens: the event emitter (app/events) is wired here.
     """
     if get_by_email(session=session, email=user_in.email) is not None:
         raise EmailTaken()
@@ -78,7 +78,7 @@ def create(*, session: Session, user_in: UserCreate, actor: Actor) -> User:
 def request_password_reset(*, session: Session, email: str, actor: Actor, client_address: str | None) -> User | None:
     """Record a password-reset request for `email`; returns the user when the address is known.
 
-    The one place `password.reset_requested` happens: the integrations emitter is wired here. The caller
+    The one place `password.reset_requested` happens: the event emitter (app/events) is wired here. The caller
     answers the same way whether or not a user was found (no account enumeration).
     """
     user = get_by_email(session=session, email=email)

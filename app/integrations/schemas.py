@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from app.integrations.events import ALL_EVENTS, EVENT_TYPE, SUBSCRIPTION
-from app.integrations.models import DeliveryStatus
+from app.events.models import DeliveryStatus
+from app.events.service import ALL_EVENTS, EVENT_TYPE, SUBSCRIPTION
 from app.schema_types import Id
 
 

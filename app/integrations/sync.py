@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import session_scope, utcnow
-from app.integrations import egress, events
+from app.events import service as events
+from app.integrations import egress
 from app.integrations.exceptions import DuplicateIntegration, EgressRefused, IntegrationNotFound
 from app.integrations.models import ExternalRecord, Integration
 

@@ -21,13 +21,17 @@ from sqlalchemy import table as sa_table
 from sqlalchemy.orm import Session
 
 from app import crypto
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
 from app.config import Settings
 from app.db import session_scope, utcnow
-from app.integrations import egress, events, signing
+from app.events import service as events
+from app.events.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.identity.models import User
+from app.integrations import egress, signing
 from app.integrations.exceptions import DeliveryNotFound, EgressRefused, EndpointDisabled, EndpointNotFound
-from app.integrations.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.integrations.models import WebhookAttempt
+from app.notifications import service as notifications
 
 logger = logging.getLogger(__name__)
 
@@ -395,9 +399,6 @@ def _disable(session: Session, endpoint: WebhookEndpoint, why: str) -> None:
 def notify_owner(*, session: Session, endpoint: WebhookEndpoint, why: str) -> bool:
     """E-mail the endpoint's owner (`owner_user_id`) that it was disabled, sent after the commit; False when no
     user is named (the audit entry and the `integration.unhealthy` event remain)."""
-    from app.identity.models import User  # the identity domain owns the address
-    from app.notifications import service as notifications
-
     user = session.get(User, endpoint.owner_user_id) if endpoint.owner_user_id is not None else None
     if user is None:
         logger.info("Webhook endpoint %s names no user to notify of its disabling.", endpoint.id)

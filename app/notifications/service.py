@@ -1,7 +1,7 @@
 """Notification rows: create (one, bulk, or `notify` from other code), read, cancel, and find due work.
 
 `notify()` is the function other domains call. It adds the row to the caller's session and registers a
-dispatch of its send task for *after the caller's commit* (SQLAlchemy's `after_commit` event): a rolled-back
+dispatch of its send task for *after the caller's commit* (the outbox of app/dispatch.py): a rolled-back
 transaction sends nothing, and a committed one is published at once. If that publish fails (broker down),
 the row stays pending and `process_scheduled_notifications` picks it up within NOTIFICATION_STALE_S.
 """
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, insert, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session, object_session
 
+from app import dispatch
 from app.config import get_settings
 from app.db import utcnow
-from app.errors import ServiceUnavailable
-from app.integrations import events
+from app.events import service as events
 from app.notifications.exceptions import NotCancellable, NotificationNotFound
 from app.notifications.models import Channel, Notification, Status
 
@@ -105,35 +105,14 @@ def notify(
     )
     if send_at is None or send_at <= utcnow():
         row.dispatched_at = utcnow()
-        _after_commit(session, lambda: _publish_send(row.id, row.channel, created_by))
+        _publish_send(session, row.id, row.channel, created_by)
     return row
 
 
-def _after_commit(session: Session, action: Callable[[], None]) -> None:
-    """Run `action` once, after this session's next commit; forget it if the transaction rolls back instead."""
-
-    def on_commit(_: Session) -> None:
-        event.remove(session, "after_rollback", on_rollback)
-        try:
-            action()
-        except ServiceUnavailable:
-            # The broker or Redis is down (the publisher logs the outage once, not per message). The row stays
-            # pending; the scheduler re-dispatches it (NOTIFICATION_STALE_S).
-            logger.debug("Dispatching a committed notification failed; the scheduler will pick it up.")
-        except Exception:
-            logger.exception("Dispatching a committed notification failed; the scheduler will pick it up.")
-
-    def on_rollback(_: Session) -> None:
-        event.remove(session, "after_commit", on_commit)
-
-    event.listen(session, "after_commit", on_commit, once=True)
-    event.listen(session, "after_rollback", on_rollback, once=True)
-
-
-def _publish_send(notification_id: int, channel: Channel, triggered_by: str) -> None:
-    from app.engine import publish
-
-    publish.dispatch(SEND_TASKS[channel], kwargs={"notification_id": notification_id}, triggered_by=triggered_by)
+def _publish_send(session: Session, notification_id: int, channel: Channel, triggered_by: str) -> None:
+    dispatch.enqueue_after_commit(
+        session, SEND_TASKS[channel], kwargs={"notification_id": notification_id}, triggered_by=triggered_by
+    )
 
 
 def create_bulk(
@@ -269,7 +248,7 @@ def claim_retryable(*, session: Session, now: datetime, limit: int) -> list[Noti
 def on_failed(notification: Notification) -> None:
     """A notification has just failed for good (or until retry_failed_notifications tries again).
 
-    The one place `notification.failed` happens: the integrations emitter is wired here.
+    The one place `notification.failed` happens: the event emitter (app/events) is wired here.
     """
     logger.warning(
         "Notification %s (%s) failed after %d attempt(s): %s",

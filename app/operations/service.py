@@ -1,4 +1,6 @@
-"""Operations: pause and resume a tier across workers (durably), purge a queue, overview and performance."""
+"""Operations: pause and resume a tier across workers (durably), purge a queue, live workers (their heartbeats),
+overview and performance. The broker and the live workers are reached through the `Broker` the adapter passes in
+(the engine's: app/engine/inspect.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +8,17 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections import defaultdict
 from datetime import timedelta
+from typing import Protocol
 
-from kombu.connection import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.audit import service as audit_service
-from app.config import Settings
-from app.constants import DEAD_LETTER_QUEUE, REDIS_PREFIX, TaskState, Tier
+from app.constants import DEAD_LETTER_QUEUE, REDIS_PREFIX, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
 from app.db import utcnow
 from app.deadletters import service as deadletters_service
 from app.operations.exceptions import ConfirmationRequired, InvalidConfirmation, UnknownQueue
@@ -25,6 +27,7 @@ from app.operations.schemas import OverviewRead, PauseRead, PerformanceRead, Tas
 from app.redis_store import get_redis
 from app.runs import service as runs_service
 from app.runs.models import TaskRun
+from app.runs.schemas import QueueRead, WorkerRead
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,27 @@ BROADCAST_TIMEOUT_S = 1.0
 #: Remote-control commands the workers register (app/engine/pauses.py).
 PAUSE_COMMAND = "courier_pause"
 RESUME_COMMAND = "courier_resume"
+
+
+class Broker(Protocol):
+    """What this domain asks of the message broker and its live workers; the engine implements it
+    (app/engine/inspect.py) and the adapters pass it in."""
+
+    def broadcast(self, command: str, queue: str) -> list[str]:
+        """Send a remote-control command to every worker; the names of those that acknowledged it."""
+        ...
+
+    def purge(self, queue: str) -> int:
+        """Drop every ready message of `queue`; how many were dropped."""
+        ...
+
+    def ready(self, queue: str) -> int:
+        """Ready messages of `queue` (exact)."""
+        ...
+
+    def queues(self) -> list[QueueRead]:
+        """Depths, unacked counts and consumers of Courier's queues."""
+        ...
 
 
 def _actor_name(actor: Principal | str) -> str:
@@ -62,17 +86,17 @@ def paused_names(*, session: Session) -> set[str]:
     return set(session.scalars(select(QueuePause.queue)))
 
 
-def pause(*, session: Session, queue: str, actor: Principal | str, reason: str | None) -> list[str]:
+def pause(*, session: Session, queue: str, actor: Principal | str, reason: str | None, broker: Broker) -> list[str]:
     """Record the pause (durable, audited, committed), then tell live workers; returns who acknowledged."""
     _check(queue, PAUSABLE)
     if session.get(QueuePause, queue) is None:
         session.add(QueuePause(queue=queue, paused_by=_actor_name(actor), reason=reason))
     audit_service.record(session=session, actor=actor, action="queue.pause", target=f"queue:{queue}", reason=reason)
     session.commit()
-    return _broadcast(PAUSE_COMMAND, queue)
+    return broker.broadcast(PAUSE_COMMAND, queue)
 
 
-def resume(*, session: Session, queue: str, actor: Principal | str, reason: str | None) -> list[str]:
+def resume(*, session: Session, queue: str, actor: Principal | str, reason: str | None, broker: Broker) -> list[str]:
     """Delete the pause (audited, committed), then tell live workers to consume the tier again."""
     _check(queue, PAUSABLE)
     found = session.get(QueuePause, queue)
@@ -80,24 +104,10 @@ def resume(*, session: Session, queue: str, actor: Principal | str, reason: str 
         session.delete(found)
     audit_service.record(session=session, actor=actor, action="queue.resume", target=f"queue:{queue}", reason=reason)
     session.commit()
-    return _broadcast(RESUME_COMMAND, queue)
+    return broker.broadcast(RESUME_COMMAND, queue)
 
 
-def _broadcast(command: str, queue: str) -> list[str]:
-    """Send a remote-control command to every worker; the ones that consume the tier act on it."""
-    from app.engine.celery_app import celery_app
-
-    try:
-        replies = celery_app.control.broadcast(
-            command, arguments={"queue": queue}, reply=True, timeout=BROADCAST_TIMEOUT_S
-        )
-    except Exception:  # the durable record is written; workers read it again when they (re)start
-        logger.warning("Broadcasting %s %s failed; workers apply it when they restart.", command, queue, exc_info=True)
-        return []
-    return sorted(name for reply in replies or [] for name, answer in reply.items() if answer.get("ok"))
-
-
-def purge_token(*, queue: str, actor: Principal | str, settings: Settings) -> None:
+def purge_token(*, queue: str, actor: Principal | str, broker: Broker) -> None:
     """Issue a confirmation token for purging `queue` and raise it as a 409 (nothing is purged yet)."""
     _check(queue, PURGEABLE)
     token = secrets.token_urlsafe(16)
@@ -106,11 +116,11 @@ def purge_token(*, queue: str, actor: Principal | str, settings: Settings) -> No
         json.dumps({"queue": queue, "actor": _actor_name(actor)}),
         ex=PURGE_TOKEN_TTL_S,
     )
-    raise ConfirmationRequired(queue, ready_messages(settings, queue), token, PURGE_TOKEN_TTL_S)
+    raise ConfirmationRequired(queue, broker.ready(queue), token, PURGE_TOKEN_TTL_S)
 
 
 def confirm_purge(
-    *, session: Session, queue: str, actor: Principal | str, token: str, reason: str | None, settings: Settings
+    *, session: Session, queue: str, actor: Principal | str, token: str, reason: str | None, broker: Broker
 ) -> int:
     """Purge `queue` with a token issued for it and this actor (single use); audited. Returns messages dropped."""
     _check(queue, PURGEABLE)
@@ -118,14 +128,13 @@ def confirm_purge(
     issued = json.loads(str(raw)) if raw else None
     if not issued or issued.get("queue") != queue or issued.get("actor") != _actor_name(actor):
         raise InvalidConfirmation()
-    return purge(session=session, queue=queue, actor=actor, reason=reason, settings=settings)
+    return purge(session=session, queue=queue, actor=actor, reason=reason, broker=broker)
 
 
-def purge(*, session: Session, queue: str, actor: Principal | str, reason: str | None, settings: Settings) -> int:
+def purge(*, session: Session, queue: str, actor: Principal | str, reason: str | None, broker: Broker) -> int:
     """Drop every ready message of `queue` (the caller has confirmed); audited, committed."""
     _check(queue, PURGEABLE)
-    with Connection(settings.broker_url, connect_timeout=5.0) as conn:
-        dropped = int(conn.default_channel.queue_purge(queue) or 0)
+    dropped = broker.purge(queue)
     audit_service.record(
         session=session,
         actor=actor,
@@ -139,11 +148,28 @@ def purge(*, session: Session, queue: str, actor: Principal | str, reason: str |
     return dropped
 
 
-def ready_messages(settings: Settings, queue: str) -> int:
-    """Ready messages of a queue, over AMQP (exact)."""
-    with Connection(settings.broker_url, connect_timeout=5.0) as conn:
-        _, ready, _ = conn.default_channel.queue_declare(queue, passive=True)
-    return int(ready)
+def workers() -> list[WorkerRead]:
+    """Workers whose heartbeat is fresh (older ones have expired from Redis)."""
+    redis = get_redis()
+    keys = sorted(redis.scan_iter(match=WORKER_HEARTBEAT_PATTERN, count=200))
+    now = time.time()
+    found = []
+    for raw in redis.mget(keys) if keys else []:
+        if raw is None:
+            continue
+        beat = json.loads(raw)
+        found.append(
+            WorkerRead(
+                hostname=beat["hostname"],
+                pid=beat.get("pid"),
+                queues=beat.get("queues") or [],
+                concurrency=beat.get("concurrency"),
+                pool=beat.get("pool"),
+                heartbeat_age_s=round(max(0.0, now - float(beat["ts"])), 3),
+                uptime_s=round(now - float(beat["started_at"]), 1) if beat.get("started_at") else None,
+            )
+        )
+    return found
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -197,15 +223,13 @@ def performance(*, session: Session, window_s: int) -> PerformanceRead:
     )
 
 
-def overview(*, session: Session, settings: Settings, window_s: int = 300) -> OverviewRead:
+def overview(*, session: Session, broker: Broker, window_s: int = 300) -> OverviewRead:
     """Queues, workers, paused tiers, pending dead letters and the counts of the last `window_s` seconds."""
-    from app.tasks import control
-
     counts = runs_service.counts_by_state(session=session, since=utcnow() - timedelta(seconds=window_s))
     done = sum(counts.get(s, 0) for s in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED))
     return OverviewRead(
-        queues=control.queues(settings),
-        workers=control.workers(),
+        queues=broker.queues(),
+        workers=workers(),
         paused=[PauseRead.model_validate(p) for p in paused(session=session)],
         dead_letters_pending=sum(c for _, _, c in deadletters_service.pending_counts(session=session)),
         window_s=window_s,

@@ -2,13 +2,13 @@
 
 The entries have the shape of Celery task events (`type`, `uuid`, `timestamp`, `hostname`, ...), so the
 history folds them with the same rules (app/runs/service.py). They ride Redis round trips the worker makes
-anyway: an outcome rides the result-store script (app/engine/speed/results.py), and carries the run's start with it.
-A run still going after START_ENTRY_AFTER_S also gets a start entry of its own, written by the worker's main
+anyway: an outcome rides the result-store script (app/engine/guarantees/results.py), and carries the run's start
+with it. A run still going after START_ENTRY_AFTER_S also gets a start entry of its own, written by the worker's main
 process (app/engine/speed/pool.py), so the history shows it running. A short run is thus one entry, not two: the
 recorder's work per run was mostly per entry. Celery's own task events cost three broker messages per task,
-published from the worker's consumer loop; the benchmark measured them at about a third of its throughput.
+published from the worker's consumer loop, a large share of its work per task.
 
-The recorder (app/runs/recorder.py) reads the stream through a consumer group and acknowledges entries only
+The recorder (app/recorder.py) reads the stream through a consumer group and acknowledges entries only
 after their batch is committed to SQL, so entries written while it is down wait for it.
 """
 
@@ -18,16 +18,15 @@ import time
 from typing import Any
 
 import orjson
-from celery import states
 
-from app.constants import DISPATCHED_AT_HEADER, HISTORY_STREAM_MAX_LENGTH, TRIGGERED_BY_HEADER
+from app.constants import DISPATCHED_AT_HEADER, HISTORY_STREAM_MAX_LENGTH, TRIGGERED_BY_HEADER, TaskState
 
 #: Result states that end or pause a run, and the event type each is journaled as.
 STATE_EVENTS = {
-    states.SUCCESS: "task-succeeded",
-    states.FAILURE: "task-failed",
-    states.RETRY: "task-retried",
-    states.REVOKED: "task-revoked",
+    TaskState.SUCCESS.value: "task-succeeded",
+    TaskState.FAILURE.value: "task-failed",
+    TaskState.RETRY.value: "task-retried",
+    TaskState.REVOKED.value: "task-revoked",
 }
 #: Longest traceback journaled (the dead-letter record keeps the whole message).
 TRACEBACK_MAX_CHARS = 8000

@@ -222,6 +222,37 @@ def mark_revoked(*, session: Session, task_id: str, name: str | None, revoked_by
     session.flush()
 
 
+def mark_dead_lettered(*, session: Session, task_id: str, name: str | None, error: str) -> None:
+    """Record that a task's message ended in the dead-letter store (`error`: its reason, and the error if any)."""
+    now = utcnow()
+    run = session.get(TaskRun, task_id)
+    if run is None:
+        session.add(
+            TaskRun(
+                task_id=task_id,
+                name=name or "",
+                state=TaskState.DEAD_LETTERED,
+                attempts=0,
+                error=error,
+                finished_at=now,
+                event_at=now,
+            )
+        )
+    else:
+        run.state = TaskState.DEAD_LETTERED
+        run.error = error[:2000]
+        run.event_at = max(run.event_at or now, now)
+
+
+def mark_requeued(*, session: Session, task_id: str) -> None:
+    """Record that a task was published again (a dead letter replayed): pending, its last error cleared."""
+    run = session.get(TaskRun, task_id)
+    if run is not None:
+        run.state = TaskState.PENDING
+        run.event_at = utcnow()
+        run.error = None
+
+
 def get(*, session: Session, task_id: str) -> TaskRun | None:
     """One run by task id."""
     return session.get(TaskRun, task_id)

@@ -6,7 +6,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from app.audit import anomalies, archive, reports
+from app.audit import archive
+from app.compliance import anomalies, reports
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.engine.task import CourierTask, courier_task

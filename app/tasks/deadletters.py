@@ -10,6 +10,7 @@ from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.deadletters.exceptions import NotReplayable, ReplayNotPublished
 from app.deadletters.models import Status
+from app.engine import dead_letters
 from app.engine.task import CourierTask, courier_task
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def replay_bulk(
                 if deadletters.get(session=session, letter_id=letter_id).status != Status.pending:
                     skipped += 1
                     continue
-                deadletters.replay(session=session, letter_id=letter_id, actor=actor, reason=why)
+                dead_letters.replay(session=session, letter_id=letter_id, actor=actor, reason=why)
                 replayed += 1
         except (NotReplayable, ReplayNotPublished) as exc:  # the letter stays as it was (pending, if it was)
             logger.warning("Bulk replay %s skipped dead letter %s: %s", self.request.id, letter_id, exc.message)

@@ -1,10 +1,9 @@
 """Identity tasks: the secret-bearing emails and SMS, security alerts, and hourly cleanup.
 
-Reset tokens, verification tokens and MFA codes are made *here*, inside the task, stored only hashed, and
-exist in clear only in this process's memory while the message is rendered and sent. Task arguments are an
-id or the address the client typed; results are ids and statuses. Each workflow's notification row is keyed
-by the task id (`dedupe_key`), so a redelivered task that already sent its message sends nothing; one that
-had not sent it yet makes a fresh token (retiring the unsent one) and sends that.
+The secret-bearing tasks are adapters over one workflow (app/identity/workflows.py), which makes the reset
+token, verification token or MFA code inside the task, stores it only hashed, and keys the message by the task
+id so a redelivered task never sends twice. Task arguments are an id or the address the client typed; results
+are ids and statuses.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,11 +19,14 @@ from app.config import get_settings
 from app.db import session_scope
 from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
 from app.identity import service as identity_service
-from app.identity.models import TokenPurpose, User
+from app.identity import workflows
+from app.identity.exceptions import NoPhone, UserNotFound
+from app.identity.models import User
+from app.identity.workflows import Purpose
 from app.notifications import delivery
 from app.notifications import service as notification_service
 from app.notifications.delivery import DeliveryFailed
-from app.notifications.models import Channel, Notification, Status
+from app.notifications.models import Channel, Notification
 from app.tasks.notifications import deliver_or_raise, final_attempt
 
 logger = logging.getLogger(__name__)
@@ -34,104 +35,35 @@ logger = logging.getLogger(__name__)
 ACCEPTED: dict[str, Any] = {"accepted": True}
 
 
-def _link(base: str, token: str) -> str:
-    """The emailed link. The token travels in the fragment (`#token=...`), which browsers never send to a
-    server, so it cannot end up in an access log when the link is opened."""
-    return f"{base}#{urlencode({'token': token})}"
+def _send_secret(task: CourierTask, purpose: Purpose, user: int | str) -> workflows.Sent:
+    """The workflow, its delivery failures turned into the task's retry or dead letter, as is a missing user."""
 
+    def deliver(notification_id: int, secret_context: dict[str, str]) -> str:
+        return deliver_or_raise(task, notification_id, secret_context=secret_context).status
 
-def _secret_row(
-    *, session: Any, dedupe_key: str, channel: Channel, recipient: str, template: str, data: dict[str, Any]
-) -> Notification:
-    """The workflow's notification row (created on the first attempt, found on the next ones)."""
-    row = notification_service.get_by_dedupe_key(session=session, dedupe_key=dedupe_key)
-    if row is None:
-        row = notification_service.create(
-            session=session,
-            channel=channel,
-            recipient=recipient,
-            template=template,
-            data=data,
-            tier="high",
-            dedupe_key=dedupe_key,
-            carries_secret=True,
-        )
-    return row
+    try:
+        return workflows.send(purpose=purpose, user=user, attempt=task.request.id, deliver=deliver)
+    except (UserNotFound, NoPhone) as exc:
+        raise PermanentError(exc.message) from exc
 
 
 @courier_task("identity.send_password_reset_email")
 def send_password_reset_email(self: CourierTask, *, email: str) -> dict[str, Any]:
     """Email a single-use reset link to the user with this address; nothing (same answer) when there is none."""
-    settings = get_settings()
-    with session_scope() as session:
-        user = identity_service.get_by_email(session=session, email=email)
-        if user is None:
-            return ACCEPTED
-        row = _secret_row(
-            session=session,
-            dedupe_key=f"identity.password_reset:{self.request.id}",
-            channel=Channel.email,
-            recipient=user.email,
-            template="password_reset",
-            data={"display_name": user.display_name, "ttl_minutes": settings.password_reset_token_ttl_s // 60},
-        )
-        if row.status in (Status.sent, Status.cancelled):
-            return ACCEPTED
-        token = identity_service.issue_token(session=session, user=user, purpose=TokenPurpose.password_reset)
-        notification_id = row.id
-    deliver_or_raise(self, notification_id, secret_context={"link": _link(settings.password_reset_url, token)})
+    _send_secret(self, Purpose.password_reset, email)
     return ACCEPTED
 
 
 @courier_task("identity.send_account_verification_email")
 def send_account_verification_email(self: CourierTask, *, user_id: int) -> dict[str, Any]:
     """Email a link that verifies the user's address."""
-    settings = get_settings()
-    with session_scope() as session:
-        user = session.get(User, user_id)
-        if user is None:
-            raise PermanentError(f"user {user_id} does not exist")
-        if user.verified:
-            return {"user_id": user_id, "status": "already_verified"}
-        row = _secret_row(
-            session=session,
-            dedupe_key=f"identity.verify_email:{self.request.id}",
-            channel=Channel.email,
-            recipient=user.email,
-            template="account_verification",
-            data={"display_name": user.display_name, "ttl_hours": settings.email_verification_token_ttl_s // 3600},
-        )
-        if row.status in (Status.sent, Status.cancelled):
-            return {"user_id": user_id, "notification_id": row.id, "status": str(row.status)}
-        token = identity_service.issue_token(session=session, user=user, purpose=TokenPurpose.email_verification)
-        notification_id = row.id
-    link = _link(settings.email_verification_url, token)
-    outcome = deliver_or_raise(self, notification_id, secret_context={"link": link})
-    return {"user_id": user_id, "notification_id": notification_id, "status": outcome.status}
+    return _send_secret(self, Purpose.email_verification, user_id).as_dict()
 
 
 @courier_task("identity.send_mfa_code")
 def send_mfa_code(self: CourierTask, *, user_id: int) -> dict[str, Any]:
     """Text a fresh MFA code to the user's phone (earlier codes stop working)."""
-    settings = get_settings()
-    with session_scope() as session:
-        user = session.get(User, user_id)
-        if user is None or not user.phone:
-            raise PermanentError(f"user {user_id} does not exist or has no phone number")
-        row = _secret_row(
-            session=session,
-            dedupe_key=f"identity.mfa_code:{self.request.id}",
-            channel=Channel.sms,
-            recipient=user.phone,
-            template="mfa_code",
-            data={"ttl_minutes": max(1, settings.mfa_code_ttl_s // 60)},
-        )
-        if row.status in (Status.sent, Status.cancelled):
-            return {"user_id": user_id, "notification_id": row.id, "status": str(row.status)}
-        code = identity_service.issue_mfa_code(session=session, user=user)
-        notification_id = row.id
-    outcome = deliver_or_raise(self, notification_id, secret_context={"code": code})
-    return {"user_id": user_id, "notification_id": notification_id, "status": outcome.status}
+    return _send_secret(self, Purpose.mfa_code, user_id).as_dict()
 
 
 @courier_task("identity.send_security_alert")

@@ -12,8 +12,9 @@ from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.engine import publish
 from app.engine.task import CourierTask, PermanentError, TransientError, courier_task
-from app.integrations import events, sync, webhooks
-from app.integrations.models import DeliveryStatus, WebhookDelivery
+from app.events import service as events
+from app.events.models import DeliveryStatus, WebhookDelivery
+from app.integrations import sync, webhooks
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Every integer the API accepts is bounded by its schema (issue 15, item 1).
+"""Every integer the API accepts is bounded by its schema.
 
 An integer the database cannot hold (2**63 and up, or a huge negative) in a path id, `limit`/`offset` or a
 body field reached the driver and ended in a 500 ("Python int too large to convert to SQLite INTEGER",
@@ -13,7 +13,7 @@ from typing import Any
 
 from app.main import app
 from app.schema_types import MAX_ID
-from tests.conftest import auth
+from tests.support.api import auth
 
 #: Values no SQL integer column holds, on either side.
 OUT_OF_RANGE = (2**63, -(2**64))

@@ -1,4 +1,4 @@
-"""A property-based pass over the OpenAPI spec (schemathesis), as an admin and as a client (issue 15).
+"""A property-based pass over the OpenAPI spec (schemathesis), as an admin and as a client.
 
 Every operation of the app's own spec gets a bounded number of generated requests, valid and invalid, sent
 in-process to the real app (real RabbitMQ vhost, Redis db and PostgreSQL database of the test session). Each
@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.constants import Tier
 from app.main import app
-from tests.conftest import _make_key, auth
+from tests.support.api import auth, make_key
 
 #: Generated requests per operation and key: about 60 operations x 2 keys x this, in 1-2 minutes on 2 busy cores.
 MAX_EXAMPLES = 8
@@ -57,7 +57,7 @@ def fuzz_client() -> Iterator[Any]:
 
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
-        cleanup = auth(_make_key("admin"))
+        cleanup = auth(make_key("admin"))
         for tier in Tier:
             response = client.post(f"/api/v1/tasks/queues/{tier.value}/resume", headers=cleanup)
             assert response.status_code == 200, response.text
@@ -78,7 +78,7 @@ def _empty_work_queues() -> None:
 @pytest.fixture(scope="module")
 def fuzz_keys() -> list[dict[str, str]]:
     """An admin's and a client's Authorization headers, made once for the module."""
-    return [auth(_make_key("admin")), auth(_make_key("client"))]
+    return [auth(make_key("admin")), auth(make_key("client"))]
 
 
 def _send(client: Any, case: Any, headers: dict[str, str]) -> Any:

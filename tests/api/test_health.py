@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import VAR_DIR, auth
-from tests.support.services import ApiProcess, free_port
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import free_port
+from tests.support.session import VAR_DIR
 
 
 def test_health_is_200_with_every_component_up_and_needs_no_key(api, worker):

@@ -1,4 +1,4 @@
-"""Health and dispatch across a Redis outage and restart (issue 15, items 4 and 5), on a Redis the test owns."""
+"""Health and dispatch across a Redis outage and restart, on a Redis the test owns."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import auth, join
-from tests.support.services import ApiProcess, OwnRedis
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis
+from tests.support.session import join
 
 HEALTH = "/api/v1/tasks/health"
 

@@ -1,4 +1,4 @@
-"""The OpenAPI spec declares every error answer a route can give, with the JSON envelope (issue 15, item 12).
+"""The OpenAPI spec declares every error answer a route can give, with the JSON envelope.
 
 The 429s of /identity/password-reset and /identity/mfa/challenge, and the 401/403 of the key checks, were
 missing from the spec. What each route can answer is derived here from the route itself (its dependencies,
@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 
 from app.api.deps import get_principal, require_admin
 from app.main import app
-from tests.conftest import auth
+from tests.support.api import auth
 
 ENVELOPE = "#/components/schemas/ErrorResponse"
 

@@ -1,5 +1,5 @@
 """A route that meets a dependency's outage in the middle of its work answers 503 with Retry-After, never a 500,
-and the outage is logged once, not as a traceback per request (issue 15: the task status answered 500 and dropped
+and the outage is logged once, not as a traceback per request (the task status answered 500 and dropped
 the connection while Redis refused the API)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import auth, join
-from tests.support.services import ApiProcess, OwnRedis, free_port
+from tests.support.api import ApiProcess, auth
+from tests.support.processes import OwnRedis, free_port
+from tests.support.session import join
 
 
 def test_routes_that_read_redis_answer_503_while_it_is_down_and_the_outage_is_logged_once(

@@ -1,4 +1,4 @@
-"""Redis persistence is a checked requirement (issue 15, item 6): production refuses a Redis that persists nothing,
+"""Redis persistence is a checked requirement: production refuses a Redis that persists nothing,
 development says so loudly, and health reports it. Each case runs on a redis-server of the test's own."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import ROOT, join
-from tests.support.services import ApiProcess, OwnRedis
+from tests.support.api import ApiProcess
+from tests.support.processes import OwnRedis
+from tests.support.session import ROOT, join
 
 #: Production settings that pass every other guard rail (no development placeholder secrets).
 PRODUCTION = {
@@ -57,7 +58,7 @@ def test_in_production_the_worker_and_the_recorder_refuse_a_redis_without_persis
     assert "appendonly yes" in worker.log()
     # And so does the recorder
     recorder = subprocess.run(
-        [sys.executable, "-m", "app.runs.recorder"],
+        [sys.executable, "-m", "app.recorder"],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-from tests.integrations.queues import purge_work_queues
-from tests.support.services import ApiProcess
+from tests.support.api import ApiProcess
+from tests.support.services import purge_work_queues
+from tests.support.session import ROOT
 
 #: Well below SQLite's 30 s busy timeout: a request stuck behind the write lock times out.
 CLIENT_TIMEOUT_S = 10.0

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 ADMIN_ONLY = [
     ("GET", "/api/v1/tasks/stats"),

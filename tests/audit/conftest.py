@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integrations.queues import purge_work_queues
+from tests.support.services import purge_work_queues
 
 
 @pytest.fixture(scope="module", autouse=True)

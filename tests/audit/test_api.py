@@ -8,7 +8,7 @@ from typing import Any
 
 from app.db import session_scope
 from app.deadletters.models import DeadLetter, Reason
-from tests.conftest import auth
+from tests.support.api import auth
 
 
 def entries(api: Any, key: tuple[str, str], **params: Any) -> list[dict[str, Any]]:

@@ -15,9 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.conftest import TEST_ENV, auth
+from tests.support.api import auth
+from tests.support.services import DATABASE_URL
 
-DSN = TEST_ENV["DATABASE_URL"]
+DSN = DATABASE_URL
 
 
 class StatusLineObserver:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.session import ROOT
 
 MESSAGES = 200
 #: Every peer that stores its task's result, as Courier does (figure prefixes of the report).

@@ -4,7 +4,8 @@
   tests/conftest.py); its base URL.
 - `browser`: /usr/bin/chromium (Debian's `chromium`, which ./scripts/test.sh installs) launched headless by
   Playwright; `playwright install` and its downloaded browsers are never used. Playwright gives each launch a
-  fresh temporary profile (--user-data-dir), and the flags below keep Chromium's own background traffic off.
+  fresh temporary profile (--user-data-dir), and the flags in tests/support/browser.py keep Chromium's own
+  background traffic off.
 - `offline_page`: a page in a fresh context where only the API's own origin is reachable: every request to any
   other host is aborted and recorded (`blocked`), so a test can assert that a page needs nothing from the
   internet. What the page's own Content-Security-Policy refused never left the browser; it is listed apart
@@ -15,27 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, Route, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Playwright, Request, Route, sync_playwright
 
-from tests.conftest import VAR_DIR
-from tests.support.services import ApiProcess
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-#: Playwright's default wait for a selector or a navigation, in milliseconds.
-PAGE_TIMEOUT_MS = 20_000
+from tests.support.api import ApiProcess
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, OfflinePage
+from tests.support.session import VAR_DIR
 
 
 @pytest.fixture(scope="session")
@@ -65,30 +52,6 @@ def browser(playwright_driver: Playwright) -> Iterator[Browser]:
         yield chromium
     finally:
         chromium.close()
-
-
-@dataclass
-class OfflinePage:
-    """A page that can reach only `origin`.
-
-    Parameters:
-        page: the Playwright page (its context's default timeout is PAGE_TIMEOUT_MS).
-        origin: the live API's base URL, the one reachable origin.
-        blocked: every request that was about to leave for another host, aborted.
-        refused_by_policy: requests the page's Content-Security-Policy stopped inside the browser.
-        errors: uncaught page errors and console errors, for failure messages.
-    """
-
-    page: Page
-    origin: str
-    blocked: list[str] = field(default_factory=list)
-    refused_by_policy: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def is_local(self, url: str) -> bool:
-        """True for the API's own origin and for in-page URLs (data:, blob:) that need no network."""
-        parts = urlsplit(url)
-        return parts.scheme in ("data", "blob") or f"{parts.scheme}://{parts.netloc}" == self.origin
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""/docs and /redoc render every operation in headless Chromium with the network closed (issue 15, item 3).
+"""/docs and /redoc render every operation in headless Chromium with the network closed.
 
 Swagger UI and ReDoc come from package.json's npm packages, served by the API itself under /static/vendor;
 FastAPI's defaults loaded them from a CDN, which left a white page on a closed network.
@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import get_settings
-from tests.browser.conftest import OfflinePage
+from tests.support.browser import OfflinePage
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -11,21 +11,11 @@ import pytest
 
 from app.config import get_settings
 from app.engine import topology
-from tests.conftest import AMQP_HOST, MGMT_AUTH, VHOST, auth, dispatch, heartbeat, join, queue_depth, redis_client
+from tests.support.api import auth, dispatch, letters, one_letter
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, heartbeat, queue_depth, redis_client
+from tests.support.session import join
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
-
-
-def _letters(api, key, task_id):
-    page = api.get("/api/v1/tasks/dead-letters", params={"task_id": task_id}, headers=auth(key)).json()
-    return page["items"]
-
-
-def _one_letter(api, key, task_id, timeout=60.0):
-    """Wait for the task's dead letter; assert there is exactly one, and return its full record."""
-    letters = join(lambda: _letters(api, key, task_id), timeout=timeout, what=f"a dead letter for {task_id}")
-    assert len(letters) == 1, letters
-    return api.get(f"/api/v1/tasks/dead-letters/{letters[0]['id']}", headers=auth(key)).json()
 
 
 def _attempts(api, key, letter_id):
@@ -59,7 +49,7 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_every
     # When a task fails transiently on every attempt
     task_id = dispatch(api, admin_key, fail="transient")
     # Then after 1 + 2 attempts there is one dead letter, reason retries_exhausted, with each attempt's error
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert letter["reason"] == "retries_exhausted"
     assert letter["error_class"] == "TransientError"
     assert letter["retries"] == 2 and letter["queue"] == "medium"
@@ -80,7 +70,7 @@ def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_every
 def test_a_non_retryable_error_is_dead_lettered_at_once(api, admin_key, start_worker, recorder):
     start_worker("low", concurrency=1)
     task_id = dispatch(api, admin_key, tier="low", fail="permanent")
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert (letter["reason"], letter["error_class"], letter["retries"]) == ("failed", "PermanentError", 0)
     # (the attempt comes from the worker's task events, which may reach the recorder a moment later)
     join(lambda: _attempts(api, admin_key, letter["id"]), what="the attempt to be recorded")
@@ -96,7 +86,7 @@ def test_a_time_limit_dead_letters_with_reason_timeout_and_never_acks_silently(
     worker = start_worker("high", concurrency=1)
     task_id = dispatch(api, admin_key, tier="high", sleep_s=6, fail=fail, soft_time_limit_s=1, time_limit_s=2)
     # Then it is dead-lettered as a timeout, with the limit that struck, and the worker lives on
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert (letter["reason"], letter["error_class"]) == ("timeout", error_class)
     assert worker.process.poll() is None
 
@@ -114,7 +104,7 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
         exchange="courier.tasks",
         routing_key="high",
     )
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert letter["reason"] == "unknown_task"
     assert letter["task_name"] == "billing.charge_everyone"
     assert worker.process.poll() is None
@@ -169,7 +159,7 @@ def test_a_task_that_crashes_its_pool_process_is_retried_a_bounded_number_of_tim
 ):
     worker = start_worker("medium", concurrency=1)
     task_id = dispatch(api, admin_key, fail="crash")
-    letter = _one_letter(api, admin_key, task_id, timeout=90)
+    letter = one_letter(api, admin_key, task_id, timeout=90)
     assert letter["reason"] == "worker_lost"
     assert letter["retries"] == 2
     assert worker.process.poll() is None
@@ -187,7 +177,7 @@ def test_a_message_that_kills_its_whole_worker_is_dead_lettered_after_the_bound_
     first.kill()
     start_worker("low", concurrency=1, env=strict)
     # Then it is not run again: it is dead-lettered as worker_lost
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert letter["reason"] == "worker_lost"
     assert "without finishing" in letter["error"]
 
@@ -203,7 +193,7 @@ def test_a_message_that_expires_before_a_worker_takes_it_is_dead_lettered_as_exp
     # When a worker finally takes it
     start_worker("low", concurrency=1)
     # Then it is not run and not dropped: one dead letter, reason expired
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert letter["reason"] == "expired"
 
 
@@ -231,7 +221,7 @@ def test_a_revoked_task_is_recorded_as_revoked_not_dead_lettered(api, admin_key,
     join(lambda: queue_depth("low")["ready"] == 0)
     join(lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "REVOKED")
     assert queue_depth("dead_letter")["ready"] == 0
-    assert _letters(api, admin_key, task_id) == []
+    assert letters(api, admin_key, task_id) == []
 
 
 def test_secrets_in_arguments_never_reach_the_recorded_dead_letter(api, admin_key, start_worker, recorder):
@@ -264,7 +254,7 @@ def test_secrets_in_arguments_never_reach_the_recorded_dead_letter(api, admin_ke
         },
     )
     # Then its dead letter holds no trace of the secrets, anywhere
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     assert letter["kwargs"]["password"] == "[redacted]"
     assert letter["kwargs"]["nested"]["api_key"] == "[redacted]"
     from sqlalchemy import text

@@ -11,7 +11,9 @@ import pytest
 from app.config import get_settings
 from app.engine import topology
 from app.rabbitmq import ManagementClient
-from tests.conftest import ROOT, auth, dispatch, join, queue_depth
+from tests.support.api import auth, dispatch
+from tests.support.services import queue_depth
+from tests.support.session import ROOT, join
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 
@@ -184,9 +186,9 @@ def test_discard_and_purge_need_a_reason_and_are_audited(api, admin_key, start_w
     assert purged.status_code == 200 and purged.json()["discarded"] >= 1
     _letter_of(api, admin_key, ids[1], status="discarded")
     # And only admins may do any of it
-    from tests.conftest import _make_key
+    from tests.support.api import make_key
 
-    client = _make_key("client")
+    client = make_key("client")
     assert api.get("/api/v1/tasks/dead-letters", headers=auth(client)).status_code == 403
 
 

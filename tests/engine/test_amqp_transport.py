@@ -16,8 +16,9 @@ from kombu.asynchronous import Hub
 
 from app.config import get_settings
 from app.engine.celery_app import celery_app
-from app.engine.guarantees.consumer import CourierConsumer
+from app.engine.guarantees import returns
 from app.engine.speed import amqp_transport, pool
+from app.engine.speed.consumer import FastConsumer
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_frames_written_from_another_thread_during_a_batch_are_sent_at_once(conn
 
 def test_the_worker_acks_at_once_from_its_loop_thread_and_defers_from_any_other():
     ran: list[str] = []
-    consumer = CourierConsumer.__new__(CourierConsumer)
+    consumer = FastConsumer.__new__(FastConsumer)
     consumer.hub = Hub()
     consumer._loop_thread = threading.get_ident()
     try:
@@ -207,7 +208,7 @@ def test_the_worker_s_broker_url_still_reads_amqp_for_tools_that_parse_it():
     transport's import path as a scheme."""
     with Connection(get_settings().broker_url, transport=celery_app.conf.broker_transport) as connection:
         assert connection.as_uri().startswith("amqp://")
-        assert isinstance(connection.transport, amqp_transport.Transport)
+        assert isinstance(connection.transport, returns.Transport)  # either engine's: both are Courier's
 
 
 def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next_task(start_worker, empty_queues):
@@ -217,12 +218,13 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
 
     from app.constants import Tier
     from app.engine import publish
-    from tests.conftest import VHOST, _mgmt, join
+    from tests.support.services import VHOST, mgmt
+    from tests.support.session import join
 
     def consuming_connections() -> set[str]:
         """The connections of the `low` queue's consumers (the worker's consumer connection, by name): listing
         the connections that appeared once the worker started could catch another of its connections first."""
-        queue = _mgmt("GET", f"/queues/{quote(VHOST)}/low").json()
+        queue = mgmt("GET", f"/queues/{quote(VHOST)}/low").json()
         # (the management API lists a consumer whose channel is closing with `channel_details: []`)
         details = [c.get("channel_details") for c in queue.get("consumer_details") or []]
         return {d["connection_name"] for d in details if isinstance(d, dict)}
@@ -231,7 +233,7 @@ def test_a_worker_whose_broker_connection_is_closed_reconnects_and_runs_the_next
     names = join(consuming_connections, what="the worker's consumer in the management API")
     # When the broker closes the worker's consumer connection
     for name in names:
-        _mgmt("DELETE", f"/connections/{quote(name)}")
+        mgmt("DELETE", f"/connections/{quote(name)}")
     join(lambda: "Connection to broker lost" in worker.log(), what="the worker to see its connection closed")
     # Then a task published afterwards still runs
     task_id = publish.dispatch("system.ping", kwargs={}, triggered_by="test", tier=Tier.low).task_id

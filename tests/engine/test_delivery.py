@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import auth, dispatch, join, queue_depth, redis_client
+from tests.support.api import auth, dispatch
+from tests.support.services import queue_depth, redis_client
+from tests.support.session import join
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 

@@ -1,5 +1,5 @@
 """Every Celery publish is mandatory, and a message RabbitMQ cannot route is an error for its publisher, never
-a confirmed drop (issue 15, item 8): the sync dispatch, a task's retry into a delay queue, a dead-letter replay
+a confirmed drop: the sync dispatch, a task's retry into a delay queue, a dead-letter replay
 and beat. Each test unbinds a queue (or deletes delay queues) in the session's vhost and restores it after."""
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from app.engine import topology
 from app.engine.celery_app import celery_app
 from app.engine.policy import POLICIES
 from app.errors import ServiceUnavailable
-from tests.conftest import auth, dispatch, join, queue_depth
+from tests.support.api import auth, dispatch
+from tests.support.services import queue_depth
+from tests.support.session import join
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 
@@ -96,7 +98,7 @@ def test_beats_publish_to_an_unbound_queue_raises(restore_topology):
 def test_a_retry_whose_delay_queue_is_missing_is_dead_lettered_not_lost(
     api, admin_key, start_worker, recorder, restore_topology
 ):
-    from tests.deadletters.test_failure_matrix import _one_letter
+    from tests.support.api import one_letter
 
     # Given a worker on medium and a task there that will fail transiently (so it retries) ...
     start_worker("medium", concurrency=1)
@@ -107,7 +109,7 @@ def test_a_retry_whose_delay_queue_is_missing_is_dead_lettered_not_lost(
             conn.default_channel.queue_delete(DELAY_QUEUE.format(tier="medium", seconds=seconds))
     _unbind(Tier.medium)
     # Then the retry is refused, and the task ends as a dead letter that says so (not acked and lost)
-    letter = _one_letter(api, admin_key, task_id, timeout=30)
+    letter = one_letter(api, admin_key, task_id, timeout=30)
     assert (letter["reason"], letter["error_class"]) == ("unroutable", "Unroutable")
     assert letter["queue"] == "medium"
     task = api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()
@@ -117,12 +119,12 @@ def test_a_retry_whose_delay_queue_is_missing_is_dead_lettered_not_lost(
 def test_a_replay_to_an_unbound_queue_answers_503_and_the_letter_stays_pending(
     api, admin_key, start_worker, recorder, restore_topology
 ):
-    from tests.deadletters.test_failure_matrix import _one_letter
+    from tests.support.api import one_letter
 
     # Given a dead letter of the low tier
     start_worker("low", concurrency=1)
     task_id = dispatch(api, admin_key, tier="low", fail="permanent")
-    letter = _one_letter(api, admin_key, task_id)
+    letter = one_letter(api, admin_key, task_id)
     url = f"/api/v1/tasks/dead-letters/{letter['id']}"
     # When low is unbound and the letter replayed
     _unbind(Tier.low)
@@ -138,21 +140,3 @@ def test_a_replay_to_an_unbound_queue_answers_503_and_the_letter_stays_pending(
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "replayed"
     join(lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] != "PENDING")
-
-
-def test_the_upstream_shapes_the_overrides_rely_on_are_still_there():
-    """An upgrade of Celery, kombu or py-amqp that moves these fails here, by name (app/engine/guarantees/sending.py and
-    app/engine/speed/amqp_transport.py override them)."""
-    import inspect
-
-    import amqp.channel
-    import celery.app.amqp
-    from kombu import Producer
-
-    assert callable(celery.app.amqp.AMQP._create_task_sender)
-    assert "declare" in inspect.signature(celery.app.amqp.AMQP._create_task_sender(celery_app.amqp)).parameters
-    assert "mandatory" in inspect.signature(Producer.publish).parameters
-    assert "events.get('basic_return')" in inspect.getsource(amqp.channel.Channel._on_basic_return)
-    assert "self.wait([spec.Basic.Ack, spec.Basic.Nack]" in inspect.getsource(
-        amqp.channel.Channel.basic_publish_confirm
-    )

@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from app.config import get_settings
 from app.constants import Tier
 from app.engine import publish
+from app.engine.celery_app import celery_app
 from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
-from tests.conftest import REDIS_DB, REDIS_HOST, queue_depth, redis_client
+from tests.support.services import REDIS_HOST, queue_depth, redis_client, redis_db
 
 
 def _publish(publisher: AsyncPublisher, routing_key: str) -> asyncio.Future[None]:
@@ -27,7 +28,7 @@ def _publish(publisher: AsyncPublisher, routing_key: str) -> asyncio.Future[None
 
 def test_many_publishes_in_flight_are_each_confirmed_and_an_unroutable_one_is_refused(empty_queues):
     async def run() -> None:
-        publisher = AsyncPublisher(get_settings(), channels=2)
+        publisher = AsyncPublisher(get_settings(), celery_app.amqp, channels=2)
         try:
             # When 40 publishes are in flight at once, Then each is confirmed and all are in the queue
             await asyncio.gather(*(_publish(publisher, Tier.low.value) for _ in range(40)))
@@ -46,7 +47,7 @@ def test_many_publishes_in_flight_are_each_confirmed_and_an_unroutable_one_is_re
 
 def test_a_channel_the_broker_closed_is_reopened_on_its_next_use(empty_queues):
     async def run() -> None:
-        publisher = AsyncPublisher(get_settings(), channels=1)
+        publisher = AsyncPublisher(get_settings(), celery_app.amqp, channels=1)
         try:
             await _publish(publisher, Tier.low.value)
             # Given its only channel is closed (as the broker closes a channel on a channel error)
@@ -64,7 +65,7 @@ def test_concurrent_metas_are_all_written_with_their_ttl():
     keys = [f"courier:test-meta:{uuid.uuid4()}" for _ in range(50)]
 
     async def run() -> None:
-        client = aioredis.Redis(host=REDIS_HOST, db=REDIS_DB, decode_responses=True)
+        client = aioredis.Redis(host=REDIS_HOST, db=redis_db(), decode_responses=True)
         writer = publish.MetaWriter(client, ttl_s=300)
         try:
             await asyncio.gather(
@@ -104,14 +105,18 @@ def test_the_message_has_celerys_headers_without_saferepr_or_a_host_lookup_per_m
 
     kwargs = {"echo": "x" * 2000, "n": [1, 2]}
     celerys = celery_app.amqp.as_task_v2("t-1", "system.ping", args=(), kwargs=kwargs).headers
-    build_message(name="system.ping", task_id="t-0", kwargs={}, priority=3, options={})  # (origin computed)
+    build_message(
+        celery_app.amqp, name="system.ping", task_id="t-0", kwargs={}, priority=3, options={}
+    )  # (origin computed)
 
     def per_message(*_: object, **__: object) -> str:
         raise AssertionError("called per message")
 
     monkeypatch.setattr(amqp, "saferepr", per_message)
     monkeypatch.setattr(amqp, "anon_nodename", per_message)
-    ours = build_message(name="system.ping", task_id="t-1", kwargs=kwargs, priority=3, options={}).headers
+    ours = build_message(
+        celery_app.amqp, name="system.ping", task_id="t-1", kwargs=kwargs, priority=3, options={}
+    ).headers
     assert {k: ours[k] for k in celerys if k != "kwargsrepr"} == {k: v for k, v in celerys.items() if k != "kwargsrepr"}
     assert len(ours["kwargsrepr"]) == 1024 and ours["kwargsrepr"].startswith("{'echo': 'xxx")
     assert ours["argsrepr"] == celerys["argsrepr"] == "()"

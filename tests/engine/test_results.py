@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 
+from app.config import get_settings
 from app.engine.celery_app import celery_app
-from tests.conftest import redis_client
+from app.engine.guarantees.results import CourierRedisBackend
+from app.engine.speed.results import BatchingRedisBackend
+from tests.support.services import redis_client
 
 
 def test_results_are_stored_with_their_ttl_and_a_success_is_final():
-    backend = celery_app.backend
-    assert type(backend).__name__ == "CourierRedisBackend"
+    backend = celery_app.backend  # the speed layer's subclass or, ENGINE_SPEED_PATCHES=off, the correctness part
+    assert isinstance(backend, CourierRedisBackend)
     task_id = str(uuid.uuid4())
     # Given a task that started, then succeeded
     backend.store_result(task_id, None, "STARTED")
@@ -27,7 +30,8 @@ def test_results_are_stored_with_their_ttl_and_a_success_is_final():
 def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, admin_key, start_worker):
     """The worker runs its two scripts by digest (EVALSHA): after a restart or SCRIPT FLUSH, Redis no longer
     knows them, and the worker must load them again rather than fail the task."""
-    from tests.conftest import dispatch, join
+    from tests.support.api import dispatch
+    from tests.support.session import join
 
     start_worker("low", concurrency=1)
     first = dispatch(api, admin_key, tier="low", echo="before")
@@ -37,6 +41,11 @@ def test_a_redis_that_forgot_the_scripts_still_stores_results_and_starts(api, ad
     join(lambda: celery_app.backend.get_task_meta(second)["status"] == "SUCCESS", what="the run after the flush")
     assert celery_app.backend.get_task_meta(second)["result"]["echo"] == "after"
     assert redis_client().get(f"courier:starts:{second}:0") == "1"
+
+
+def _batching() -> BatchingRedisBackend:
+    """The speed layer's backend, whichever engine this session's ENGINE_SPEED_PATCHES selects for celery_app."""
+    return BatchingRedisBackend(app=celery_app, url=get_settings().result_backend_dsn)
 
 
 def _no_lookup(*_: object, **__: object) -> object:
@@ -60,11 +69,11 @@ def _request(**extra: object) -> object:
 
 
 def test_the_result_meta_is_celerys_built_without_its_settings_lookups(monkeypatch):
-    """CourierRedisBackend builds the extended meta itself (Celery looks two settings up per call); the stored
+    """BatchingRedisBackend builds the extended meta itself (Celery looks two settings up per call); the stored
     JSON must not change: same keys in the same order, same values, a UTC date for a finished state only."""
     from celery.backends.redis import RedisBackend
 
-    backend = celery_app.backend
+    backend = _batching()
     assert backend._extended_with_utc
     for state, extra in (("SUCCESS", {}), ("FAILURE", {"group": "g-1", "parent_id": "p-1"}), ("STARTED", {})):
         with monkeypatch.context() as patched:  # what Celery's meta looks up per call
@@ -81,7 +90,7 @@ def test_the_result_meta_is_celerys_built_without_its_settings_lookups(monkeypat
 
 
 def test_stamped_requests_and_encoded_args_take_celerys_meta():
-    backend = celery_app.backend
+    backend = _batching()
     stamped = _request(stamps={"on": "yes"}, stamped_headers=["on"])
     assert backend._get_result_meta(None, "SUCCESS", None, stamped)["on"] == "yes"
     encoded = backend._get_result_meta(None, "SUCCESS", None, _request(), encode=True)

@@ -10,7 +10,7 @@ from app.config import QueueType, Settings, get_settings
 from app.constants import DEAD_LETTER_EXCHANGE
 from app.engine import topology
 from app.rabbitmq import ManagementClient
-from tests.conftest import join
+from tests.support.session import join
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_a_delayed_retry_waits_in_a_delay_queue_on_the_broker_then_returns_to_it
     from celery.app.task import Context
 
     from app.engine.celery_app import celery_app
-    from tests.conftest import queue_depth
+    from tests.support.services import queue_depth
 
     celery_app.loader.import_default_modules()
     task = celery_app.tasks["system.ping"]

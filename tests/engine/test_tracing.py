@@ -6,6 +6,7 @@ from celery import signals
 from celery.app import trace
 from celery.utils.saferepr import saferepr
 
+from app.config import get_settings
 from app.engine.speed import tracing
 
 
@@ -25,12 +26,13 @@ def test_a_broken_repr_is_reported_not_raised():
     assert "Unrepresentable" in tracing.bounded_repr(Broken())
 
 
-def test_the_worker_has_celerys_tracer_use_it():
-    """Installed when the worker starts (worker_init, before the pool forks), not in every process."""
+def test_the_worker_has_celerys_tracer_use_it_unless_the_speed_patches_are_off():
+    """Installed when the worker starts (worker_init, before the pool forks), not in every process; with
+    ENGINE_SPEED_PATCHES=off Celery's tracer keeps its own saferepr."""
     original = trace.saferepr
     try:
         trace.saferepr = saferepr
         signals.worker_init.send(sender=None)
-        assert trace.saferepr is tracing.bounded_repr
+        assert trace.saferepr is (tracing.bounded_repr if get_settings().engine_speed_patches else saferepr)
     finally:
         trace.saferepr = original

@@ -11,8 +11,9 @@ from app.db import session_scope
 from app.identity import secrets
 from app.identity import service as identity_service
 from app.identity.models import OneTimeToken, UserSession
-from tests.conftest import auth, join
-from tests.delivery import Delivery, MessageTap, database_dump, log_dump, redis_dump, token_in
+from tests.support.api import auth
+from tests.support.delivery import Delivery, MessageTap, database_dump, log_dump, redis_dump, token_in
+from tests.support.session import join
 
 
 def _address() -> str:

@@ -7,8 +7,9 @@ import uuid
 
 from app.db import session_scope
 from app.identity.models import MfaCode
-from tests.conftest import auth, join
-from tests.delivery import ALERT_ADMIN, Delivery
+from tests.support.api import auth
+from tests.support.delivery import ALERT_ADMIN, Delivery
+from tests.support.session import join
 
 
 def _user_with_phone(api, key) -> tuple[int, str]:

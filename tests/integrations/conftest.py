@@ -1,28 +1,10 @@
-"""Fixtures of the integration tests: a local HTTP receiver that a test scripts."""
+"""Fixtures of the integration tests (the `receiver` factory they use is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
 
-from tests.integrations.queues import purge_work_queues
-from tests.integrations.receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Callable[..., Receiver]]:
-    """Factory: start a receiver (scripted answers, or a handler); every one is stopped after the test."""
-    made: list[Receiver] = []
-
-    def start(**kwargs: object) -> Receiver:
-        server = Receiver(**kwargs).start()  # type: ignore[arg-type]
-        made.append(server)
-        return server
-
-    yield start
-    for server in made:
-        server.stop()
+from tests.support.services import purge_work_queues
 
 
 @pytest.fixture(scope="module", autouse=True)

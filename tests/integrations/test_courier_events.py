@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import auth, dispatch, join
-from tests.integrations.test_webhooks import register
+from tests.support.api import auth, dispatch, register
+from tests.support.session import join
 
 
 def test_a_dead_lettered_task_is_announced_to_subscribers(api, admin_key, worker, recorder, receiver):

@@ -11,7 +11,7 @@ import pytest
 from app.config import get_settings
 from app.integrations import egress
 from app.integrations.exceptions import EgressRefused
-from tests.conftest import auth
+from tests.support.api import auth
 
 
 def _resolving(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:

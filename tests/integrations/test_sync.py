@@ -9,10 +9,12 @@ from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import session_scope
+from app.events.models import WebhookEvent
 from app.integrations import sync
-from app.integrations.models import ExternalRecord, WebhookEvent
-from tests.conftest import auth, join
-from tests.integrations.receiver import Answer, Received, as_json
+from app.integrations.models import ExternalRecord
+from tests.support.api import auth
+from tests.support.receiver import Answer, Received, as_json
+from tests.support.session import join
 
 PAGES = {
     None: ({"items": [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}], "next_cursor": "c2"}),

@@ -21,18 +21,14 @@ from app import crypto
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.engine import publish
+from app.events import service as events
+from app.events.models import WebhookDelivery, WebhookEndpoint
 from app.identity.models import User
-from app.integrations import events, webhooks
-from app.integrations.models import WebhookDelivery, WebhookEndpoint
+from app.integrations import webhooks
 from app.notifications.models import Notification
-from tests.conftest import ROOT, auth, join
-from tests.integrations.receiver import Receiver
-
-
-def register(api: Any, key: tuple[str, str], url: str, types: list[str]) -> dict[str, Any]:
-    response = api.post("/api/v1/integrations/webhooks", json={"url": url, "event_types": types}, headers=auth(key))
-    assert response.status_code == 201, response.text
-    return dict(response.json())
+from tests.support.api import auth, register
+from tests.support.receiver import Receiver
+from tests.support.session import ROOT, join
 
 
 def deliveries(api: Any, key: tuple[str, str], endpoint_id: int) -> list[dict[str, Any]]:

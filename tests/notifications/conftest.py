@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import RecorderProcess
-from tests.delivery import Delivery, delivery_stack
+from tests.support.delivery import Delivery, delivery_stack
+from tests.support.workers import RecorderProcess
 
 
 @pytest.fixture(scope="module")

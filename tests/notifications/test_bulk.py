@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def test_a_bulk_send_to_two_thousand_recipients_reports_rising_progress_and_delivers_each_once(
@@ -53,7 +54,7 @@ def test_a_bulk_send_refuses_duplicate_or_invalid_recipients(api, client_key):
 
 
 def test_a_bulk_sends_progress_streams_live_over_server_sent_events(api, client_key, delivered):
-    from tests.ops.test_events import read_events
+    from tests.support.api import read_events
 
     # Given a bulk email to 600 recipients (six chunks of BULK_CHUNK_SIZE=100)
     run = uuid.uuid4().hex[:6]

@@ -11,11 +11,11 @@ from app.config import get_settings
 from app.db import session_scope
 from app.notifications import delivery
 from app.notifications import service as notification_service
-from app.notifications.channels import OutgoingMessage, PermanentDeliveryError, TransientDeliveryError
+from app.notifications.channels import OutgoingMessage, PermanentDeliveryError, TransientDeliveryError, sender_for
 from app.notifications.channels.http import HttpSender
 from app.notifications.models import Notification
-from tests.conftest import ROOT
-from tests.delivery import start_provider
+from tests.support.delivery import start_provider
+from tests.support.session import ROOT
 
 
 def test_the_development_outbox_keeps_each_message_as_a_readable_file_once():
@@ -110,3 +110,33 @@ def test_an_unreachable_provider_is_a_transient_failure():
     with pytest.raises(TransientDeliveryError):
         sender.send(MESSAGE)
     sender.close()
+
+
+def test_each_http_channel_sends_its_own_provider_settings_and_push_carries_no_sms_sender(provider):
+    # Given both HTTP providers configured, each payload mapping a `from` field to the sender value
+    settings = get_settings().model_copy(
+        update={
+            "sms_backend": "http",
+            "sms_provider_url": f"{provider.url}/sms",
+            "sms_provider_api_key": "sms-key",
+            "sms_sender": "CourierSMS",
+            "sms_payload_fields": "to:recipient,body:text,from:sender",
+            "push_backend": "http",
+            "push_provider_url": f"{provider.url}/push",
+            "push_provider_api_key": "push-key",
+            "push_payload_fields": "to:recipient,body:text,from:sender",
+        }
+    )
+    # When a text and a push message are sent through the configured backends
+    for channel, recipient in (("sms", "+4915100000001"), ("push", "device-token-1")):
+        sender = sender_for(channel, settings)
+        sender.send(
+            OutgoingMessage(reference=f"{channel}-1", channel=channel, recipient=recipient, subject="", text="hi")
+        )
+        sender.close()
+    # Then each provider got its own key, and only the SMS carries the SMS sender id (push has no sender)
+    sms, push = sorted(provider.calls, key=lambda call: call.path, reverse=True)
+    assert (sms.path, sms.headers["Authorization"]) == ("/sms", "Bearer sms-key")
+    assert sms.body == {"to": "+4915100000001", "body": "hi", "from": "CourierSMS"}
+    assert (push.path, push.headers["Authorization"]) == ("/push", "Bearer push-key")
+    assert push.body == {"to": "device-token-1", "body": "hi"}

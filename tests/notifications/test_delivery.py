@@ -9,7 +9,8 @@ from app.db import session_scope, utcnow
 from app.engine import publish
 from app.notifications import service as notification_service
 from app.notifications.models import Notification
-from tests.conftest import auth, join
+from tests.support.api import auth
+from tests.support.session import join
 
 
 def _phone() -> str:
@@ -175,7 +176,7 @@ def test_notify_sends_after_the_callers_commit_and_not_after_a_rollback(api, cli
 
 
 def test_a_security_alert_goes_out_once_per_dedupe_key(api, client_key, delivered):
-    from tests.delivery import ALERT_ADMIN
+    from tests.support.delivery import ALERT_ADMIN
 
     # Given a user with a push device
     email = f"alert-{uuid.uuid4().hex[:6]}@example.com"
@@ -220,9 +221,9 @@ def test_bad_notification_input_gets_a_clear_4xx(api, client_key, admin_key):
         assert response.status_code == 422, response.text
     assert api.get("/api/v1/notifications/999999999", headers=auth(client_key)).status_code == 404
     # A client cannot read another client's notification
-    from tests.conftest import _make_key
+    from tests.support.api import make_key
 
-    other = _make_key("client")
+    other = make_key("client")
     sent = _send(api, client_key, recipient=_phone())
     assert api.get(f"/api/v1/notifications/{sent['notification_id']}", headers=auth(other)).status_code == 404
     assert api.get(f"/api/v1/notifications/{sent['notification_id']}", headers=auth(admin_key)).status_code == 200

@@ -8,9 +8,8 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import auth, join
-from tests.integrations.conftest import receiver  # noqa: F401  (the local webhook receiver fixture)
-from tests.integrations.test_webhooks import register
+from tests.support.api import auth, register
+from tests.support.session import join
 
 TYPES = ["user.created", "password.reset_requested", "notification.failed"]
 

@@ -13,7 +13,9 @@ import pytest
 import redis
 
 from app.constants import HISTORY_GROUP, HISTORY_STREAM
-from tests.conftest import auth, dispatch, join, redis_client
+from tests.support.api import auth, dispatch
+from tests.support.services import redis_client
+from tests.support.session import join
 
 
 def _entries_of(task_id: str) -> list[dict[str, Any]]:
@@ -105,8 +107,8 @@ def test_entries_a_recorder_took_but_never_committed_are_recorded_after_its_rest
 def test_a_batch_committed_just_before_redis_was_lost_is_recorded_once_when_it_returns(
     api, admin_key, start_worker, recorder, monkeypatch
 ):
+    from app import recorder as recording
     from app.config import get_settings
-    from app.runs import recorder as recording
 
     recorder.stop()
     try:
@@ -152,10 +154,10 @@ def test_the_healthcheck_sees_a_running_recorder_and_not_a_stopped_one(recorder)
     import sys
 
     def check() -> int:
-        return subprocess.run([sys.executable, "-m", "app.runs.recorder", "--check"], check=False).returncode
+        return subprocess.run([sys.executable, "-m", "app.recorder", "--check"], check=False).returncode
 
     assert join(lambda: check() == 0, what="the running recorder to be seen")
-    from app.runs import recorder as module
+    from app import recorder as module
 
     # A running recorder beats every 0.5 s; the fixture may have just restarted it, hence the wait for the first.
     assert join(lambda: module.is_alive(max_idle_s=1.0), what="the recorder's first heartbeat")

@@ -1,1 +1,1 @@
-"""Helpers the tests share: this session's basics (`session`) and the processes a test owns (`services`)."""
+"""Helpers the tests share, by kind (tests/README.md lists them); tests/conftest.py turns them into fixtures."""

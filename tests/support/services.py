@@ -1,289 +1,184 @@
-"""Processes and parts a test owns and breaks at will, never the shared services on their default ports:
+"""The shared RabbitMQ, Redis and PostgreSQL as this test session uses them: a vhost, a Redis db and a database of
+its own, and the environment that points Courier (and every process a test starts) at them.
 
-- `free_port()`: a loopback port nothing listens on;
-- `OwnRedis`: a `redis-server` of the test's own on a free port (killed, paused and restarted at will);
-- `ServiceProcess`: a server run as a real process, waited for over HTTP, stopped with its process group;
-  `ApiProcess` is Courier's API (`uvicorn app.main:app`) run that way;
-- `TcpProxy`: a TCP forwarder the test can cut and restore (a broker that vanishes and comes back).
+Importing this module touches no service. tests/conftest.py calls, in order:
 
-tests/conftest.py offers `own_redis` and `api_process` as fixtures (factories that clean up after the test).
+- `session_env()` before collection (`pytest_configure`): the environment, with a Redis db claimed for the session
+  (`redis_db()`), set before any test module imports an `app` module that reads Settings;
+- `create_isolated()` / `remove_isolated()` around the session (the `isolated_services` fixture): the vhost and the
+  database created, migrated and the topology declared; everything removed afterwards.
+
+Tests read the session's services through `queue_depth()`, `redis_client()`, `heartbeat()`, `mgmt()` and
+`purge_queues()`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import uuid
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
-import pytest
+import psycopg
 import redis
 
-from tests.support.session import ROOT, VAR_DIR, join
+from tests.support.session import ROOT, SESSION, VAR_DIR
 
-#: What an API process is asked before it counts as listening.
-LIVE_PATH = "/api/v1/tasks/health/live"
-#: How much of a process's log a failure message quotes.
-LOG_TAIL = 3000
+AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+MGMT_URL = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+MGMT_AUTH = (os.environ.get("TEST_RABBITMQ_USER", "guest"), os.environ.get("TEST_RABBITMQ_PASSWORD", "guest"))
+PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
+VHOST = f"courier_test_{SESSION}"
+DATABASE = f"courier_test_{SESSION}"
+DATABASE_URL = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{DATABASE}"
+BROKER_URL = f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@{AMQP_HOST}:5672/{VHOST}"
+#: Marks a Redis db as taken by a live test session: `<session> <host> <pid>`, 2 h TTL.
+CLAIM_KEY = "courier-test:claim"
+#: The work queues, and the dead-letter queue beside them.
+WORK_QUEUES = ("high", "medium", "low")
+DEAD_LETTER_QUEUE = "dead_letter"
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process_group(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """End a process started with `start_new_session=True` and all its children: SIGTERM to its group, SIGKILL
-    after `timeout` seconds; its exit code."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    return process.returncode
+#: Replaces a claim only while it still holds the value that was read (two sessions may find it stale at once).
+_STEAL_CLAIM = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'EX', 7200) end"
+)
 
 
-class OwnRedis:
-    """A `redis-server` of the test's own: on a fixed free port across restarts, in a directory of its own.
+def _claim_is_stale(value: bytes | None) -> bool:
+    """A claim left by a session on this host whose process is gone (killed before its teardown ran)."""
+    parts = (value or b"").decode(errors="replace").split()
+    if len(parts) != 3 or parts[1] != socket.gethostname():
+        return False  # another host's, or an old-format claim: only its 2 h TTL ends it
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
-    Parameters:
-        appendonly: keep an append-only file, fsync'd on every write (otherwise it persists nothing).
-        extra_args: more command-line options, e.g. `("--requirepass", "secret")`; `client()` and `url` use
-            that password.
 
-    As a context manager it is started on entry and removed on exit.
+def claim_redis_db() -> int:
+    """Claim a Redis db no other test session is using: a claim key (`<session> <host> <pid>`, 2 h TTL) marks
+    it, and a claim whose process on this host has died is taken over rather than waited out."""
+    mine = f"{SESSION} {socket.gethostname()} {os.getpid()}"
+    for db in range(1, 16):
+        with redis.Redis(host=REDIS_HOST, db=db) as client:
+            if client.set(CLAIM_KEY, mine, nx=True, ex=7200):
+                return db
+            held = client.get(CLAIM_KEY)
+            if _claim_is_stale(held) and client.eval(_STEAL_CLAIM, 1, CLAIM_KEY, held, mine):
+                client.flushdb()
+                client.set(CLAIM_KEY, mine, ex=7200)
+                return db
+    raise RuntimeError("Every Redis db 1-15 is claimed by another live test session.")
+
+
+@functools.cache
+def redis_db() -> int:
+    """This session's Redis db, claimed on first use (from `session_env()`, before collection)."""
+    return claim_redis_db()
+
+
+def session_env() -> dict[str, str]:
+    """The environment of the session: Courier's settings pointed at this session's vhost, Redis db and database.
+
+    Subprocesses (workers, the recorder, a second API) inherit it once tests/conftest.py has set it.
     """
-
-    def __init__(self, *, appendonly: bool = False, extra_args: Sequence[str] = ()) -> None:
-        self.port = free_port()
-        self.appendonly = appendonly
-        self.extra_args = list(extra_args)
-        self.dir = Path(tempfile.mkdtemp(prefix="own-redis-", dir=VAR_DIR))
-        self.log_path = self.dir / "redis.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def password(self) -> str | None:
-        args = self.extra_args
-        return args[args.index("--requirepass") + 1] if "--requirepass" in args else None
-
-    @property
-    def url(self) -> str:
-        login = f":{self.password}@" if self.password else ""
-        return f"redis://{login}127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            port=self.port, password=self.password, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
-        )
-
-    def start(self) -> None:
-        """Start (or restart) the server on its port and wait until it answers PING."""
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir)]
-        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                ["redis-server", *args, *self.extra_args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                pytest.fail(f"redis-server exited: {self.log_path.read_text(errors='replace')[-LOG_TAIL:]}")
-            try:
-                with self.client() as client:
-                    return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        join(answers, timeout=15, what=f"redis-server on :{self.port}")
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would (nothing is saved on the way out)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections, but nothing answers (a hung server)."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def remove(self) -> None:
-        """Kill it (paused or not) and delete its directory."""
-        self.resume()
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+    return {
+        "ENVIRONMENT": "test",
+        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{redis_db()}",
+        "REDIS_URL": "",
+        "RABBITMQ_MANAGEMENT_URL": MGMT_URL,
+        "DATABASE_URL": DATABASE_URL,
+        "VAR_DIR": str(VAR_DIR),
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "WORKER_HEARTBEAT_INTERVAL_S": "1",
+        "HISTORY_FLUSH_INTERVAL_S": "0.2",
+        "API_KEY_CACHE_S": "0",
+        "PUBLISH_TIMEOUT_S": "3",
+        # Retries fast enough to watch: 2 retries, 1 s backoff base, 2 s cap (delay queues of 1 and 2 s).
+        "TASK_MAX_RETRIES": "2",
+        "TASK_RETRY_BACKOFF_S": "1",
+        "TASK_RETRY_BACKOFF_MAX_S": "2",
+        "LOG_LEVEL": "INFO",
+        # Audit and integrations: local receivers are on loopback; webhook retries fast enough to watch.
+        "EGRESS_ALLOW_LIST": "127.0.0.1",
+        "WEBHOOK_RETRY_BASE_S": "1",
+        "WEBHOOK_RETRY_MAX_S": "2",
+    }
 
 
-class ServiceProcess:
-    """A server run as a real process in a session of its own, its output in `log_path`.
-
-    `wait_listening()` waits until `ready_url` answers 200 (failing with the tail of the log if the process exits
-    or never answers); `stop()` ends the whole process group (SIGTERM, then SIGKILL). As a context manager it is
-    stopped on exit.
-    """
-
-    def __init__(
-        self, command: Sequence[str], *, env: Mapping[str, str], log_path: Path, ready_url: str, what: str
-    ) -> None:
-        self.log_path = log_path
-        self.ready_url = ready_url
-        self.what = what
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                list(command), cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(self.ready_url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def wait_listening(self, timeout: float = 90.0) -> None:
-        try:
-            join(
-                lambda: self.process.poll() is not None or self._answers(),
-                timeout=timeout,
-                what=f"{self.what} to listen",
-            )
-        except pytest.fail.Exception:
-            pytest.fail(f"{self.what} did not listen within {timeout} s:\n{self.log()[-LOG_TAIL:]}")
-        if self.process.poll() is not None:
-            pytest.fail(f"{self.what} exited with {self.process.returncode}:\n{self.log()[-LOG_TAIL:]}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (a clean shutdown: lines written at exit are in the log too), then SIGKILL."""
-        stop_process_group(self.process, timeout)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def mgmt(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """A request to RabbitMQ's management API (`path` after /api) as the test user."""
+    return httpx.request(method, f"{MGMT_URL}/api{path}", auth=MGMT_AUTH, timeout=10, **kwargs)
 
 
-class ApiProcess(ServiceProcess):
-    """`uvicorn app.main:app` on a free loopback port, with the session's environment plus `env`.
+def create_isolated() -> None:
+    """Create the vhost and the database, migrate, declare the topology."""
+    assert mgmt("PUT", f"/vhosts/{VHOST}").status_code in (201, 204)
+    mgmt("PUT", f"/permissions/{VHOST}/{MGMT_AUTH[0]}", json={"configure": ".*", "write": ".*", "read": ".*"})
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True)
+    from app.config import get_settings
+    from app.engine import topology
 
-    Parameters:
-        env: settings of its own (e.g. its Redis), over the session's environment.
-        log_path: where its output goes; by default a fresh `api-*.log` in VAR_DIR.
-        ready_path: what `wait_listening()` asks for (the liveness route unless told otherwise).
-    """
-
-    def __init__(
-        self, env: Mapping[str, str] | None = None, *, log_path: Path | None = None, ready_path: str = LIVE_PATH
-    ) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        super().__init__(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**os.environ, **(env or {})},
-            log_path=log_path or VAR_DIR / f"api-{uuid.uuid4().hex[:6]}.log",
-            ready_url=f"{self.base}{ready_path}",
-            what="the API",
-        )
+    topology.declare(get_settings())
 
 
-class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones until `restore()`.
+def remove_isolated() -> None:
+    """Remove what `create_isolated()` made, empty the session's Redis db (its claim too) and the scratch dir."""
+    from app.db import reset_engine
 
-    Runs its own event loop in a thread, so a test (or an API under test) sees a broker that vanishes and comes
-    back without the real broker being touched.
-    """
+    reset_engine()
+    mgmt("DELETE", f"/vhosts/{VHOST}")
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    redis.Redis(host=REDIS_HOST, db=redis_db()).flushdb()
+    shutil.rmtree(VAR_DIR, ignore_errors=True)
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        self.restore()
-        return self
+def queue_depth(name: str) -> dict[str, int]:
+    """Ready and unacked counts of a queue, read over AMQP (exact, unlike the management stats)."""
+    from kombu import Connection
 
-    def __exit__(self, *exc: object) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+    from app.config import get_settings
 
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+    with Connection(get_settings().broker_url) as conn:
+        _, ready, consumers = conn.default_channel.queue_declare(name, passive=True)
+    return {"ready": ready, "consumers": consumers}
 
-    def restore(self) -> None:
-        """Listen again on the same port."""
 
-        async def listen() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+def purge_queues(*names: str) -> None:
+    """Empty the named queues of the session's vhost (messages earlier tests left behind)."""
+    from app.config import get_settings
+    from app.rabbitmq import ManagementClient
 
-        self._run(listen())
+    settings = get_settings()
+    with ManagementClient.for_broker_user(settings) as client:
+        for name in names:
+            client.purge(settings.broker_vhost, name)
 
-    def cut(self) -> None:
-        """Close the listener and every forwarded connection (a broker that died)."""
 
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            for writer in list(self._writers):
-                writer.transport.abort()
-            self._writers.clear()
+def purge_work_queues() -> None:
+    """Empty the high, medium and low queues (messages earlier test modules left behind)."""
+    purge_queues(*WORK_QUEUES)
 
-        self._run(close())
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
+def redis_client() -> redis.Redis:
+    """A client on the session's Redis db."""
+    return redis.Redis(host=REDIS_HOST, db=redis_db(), decode_responses=True)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
+def heartbeat(hostname: str) -> dict[str, Any] | None:
+    """A worker's heartbeat record, if fresh."""
+    raw = redis_client().get(f"courier:worker:{hostname}")
+    return json.loads(raw) if raw else None

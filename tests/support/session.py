@@ -1,7 +1,6 @@
 """What every test helper shares: the repository root, this session's id and scratch directory, and `join`.
 
-tests/conftest.py re-exports these names (`from tests.conftest import ROOT, VAR_DIR, join` keeps working); they
-live here so that helpers the root conftest itself imports (tests/support/services.py) can use them too.
+Importing it creates the scratch directory and touches no service.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SESSION = uuid.uuid4().hex[:8]
-#: This session's scratch directory (logs, state files); tests/conftest.py removes it at the end.
+#: This session's scratch directory (logs, state files); removed at the end (tests/support/services.py).
 VAR_DIR = Path(tempfile.mkdtemp(prefix=f"courier-test-{SESSION}-"))
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import ROOT
+from tests.support.session import ROOT
 
 
 def test_eager_mode_runs_a_dispatched_task_inline_and_its_result_is_readable(admin_key):

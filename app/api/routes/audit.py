@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
-from app.audit import archive, reports
+from app.audit import archive
 from app.audit import service as audit_service
 from app.audit.models import ReportKind, ReportStatus
 from app.audit.schemas import (
@@ -21,6 +21,7 @@ from app.audit.schemas import (
     ReportRead,
     VerificationRead,
 )
+from app.compliance import reports
 from app.db import utcnow
 from app.engine import publish
 from app.errors import ServiceUnavailable, error_responses

@@ -23,7 +23,7 @@ from app.deadletters.schemas import (
     PurgeRead,
     ReplayCreate,
 )
-from app.engine import publish
+from app.engine import dead_letters, publish
 from app.errors import error_responses
 from app.runs import service as runs_service
 from app.schema_types import Id, Limit, Offset
@@ -131,7 +131,7 @@ def replay_dead_letter(
 ) -> DeadLetterRead:
     """Publish it back to its queue under the same task id, with a fresh retry budget (optionally new kwargs)."""
     body = body or ReplayCreate()
-    letter = deadletters.replay(session=session, letter_id=letter_id, actor=admin, reason=body.why, kwargs=body.kwargs)
+    letter = dead_letters.replay(session=session, letter_id=letter_id, actor=admin, reason=body.why, kwargs=body.kwargs)
     return DeadLetterRead.model_validate(letter)
 
 

@@ -16,11 +16,10 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app import redis_store
+from app import health, redis_store
 from app.api.deps import SettingsDep
 from app.config import get_settings
 from app.runs.schemas import HealthRead
-from app.tasks import control
 
 logger = logging.getLogger(__name__)
 
@@ -48,5 +47,5 @@ async def read_liveness() -> dict[str, str]:
 @router.get("/health", response_model=HealthRead, responses={503: {"model": HealthRead}})
 async def read_health(settings: SettingsDep) -> JSONResponse:
     """Check every component concurrently, each within its deadline; 200 when all are up, 503 otherwise."""
-    body = await run_in_threadpool(control.health, settings)
+    body = await run_in_threadpool(health.health, settings)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.status == "up" else 503)

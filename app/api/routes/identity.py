@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api import once
+from app import idempotency
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope
@@ -61,7 +61,7 @@ async def create_user(
 
     # The password is part of the request's identity, but only as a keyed hash (never stored in Redis).
     fingerprint = {**body.model_dump(mode="json", exclude={"password"}), "password": _keyed(body.password)}
-    return await once.run(
+    return await idempotency.once(
         owner=principal.name, key=idempotency_key, route="identity.create_user", body=fingerprint, action=act
     )
 
@@ -126,7 +126,7 @@ async def request_password_reset(
         )
         return dispatched.as_dict()
 
-    return await once.run(
+    return await idempotency.once(
         owner=principal.name,
         key=idempotency_key,
         route="identity.password_reset",
@@ -173,7 +173,7 @@ async def create_mfa_challenge(
         )
         return dispatched.as_dict()
 
-    return await once.run(
+    return await idempotency.once(
         owner=principal.name, key=idempotency_key, route="identity.mfa_challenge", body=body.model_dump(), action=act
     )
 

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from sqlalchemy.orm import Session
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.engine import publish
 from app.errors import Unprocessable, error_responses
-from app.integrations import events, sync, webhooks
+from app.events import service as events
+from app.events.models import DeliveryStatus, WebhookEndpoint
+from app.integrations import sync, webhooks
 from app.integrations.exceptions import EndpointNotFound
-from app.integrations.models import DeliveryStatus, WebhookEndpoint
 from app.integrations.schemas import (
     AttemptRead,
     DeliveryPage,

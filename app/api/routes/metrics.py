@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app.metrics import build_registry
+from app.api.metrics import build_registry
 
 router = APIRouter()
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.access.service import Principal
-from app.api import once
+from app import idempotency
+from app.access.schemas import Principal
 from app.api.deps import IdempotencyKeyDep, PrincipalDep, SessionDep
 from app.config import get_settings
 from app.db import session_scope, utcnow
@@ -60,7 +60,7 @@ async def create_notification(
             **dispatched.as_dict(), notification_id=row.id, notification_url=f"/api/v1/notifications/{row.id}"
         ).model_dump()
 
-    return await once.run(
+    return await idempotency.once(
         owner=principal.name,
         key=idempotency_key,
         route="notifications.create",
@@ -119,7 +119,7 @@ async def create_bulk_notification(
             raise
         return BulkDispatched(**dispatched.as_dict(), batch_id=batch_id, total=len(body.recipients)).model_dump()
 
-    return await once.run(
+    return await idempotency.once(
         owner=principal.name,
         key=idempotency_key,
         route="notifications.bulk",

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.access.service import Principal
+from app.access.schemas import Principal
 from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, SettingsDep
 from app.config import Settings
 from app.constants import TERMINAL_STATES, TaskState
 from app.db import session_scope, utcnow
-from app.engine import publish
+from app.engine import inspect, publish
 from app.errors import NotFound, error_responses
+from app.operations import service as operations
 from app.runs import service as runs_service
 from app.runs.schemas import (
     ActiveTask,
@@ -37,7 +38,6 @@ from app.runs.schemas import (
     WorkerRead,
 )
 from app.schema_types import Limit, Offset
-from app.tasks import control
 
 router = APIRouter()
 
@@ -69,7 +69,7 @@ async def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: Idempo
 @router.get("/task/{task_id}", response_model=TaskRead, responses=error_responses(404))
 def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> TaskRead:
     """State, result or error, attempts, tier and timings of one task; clients see only their own."""
-    found = control.task_status(session=session, task_id=task_id)
+    found = inspect.task_status(session=session, task_id=task_id)
     if found is None or (not principal.is_admin and found.triggered_by != principal.name):
         raise NotFound(f"No task {task_id} is known to Courier.")
     return found
@@ -90,7 +90,7 @@ async def stream_task_events(
 
 def _visible_task(task_id: str, principal: Principal) -> TaskRead:
     with session_scope() as session:
-        found = control.task_status(session=session, task_id=task_id)
+        found = inspect.task_status(session=session, task_id=task_id)
     if found is None or (not principal.is_admin and found.triggered_by != principal.name):
         raise NotFound(f"No task {task_id} is known to Courier.")
     return found
@@ -121,14 +121,14 @@ async def _task_events(first: TaskRead, request: Request, settings: Settings) ->
 
 def _read_status(task_id: str) -> TaskRead | None:
     with session_scope() as session:
-        return control.task_status(session=session, task_id=task_id)
+        return inspect.task_status(session=session, task_id=task_id)
 
 
 @router.post("/task/{task_id}/revoke", response_model=RevokeRead, responses=error_responses(403, 503))
 def revoke_task(task_id: TaskId, session: SessionDep, admin: AdminDep, body: RevokeCreate | None = None) -> RevokeRead:
     """Revoke a task durably: if it has not started it never runs, even across worker restarts."""
     body = body or RevokeCreate()
-    return control.revoke(
+    return inspect.revoke(
         session=session, task_id=task_id, terminate=body.terminate, revoked_by=admin.name, reason=body.reason
     )
 
@@ -168,30 +168,30 @@ def read_stats(
         counts=counts,
         total=sum(counts.values()),
         success_rate=round(counts.get(TaskState.SUCCESS, 0) / finished, 4) if finished else None,
-        queues={q.name: q.ready + q.unacked for q in control.queues(settings)},
-        workers=len(control.workers()),
+        queues={q.name: q.ready + q.unacked for q in inspect.queues(settings)},
+        workers=len(operations.workers()),
     )
 
 
 @router.get("/active", response_model=list[ActiveTask], responses=error_responses(403, 503))
 async def list_active(_: AdminDep) -> list[ActiveTask]:
     """Tasks executing now, per worker (a 1 s broadcast)."""
-    return await run_in_threadpool(control.active)
+    return await run_in_threadpool(inspect.active)
 
 
 @router.get("/scheduled", response_model=ScheduledRead, responses=error_responses(403, 503))
 async def list_scheduled(_: AdminDep) -> ScheduledRead:
     """Countdown/ETA tasks held by workers, and the periodic schedule."""
-    return await run_in_threadpool(control.scheduled)
+    return await run_in_threadpool(inspect.scheduled)
 
 
 @router.get("/queues", response_model=list[QueueRead], responses=error_responses(403, 503))
 def list_queues(settings: SettingsDep, _: AdminDep) -> list[QueueRead]:
     """Ready, unacked and consumers of high, medium, low and dead_letter."""
-    return control.queues(settings)
+    return inspect.queues(settings)
 
 
 @router.get("/workers", response_model=list[WorkerRead], responses=error_responses(403))
 def list_workers(_: AdminDep) -> list[WorkerRead]:
     """Live workers with their queues, concurrency and heartbeat age."""
-    return control.workers()
+    return operations.workers()

@@ -1,13 +1,11 @@
 """Redis outages the worker meets on its own path: retried after a backoff, then dead-lettered naming the error.
 
-The worker needs Redis before a task runs (the start check: revoked? how many starts? app/engine/guarantees/starts.py)
-and
-after (the result store: app/engine/speed/pool.py, app/engine/speed/results.py). An outage there says nothing about
-the task,
-so it is not the task's failure: the attempt is put back on the broker, in a delay queue, and tried again
-(`CourierRequest`, app/engine/guarantees/request.py), up to OUTAGE_RETRY_MAX times with exponential backoff (equal
-jitter,
-never under a second: no hot loop). The task's own retry budget (`retries`) is untouched; the count rides the
+The worker needs Redis before a task runs (the start check: revoked? how many starts?
+app/engine/guarantees/starts.py) and after (the result store: app/engine/speed/pool.py,
+app/engine/guarantees/results.py). An outage there says nothing about the task, so it is not the task's failure:
+the attempt is put back on the broker, in a delay queue, and tried again (`CourierRequest`,
+app/engine/guarantees/request.py), up to OUTAGE_RETRY_MAX times with exponential backoff (equal jitter, never
+under a second: no hot loop). The task's own retry budget (`retries`) is untouched; the count rides the
 message (OUTAGE_RETRIES_HEADER). An attempt still failing after that is dead-lettered as `infra_unavailable`,
 with the Redis error's class.
 

@@ -5,10 +5,9 @@ Stock Celery acks a message whose hard time limit struck and a message that expi
 would be lost. Here both are rejected without requeue, so RabbitMQ moves them to the dead-letter exchange
 (the failure and the reason are already in the result backend when that happens).
 
-A failure that is a Redis outage on the worker's own path (app/engine/guarantees/outages.py) is put back in a delay
-queue
-with backoff; past OUTAGE_RETRY_MAX it is published to the dead-letter exchange with its reason in headers (a
-reject cannot carry one, and the result backend that would is the thing that is down).
+A failure that is a Redis outage on the worker's own path (app/engine/guarantees/outages.py) is put back in a
+delay queue with backoff; past OUTAGE_RETRY_MAX it is published to the dead-letter exchange with its reason in
+headers (a reject cannot carry one, and the result backend that would is the thing that is down).
 """
 
 from __future__ import annotations

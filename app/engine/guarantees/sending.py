@@ -3,7 +3,7 @@
 Celery publishes a task message (`apply_async`: the sync `dispatch()`, a task's retry into a delay queue, a retry
 after a lost worker, beat) without the `mandatory` flag, so a message RabbitMQ cannot route (its queue deleted or
 unbound, its node down) is confirmed and dropped. Here each one is mandatory, and the channel raises
-`amqp_transport.Unroutable` for a returned message (app/engine/speed/amqp_transport.py): the publisher gets an error
+`Unroutable` for a returned message (app/engine/guarantees/returns.py): the publisher gets an error
 (a 503 at the API, a dead letter for a retry, a logged SchedulingError in beat), never a silent drop.
 
 Celery also declares the target queue before it publishes, once per connection: a queue deleted after that was
@@ -19,14 +19,25 @@ from typing import Any
 
 from celery.app.amqp import AMQP
 
+#: The key of a task's request dict that holds an object of the worker process, never a header: the attempt's
+#: HandOff (app/engine/speed/pool.py). Celery's request context copies a request dict's unknown keys into its
+#: custom headers, and those into every message published from the request (a retry, a replace), so the sender
+#: drops it from each task message.
+HANDOFF_KEY = "courier_handoff"
+
 
 class CourierAMQP(AMQP):  # type: ignore[misc]
-    """Selected by `Celery(amqp=...)` (app/engine/celery_app.py)."""
+    """Selected by `Celery(amqp=...)` (app/engine/install.py)."""
 
     def _create_task_sender(self) -> Callable[..., Any]:
         send = super()._create_task_sender()
 
         def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            if isinstance(message.headers, dict):
+                message.headers.pop(HANDOFF_KEY, None)
+            extra = options.get("headers")  # (Celery merges these into the message's headers)
+            if isinstance(extra, dict) and HANDOFF_KEY in extra:
+                options["headers"] = {key: value for key, value in extra.items() if key != HANDOFF_KEY}
             options["mandatory"] = True
             if options.get("declare") is None:
                 options["declare"] = []
@@ -48,7 +59,7 @@ def republish(
     fallback_correlation_id: str | None = None,
 ) -> None:
     """Publish a message that already exists (a dead letter's replay, an attempt dead-lettered with its reason) as
-    it was: persistent, mandatory (an unroutable one raises `amqp_transport.Unroutable`), its priority, correlation
+    it was: persistent, mandatory (an unroutable one raises `returns.Unroutable`), its priority, correlation
     id (or `fallback_correlation_id`) and reply-to kept, one quick retry if the connection had dropped."""
     producer.publish(
         body,

@@ -3,8 +3,7 @@
 py-amqp reads every frame with two or three `recv`s of exact sizes (header, payload, frame end), and switches
 the socket to non-blocking and back around every read the event loop makes (two `ioctl`s). kombu's reader
 takes one message per turn of the event loop, so each message also costs a tick of every pool callback and an
-`epoll_wait`. strace of a worker's main process during a drain counted about 40 system calls per task, most of
-them these. Here:
+`epoll_wait`: most of the system calls a worker's main process makes per task are these. Here:
 
 - the socket is read in large chunks, and frames are cut from the buffer;
 - a non-blocking read passes `MSG_DONTWAIT` instead of switching the socket's mode;
@@ -13,13 +12,9 @@ them these. Here:
   never ends with a whole frame waiting in the buffer);
 - inside `batched_writes()` (the worker's acks of one batch) frames are written with one `send` per connection.
 
-Nothing changes on the wire. TLS connections keep py-amqp's own transport and kombu's reader.
-
-Every channel also turns a `basic.return` into an error for the publisher of that message (`Unroutable`): with
-publisher confirms, RabbitMQ *acks* a mandatory message it could not route, after returning it. py-amqp raises
-the return out of the confirm's wait before that ack is read; it drains the ack before the next publish only if
-the ack has already arrived, so a late one would confirm the channel's next message instead of its own. Here the
-confirm waits for its own ack, then raises (`Channel`).
+Nothing changes on the wire. TLS connections keep py-amqp's own transport and kombu's reader. The channels are
+the ones that fail a returned mandatory publish (app/engine/guarantees/returns.py); app/engine/install.py
+registers this transport under `ALIAS` when the speed patches are on.
 """
 
 from __future__ import annotations
@@ -34,11 +29,10 @@ from struct import unpack_from
 from typing import Any
 
 import amqp.transport
-import kombu.connection
-import kombu.transport
 from amqp.exceptions import RecoverableConnectionError, UnexpectedFrame
-from kombu.exceptions import KombuError
-from kombu.transport import pyamqp
+
+from app.engine.guarantees import returns
+from app.engine.guarantees.returns import Unroutable
 
 logger = logging.getLogger(__name__)
 
@@ -195,49 +189,9 @@ class BufferedTransport(amqp.transport.TCPTransport):  # type: ignore[misc]
             super().write(b"".join(held))
 
 
-class Unroutable(KombuError):
-    """RabbitMQ returned a mandatory message: no queue is bound for its exchange and routing key (a queue deleted
-    or unbound, or its node down). Nothing was delivered; the publisher must not count it as sent."""
-
-
-class Channel(pyamqp.Channel):
-    """kombu's py-amqp channel, whose confirmed publish raises `Unroutable` when its message was returned.
-
-    A return handler (py-amqp's `events['basic_return']`) is on every channel, so a returned message never raises
-    out of an unrelated wait; a confirmed publish also collects the returns that arrive before its ack (RabbitMQ
-    sends `basic.return` first), waits for the ack as usual, and then raises, leaving the channel in step.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._returned: list[str] | None = None
-        self.events["basic_return"].add(self._on_returned)
-
-    def _on_returned(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        what = f"exchange {exchange!r}, routing key {routing_key!r}: {exc}"
-        if self._returned is not None:
-            self._returned.append(what)
-        else:  # a mandatory publish without confirms: nobody waits for it any more
-            logger.error("RabbitMQ returned an unroutable message (%s).", what)
-
-    def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
-        """py-amqp's confirmed publish; raises Unroutable, once the broker's ack is read, if it returned the message."""
-        self._returned = []
-        try:
-            answer = super().basic_publish_confirm(*args, **kwargs)
-            returned = self._returned
-        finally:
-            self._returned = None
-        if returned:
-            raise Unroutable(f"RabbitMQ could not route the message ({'; '.join(returned)}).")
-        return answer
-
-
-class Connection(pyamqp.Connection):
+class Connection(returns.Connection):
     """py-amqp's connection over a BufferedTransport (py-amqp's own for TLS), with channels that fail a publish
     RabbitMQ returned."""
-
-    Channel = Channel
 
     def Transport(  # noqa: N802 (py-amqp's name)
         self,
@@ -255,7 +209,7 @@ class Connection(pyamqp.Connection):
         return BufferedTransport(host, connect_timeout=connect_timeout, **options, **kwargs)
 
 
-class Transport(pyamqp.Transport):
+class Transport(returns.Transport):
     """kombu's `pyamqp` transport with the buffered connection; `broker_transport` names it."""
 
     Connection = Connection
@@ -282,5 +236,4 @@ class Transport(pyamqp.Transport):
         return read
 
 
-kombu.transport.TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")
-kombu.connection.resolve_aliases.setdefault(ALIAS, "amqp")
+__all__ = ["ALIAS", "BufferedTransport", "Connection", "Transport", "Unroutable", "batched_writes"]

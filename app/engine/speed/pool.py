@@ -1,7 +1,7 @@
 """Worker pools that store the results of successful tasks in batches, from the worker's main process.
 
-A task's SUCCESS result (and its history entry) used to cost the pool child a Redis round trip of its own,
-and the benchmark showed pool children spending most of their time waiting on such round trips. Here the
+Stock, a task's SUCCESS result (and its history entry) costs the pool child a Redis round trip of its own, and
+pool children spend most of their time waiting on such round trips. Here the
 child hands the encoded result back with its return value (the pipe to the main process carries it anyway),
 and the main process stores every result that arrived in one turn of its event loop with one Redis script,
 then acks those messages. The guarantee is unchanged: a message is acked only after its result is stored.
@@ -35,14 +35,14 @@ from celery.concurrency.asynpool import SCHED_STRATEGY_FAIR
 from app.config import get_settings
 from app.constants import HISTORY_STREAM
 from app.engine.guarantees import outages, starts
+from app.engine.guarantees.results import Deferred
+from app.engine.guarantees.sending import HANDOFF_KEY
 from app.engine.speed import amqp_transport
 from app.redis_store import get_redis
 from app.runs import journal
 
 logger = logging.getLogger(__name__)
 
-#: A deferred result: (result key, encoded value, TTL in seconds or 0, history entry or None).
-Deferred = tuple[bytes, str, int, str | None]
 #: What Celery's pool callbacks receive: (failed, retval, runtime).
 Outcome = tuple[int, Any, float]
 #: An outcome waiting for its result to be stored: (Celery's callback, the outcome, the child's results).
@@ -50,38 +50,53 @@ Pending = tuple[Callable[[Outcome], Any], Outcome, list[Deferred]]
 #: A job held until the loop's tick: (Celery's trace function, its arguments, keyword arguments, pool options).
 Held = tuple[Any, tuple[Any, ...], Any, dict[str, Any]]
 
-#: Results a task stored while `run_deferring` ran it; None outside it (then results are stored at once).
-_collected: list[Deferred] | None = None
-#: The start check's answer for the attempt `run_deferring` runs; None outside it (then the task asks itself).
-_answer: starts.Answer | None = None
+#: The key of Celery's request dict (a task's `self.request` attribute) that carries the attempt's HandOff; the
+#: task sender keeps it out of the messages a task publishes from its request (app/engine/guarantees/sending.py).
+HANDOFF = HANDOFF_KEY
 
 
-def collecting() -> list[Deferred] | None:
-    """The list a SUCCESS result should be appended to instead of stored, or None to store it now."""
-    return _collected
+class HandOff:
+    """What passes between `run_deferring` and the attempt it runs, in the pool child: the main process's start
+    check in (`before_start`, app/engine/task.py), the SUCCESS result out (app/engine/speed/results.py).
 
+    It rides the attempt's request (Celery's request dict becomes the task's `self.request`), so a task that one
+    attempt runs inline or eagerly has a request of its own, without one, and stores and checks for itself.
+    """
 
-def take_start_answer() -> starts.Answer | None:
-    """The main process's start check for the attempt running now, once (a task the attempt runs inline, eagerly,
-    asks for itself), or None when the task must ask itself."""
-    global _answer
-    answer, _answer = _answer, None
-    return answer
+    __slots__ = ("_answer", "collected")
+
+    def __init__(self, answer: starts.Answer | None) -> None:
+        self._answer = answer
+        #: SUCCESS results to be stored by the main process instead of now.
+        self.collected: list[Deferred] = []
+
+    def take_start_answer(self) -> starts.Answer | None:
+        """The main process's start check for this attempt, once; None when the task must ask itself."""
+        answer, self._answer = self._answer, None
+        return answer
+
+    @staticmethod
+    def of(request: Any) -> HandOff | None:
+        """The hand-off of the attempt whose request (a task's `self.request`) this is; None outside a pool child
+        of Courier's pools."""
+        handoff = getattr(request, HANDOFF, None)
+        return handoff if isinstance(handoff, HandOff) else None
 
 
 def run_deferring(
     target: Callable[..., Outcome], answer: starts.Answer | None, *args: Any, **kwargs: Any
 ) -> tuple[int, Any, float, list[Deferred]]:
     """Run Celery's trace function `target` in the pool child with the main process's start check `answer`,
-    collecting its SUCCESS result instead of storing it; the main process stores it (`ResultBatch`)."""
-    global _collected, _answer
-    collected: list[Deferred] = []
-    _collected, _answer = collected, answer
-    try:
-        failed, retval, runtime = target(*args, **kwargs)
-    finally:
-        _collected, _answer = None, None
-    return failed, retval, runtime, collected
+    collecting its SUCCESS result instead of storing it; the main process stores it (`ResultBatch`).
+
+    `args` are Celery's trace arguments (type, task id, request dict, body, ...): the attempt's HandOff goes into
+    a copy of its request dict (an inline pool runs in the main process, whose request must not hold it).
+    """
+    handoff = HandOff(answer)
+    if len(args) > 2 and isinstance(args[2], dict):
+        args = (*args[:2], {**args[2], HANDOFF: handoff}, *args[3:])
+    failed, retval, runtime = target(*args, **kwargs)
+    return failed, retval, runtime, handoff.collected
 
 
 class ResultBatch:
@@ -242,7 +257,7 @@ class _BatchingPool:
         self._held = []
         # Celery's prefork pool schedules its writes to the children from its own tick callback (`on_poll_start`).
         # The tick's order is a set's: run it right after ours, or the jobs this tick hands over would wait for
-        # the next event (a worker with two children drained under 200 tasks/s). Ours writes to idle children
+        # the next event, and the worker drains at a fraction of its speed. Ours writes to idle children
         # first (`_write_jobs`).
         on_poll_start = getattr(getattr(self, "_pool", None), "on_poll_start", None)
         if on_poll_start is not None and on_poll_start in hub.on_tick:
@@ -272,7 +287,7 @@ class _BatchingPool:
         """Write the jobs handed over to idle children now, instead of through Celery's way.
 
         Celery registers every idle child's pipe with the poller, polls, writes one job per writable pipe, and
-        unregisters them all again: about eight `epoll_ctl`s and a poll per turn (strace of a drain), half of
+        unregisters them all again: several `epoll_ctl`s and a poll per turn of the loop, half of
         them on pipes not registered at all. An idle child's pipe is empty, so the write goes through at once;
         a job whose write cannot complete waits for its pipe in the poller, as Celery's own do. Jobs left (no
         child idle) and writes already waiting take Celery's way.
@@ -292,8 +307,8 @@ class _BatchingPool:
         """Once per turn of the loop: store the results that came back and check the held jobs (one Redis round
         trip when Courier's Redis is the results'), then let Celery ack and hand the jobs over.
 
-        Running the round trip on a thread of its own, with the loop collecting the next batch meanwhile, drained
-        no faster (1,205 against 1,295 tasks/s, medians of 3 in one run): the loop is short of CPU, not waiting.
+        The round trip stays on the loop's thread: on a thread of its own, with the loop collecting the next batch
+        meanwhile, it drained no faster, because the loop is short of CPU, not waiting.
         """
         assert self._batch is not None
         # Until nothing is left: acking a batch frees Celery's semaphore, which hands over the next jobs, and
@@ -378,5 +393,5 @@ class SoloPool(_BatchingPool, solo.TaskPool):  # type: ignore[misc]
     checks_in_batches = False
 
 
-#: CELERY_WORKER_POOL → the pool class Celery loads (`module:Class`).
-POOLS = {"prefork": f"{__name__}:PreforkPool", "solo": f"{__name__}:SoloPool"}
+#: CELERY_WORKER_POOL → the pool class app/engine/install.py selects when the speed patches are on.
+POOLS: dict[str, type[_BatchingPool]] = {"prefork": PreforkPool, "solo": SoloPool}

@@ -2,8 +2,8 @@
 
 - Celery's tracer, in the pool child, takes `saferepr` of every successful task's return value and sends that
   text back to the worker's main process, where only the success log line ("Task ... succeeded in ...:
-  <repr>") and the `task-succeeded` event read it. saferepr walks the value in Python, about 25 µs for the
-  probe's small dict: a sixth of a pool child's time per no-op task (py-spy, 20,000-task drain).
+  <repr>") and the `task-succeeded` event read it. saferepr walks the value in Python, a noticeable share of a
+  pool child's time per short task.
 - Each message's `argsrepr` and `kwargsrepr` headers (app/engine/speed/amqp_async.py).
 
 `bounded_repr` gives the same bounded text from the builtin `repr`, which is written in C, and falls back to

@@ -30,26 +30,28 @@ def sender_for(channel: str, settings: Settings) -> Sender:
     """The backend configured for `channel` (EMAIL_BACKEND, SMS_BACKEND, PUSH_BACKEND)."""
     if channel == "email":
         return SmtpSender(settings) if settings.email_backend == "smtp" else OutboxSender(settings)
-    if channel == "sms":
-        if settings.sms_backend != "http":
-            return OutboxSender(settings)
-        return HttpSender(
-            url=settings.sms_provider_url,
-            api_key=settings.sms_provider_api_key,
-            fields=settings.sms_payload_fields,
+    if channel == "sms" and settings.sms_backend == "http":
+        return _http(
+            settings,
+            settings.sms_provider_url,
+            settings.sms_provider_api_key,
+            settings.sms_payload_fields,
             sender=settings.sms_sender,
-            id_field=settings.provider_message_id_field,
-            timeout_s=settings.notification_http_timeout_s,
         )
-    if channel == "push":
-        if settings.push_backend != "http":
-            return OutboxSender(settings)
-        return HttpSender(
-            url=settings.push_provider_url,
-            api_key=settings.push_provider_api_key,
-            fields=settings.push_payload_fields,
-            sender=settings.sms_sender,
-            id_field=settings.provider_message_id_field,
-            timeout_s=settings.notification_http_timeout_s,
-        )
+    if channel == "push" and settings.push_backend == "http":
+        return _http(settings, settings.push_provider_url, settings.push_provider_api_key, settings.push_payload_fields)
+    if channel in ("sms", "push"):
+        return OutboxSender(settings)
     raise ValueError(f"unknown channel {channel!r}")
+
+
+def _http(settings: Settings, url: str, api_key: str, fields: str, *, sender: str | None = None) -> HttpSender:
+    """An HTTP provider's sender; push has no sender id, so its payload never carries one."""
+    return HttpSender(
+        url=url,
+        api_key=api_key,
+        fields=fields,
+        sender=sender,
+        id_field=settings.provider_message_id_field,
+        timeout_s=settings.notification_http_timeout_s,
+    )

@@ -32,12 +32,15 @@ class HttpSender:
         url: the provider's endpoint.
         api_key: sent as `Authorization: Bearer <key>` when not empty.
         fields: provider field → one of recipient, text, title, data, reference, sender.
-        sender: the `sender` value (an SMS sender id).
+        sender: the `sender` value (an SMS sender id); None for a channel without one (push): a `sender` field
+            in `fields` is then left out of the payload.
         id_field: field of the JSON answer that holds the provider's message id.
         timeout_s: connect/read/write timeout of each call.
     """
 
-    def __init__(self, *, url: str, api_key: str, fields: str, sender: str, id_field: str, timeout_s: float) -> None:
+    def __init__(
+        self, *, url: str, api_key: str, fields: str, sender: str | None, id_field: str, timeout_s: float
+    ) -> None:
         self.url, self.sender, self.id_field = url, sender, id_field
         self.fields = parse_fields(fields)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -51,8 +54,9 @@ class HttpSender:
             "title": message.subject,
             "data": message.data,
             "reference": message.reference,
-            "sender": self.sender,
         }
+        if self.sender is not None:
+            values["sender"] = self.sender
         return {field: values[value] for field, value in self.fields.items() if value in values}
 
     def send(self, message: OutgoingMessage) -> Receipt:

@@ -1,0 +1,181 @@
+"""Ask Courier's live workers and broker through Celery and RabbitMQ: task results, revoke, inspect (active and
+scheduled tasks), remote-control broadcasts, queue depths and purges. The read models and the durable records
+are the domains' (app/runs/status.py, app/operations/service.py); this module is their Celery side."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kombu.connection import Connection
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.constants import DELAY_BUCKETS_S, TaskState, Tier
+from app.deadletters import service as deadletters
+from app.engine import topology
+from app.engine.celery_app import celery_app
+from app.errors import ServiceUnavailable
+from app.operations.service import BROADCAST_TIMEOUT_S
+from app.rabbitmq import ManagementClient, ManagementError
+from app.runs import status
+from app.runs.schemas import ActiveTask, QueueRead, RevokeRead, ScheduledRead, TaskRead
+
+logger = logging.getLogger(__name__)
+
+#: How long a broadcast (inspect) waits for workers to answer.
+INSPECT_TIMEOUT_S = 1.0
+
+
+def result_meta(task_id: str) -> dict[str, Any]:
+    """The result the worker stored for a task, as Celery's result backend decodes it (PENDING when none)."""
+    meta: dict[str, Any] = celery_app.backend.get_task_meta(task_id)
+    return meta
+
+
+def task_status(*, session: Session, task_id: str) -> TaskRead | None:
+    """One task's status (app/runs/status.py) with its stored result and, once dead-lettered, the link to its
+    dead letter; None for an id never seen."""
+    found = status.task_status(session=session, task_id=task_id, result_meta=result_meta)
+    if found is not None and found.state == TaskState.DEAD_LETTERED:
+        found = found.model_copy(update={"dead_letter": deadletters.link_for_task(session=session, task_id=task_id)})
+    return found
+
+
+def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
+    """Revoke durably (SQL, then Redis), mark the run REVOKED, then tell live workers."""
+    found = status.revoke(session=session, task_id=task_id, terminate=terminate, revoked_by=revoked_by, reason=reason)
+    if not found.revoked:
+        return found
+    try:
+        celery_app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+    except Exception:  # the durable record already stops it; the broadcast only speeds up running workers
+        logger.warning("Broadcasting the revoke of %s failed; workers will still refuse it.", task_id, exc_info=True)
+    logger.info("Task %s revoked by %s (terminate=%s).", task_id, revoked_by, terminate)
+    return found
+
+
+def queues(settings: Settings) -> list[QueueRead]:
+    """Depth, unacked count and consumers of the work queues and both dead-letter queues, plus one
+    `delay.<tier>` line per tier summing the retries waiting in that tier's delay queues."""
+    try:
+        with ManagementClient.for_broker_user(settings) as client:
+            live = {q["name"]: q for q in client.queues(settings.broker_vhost)}
+    except ManagementError as exc:
+        raise ServiceUnavailable("The RabbitMQ management API is unreachable.") from exc
+
+    def count(name: str, field: str) -> int:
+        return int(live.get(name, {}).get(field, 0) or 0)
+
+    listed = [
+        *topology.work_queues(settings),
+        topology.dead_letter_queue(settings),
+        topology.dead_letter_archive_queue(settings),
+    ]
+    found = [
+        QueueRead(
+            name=q.name,
+            ready=count(q.name, "messages_ready"),
+            unacked=count(q.name, "messages_unacknowledged"),
+            consumers=count(q.name, "consumers"),
+            policy=live.get(q.name, {}).get("policy"),
+            arguments=live.get(q.name, {}).get("arguments") or {},
+        )
+        for q in listed
+    ]
+    for tier in Tier:
+        delays = [topology.delay_queue(tier, s).name for s in DELAY_BUCKETS_S]
+        found.append(
+            QueueRead(
+                name=f"delay.{tier.value}",
+                ready=sum(count(n, "messages_ready") for n in delays),
+                unacked=0,
+                consumers=0,
+                policy=None,
+                arguments={},
+            )
+        )
+    return found
+
+
+def active() -> list[ActiveTask]:
+    """Tasks executing now, from a broadcast to live workers."""
+    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).active() or {}
+    return [
+        ActiveTask(
+            task_id=task["id"],
+            name=task.get("name"),
+            worker=worker,
+            started_at=_from_ts(str(task["time_start"])) if task.get("time_start") else None,
+            args=task.get("args"),
+            kwargs=task.get("kwargs"),
+        )
+        for worker, tasks in sorted(replies.items())
+        for task in tasks or []
+    ]
+
+
+def scheduled() -> ScheduledRead:
+    """ETA/countdown tasks held by workers, and beat's periodic schedule."""
+    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).scheduled() or {}
+    held = [
+        {
+            "worker": worker,
+            "eta": item.get("eta"),
+            "priority": item.get("priority"),
+            "task_id": (item.get("request") or {}).get("id"),
+            "name": (item.get("request") or {}).get("name"),
+        }
+        for worker, items in sorted(replies.items())
+        for item in items or []
+    ]
+    periodic = [
+        {
+            "name": key,
+            "task": entry["task"],
+            "schedule": str(entry["schedule"]),
+            "queue": celery_app.conf.task_routes.get(entry["task"], {}).get("queue"),
+        }
+        for key, entry in sorted(celery_app.conf.beat_schedule.items())
+    ]
+    return ScheduledRead(held=held, periodic=periodic)
+
+
+def _from_ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+class Broker:
+    """The operations domain's view of the broker and the workers (app.operations.service.Broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def broadcast(self, command: str, queue: str) -> list[str]:
+        """Send a remote-control command to every worker; the ones that consume the tier act on it."""
+        try:
+            replies = celery_app.control.broadcast(
+                command, arguments={"queue": queue}, reply=True, timeout=BROADCAST_TIMEOUT_S
+            )
+        except Exception:  # the durable record is written; workers read it again when they (re)start
+            logger.warning(
+                "Broadcasting %s %s failed; workers apply it when they restart.", command, queue, exc_info=True
+            )
+            return []
+        return sorted(name for reply in replies or [] for name, answer in reply.items() if answer.get("ok"))
+
+    def purge(self, queue: str) -> int:
+        """Drop every ready message of `queue`."""
+        with Connection(self.settings.broker_url, connect_timeout=5.0) as conn:
+            return int(conn.default_channel.queue_purge(queue) or 0)
+
+    def ready(self, queue: str) -> int:
+        """Ready messages of a queue, over AMQP (exact)."""
+        with Connection(self.settings.broker_url, connect_timeout=5.0) as conn:
+            _, ready, _ = conn.default_channel.queue_declare(queue, passive=True)
+        return int(ready)
+
+    def queues(self) -> list[QueueRead]:
+        """Depths of the work, delay and dead-letter queues."""
+        return queues(self.settings)

@@ -1,0 +1,104 @@
+"""Task status, the read model: what the publisher wrote (Redis), the result the worker stored (read by the
+caller from the result backend: app/engine/inspect.py) and the durable history (SQL), merged into one answer;
+and the durable half of a revoke."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.constants import TASK_META_KEY, TaskState
+from app.redis_store import get_redis
+from app.runs import revocations
+from app.runs import service as runs_service
+from app.runs.schemas import RevokeRead, TaskRead
+
+
+def task_meta(task_id: str) -> dict[str, str]:
+    """What the publisher wrote about a task (name, tier, triggered_by); empty once expired."""
+    meta: dict[str, str] = get_redis().hgetall(TASK_META_KEY.format(task_id=task_id))  # type: ignore[assignment]
+    return meta
+
+
+def task_status(*, session: Session, task_id: str, result_meta: Callable[[str], dict[str, Any]]) -> TaskRead | None:
+    """Merge the live result (`result_meta(task_id)`: what the worker stored, as the result backend decodes it)
+    with the durable history (SQL); None for an id never seen. A dead-lettered task's `dead_letter` link is the
+    caller's to add (the dead-letter store records into the run history, so the history does not read it)."""
+    meta = task_meta(task_id)
+    run = runs_service.get(session=session, task_id=task_id)
+    backend = result_meta(task_id)
+    backend_state = str(backend.get("status") or TaskState.PENDING)
+    if not meta and run is None and backend_state == TaskState.PENDING:
+        return None
+    state: str = backend_state
+    if run is not None and (
+        backend_state == TaskState.PENDING or run.state in (TaskState.REVOKED, TaskState.DEAD_LETTERED)
+    ):
+        state = run.state
+    payload = backend.get("result")
+    error = None
+    progress = None
+    if backend_state in (TaskState.FAILURE, TaskState.RETRY):
+        error = _describe_exception(payload)
+        payload = None
+    elif backend_state not in (TaskState.SUCCESS, TaskState.PENDING) and isinstance(payload, dict):
+        progress, payload = payload, None
+    elif backend_state == TaskState.REVOKED:
+        payload = None
+    return TaskRead(
+        task_id=task_id,
+        name=(run.name if run is not None and run.name else None) or backend.get("name") or meta.get("name"),
+        state=state,
+        tier=(run.tier if run is not None else None) or meta.get("tier") or backend.get("queue"),
+        attempts=run.attempts if run is not None else _attempts_from_backend(backend),
+        triggered_by=(run.triggered_by if run is not None else None) or meta.get("triggered_by") or None,
+        worker=(run.worker if run is not None else None) or backend.get("worker"),
+        result=payload,
+        error=error or (run.error if run is not None and state != TaskState.SUCCESS else None),
+        progress=progress,
+        created_at=run.created_at if run is not None else _from_ts(meta.get("dispatched_at")),
+        started_at=run.started_at if run is not None else None,
+        finished_at=(run.finished_at if run is not None else None) or backend.get("date_done"),
+        revoked=revocations.is_revoked(task_id),
+    )
+
+
+def owner_of(*, session: Session, task_id: str) -> str | None:
+    """The key name that dispatched a task, from Redis or the history."""
+    meta = task_meta(task_id)
+    if meta.get("triggered_by"):
+        return meta["triggered_by"]
+    run = runs_service.get(session=session, task_id=task_id)
+    return run.triggered_by if run is not None else None
+
+
+def _attempts_from_backend(backend: dict[str, Any]) -> int | None:
+    """Attempts so far from an extended result (retries + 1); None before any worker touched it."""
+    return int(backend.get("retries") or 0) + 1 if backend.get("name") else None
+
+
+def _describe_exception(payload: Any) -> str | None:
+    if isinstance(payload, BaseException):
+        return f"{type(payload).__name__}: {payload}"
+    if isinstance(payload, dict) and "exc_type" in payload:
+        return f"{payload.get('exc_type')}: {' '.join(str(a) for a in payload.get('exc_message') or ())}"
+    return str(payload) if payload is not None else None
+
+
+def _from_ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
+    """Revoke durably (SQL, then Redis) and mark the run REVOKED; live workers are told by the caller
+    (app/engine/inspect.py) when `revoked` is true."""
+    meta = task_meta(task_id)
+    run = runs_service.get(session=session, task_id=task_id)
+    if run is not None and run.state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED):
+        return RevokeRead(task_id=task_id, revoked=False, terminate=terminate, state=run.state)
+    revocations.record(session=session, task_id=task_id, revoked_by=revoked_by, terminate=terminate, reason=reason)
+    runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by)
+    return RevokeRead(task_id=task_id, revoked=True, terminate=terminate, state=TaskState.REVOKED)
