@@ -29,21 +29,24 @@ def test_a_restarted_process_does_not_count_its_predecessors_ready_line(tmp_path
 
 
 def test_the_benchmark_never_takes_a_redis_db_claimed_by_a_test_session_or_an_earlier_benchmark():
-    # Given this test session's claimed db (tests/conftest.py), and a db an earlier benchmark holds with its own key
-    from tests.conftest import REDIS_DB
+    # Given this test session's claimed db (tests/support/services.py), and a db an earlier benchmark holds with its
+    # own key
+    from tests.support import services
+
+    session_db = services.redis_db()
 
     with redis_db() as earlier, redis.Redis(host=REDIS_HOST, db=earlier) as client:
         client.delete(CLAIM_KEY)  # (as an earlier benchmark leaves it: its own key only)
         # When the benchmark claims dbs meanwhile
         with redis_db() as first, redis_db() as second:
             # Then it gets other dbs, each its own, marked with both keys (so neither kind takes them)
-            assert len({REDIS_DB, earlier, first, second}) == 4
+            assert len({session_db, earlier, first, second}) == 4
             with redis.Redis(host=REDIS_HOST, db=first) as mine:
                 assert mine.get(CLAIM_KEY).startswith(b"bench-") and mine.get(LEGACY_CLAIM_KEY) == mine.get(CLAIM_KEY)
         # And a released db is flushed (its claims with it)
         with redis.Redis(host=REDIS_HOST, db=first) as released:
             assert released.dbsize() == 0
-    with redis.Redis(host=REDIS_HOST, db=REDIS_DB) as client:
+    with redis.Redis(host=REDIS_HOST, db=session_db) as client:
         assert client.exists(CLAIM_KEY)
 
 
