@@ -198,22 +198,30 @@ def _upsert_statement(dialect: str) -> Any:
     )
 
 
+def _add_finished(
+    session: Session, task_id: str, name: str | None, state: TaskState, error: str | None, now: datetime
+) -> None:
+    """A run the history has not seen yet, recorded as already finished in `state` (no attempt of it ran here)."""
+    session.add(
+        TaskRun(
+            task_id=task_id,
+            name=name or "",
+            state=state.value,
+            attempts=0,
+            error=error[:2000] if error else None,
+            finished_at=now,
+            event_at=now,
+        )
+    )
+
+
 def mark_revoked(*, session: Session, task_id: str, name: str | None, revoked_by: str | None) -> None:
     """Record a revocation in the history (state REVOKED wins over any later event)."""
     now = utcnow()
     run = session.get(TaskRun, task_id)
     if run is None:
-        session.add(
-            TaskRun(
-                task_id=task_id,
-                name=name or "",
-                state=TaskState.REVOKED.value,
-                attempts=0,
-                triggered_by=None,
-                finished_at=now,
-                event_at=now,
-                error=f"revoked by {revoked_by}" if revoked_by else None,
-            )
+        _add_finished(
+            session, task_id, name, TaskState.REVOKED, f"revoked by {revoked_by}" if revoked_by else None, now
         )
     elif run.state not in TERMINAL_STATES:
         run.state = TaskState.REVOKED
@@ -227,17 +235,7 @@ def mark_dead_lettered(*, session: Session, task_id: str, name: str | None, erro
     now = utcnow()
     run = session.get(TaskRun, task_id)
     if run is None:
-        session.add(
-            TaskRun(
-                task_id=task_id,
-                name=name or "",
-                state=TaskState.DEAD_LETTERED,
-                attempts=0,
-                error=error,
-                finished_at=now,
-                event_at=now,
-            )
-        )
+        _add_finished(session, task_id, name, TaskState.DEAD_LETTERED, error, now)
     else:
         run.state = TaskState.DEAD_LETTERED
         run.error = error[:2000]

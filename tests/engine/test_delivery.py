@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.api import auth, dispatch
+from tests.support.api import auth, dispatch, run_in_history
 from tests.support.services import queue_depth, redis_client
 from tests.support.session import join
 
@@ -30,15 +30,7 @@ def test_a_dispatched_task_reaches_success_and_appears_in_the_run_history(api, a
     assert task["tier"] == "high"
 
     # And the durable history has the run, attributed to the admin, with timings
-    def in_history():
-        page = api.get(
-            "/api/v1/tasks/runs",
-            params={"name": "system.ping", "state": "SUCCESS", "limit": 500},
-            headers=auth(admin_key),
-        ).json()
-        return next((r for r in page["items"] if r["task_id"] == task_id), None)
-
-    run = join(in_history, what="run in history")
+    run = join(lambda: run_in_history(api, admin_key, task_id), what="run in history")
     assert run["triggered_by"] == admin_key[0]
     assert run["attempts"] == 1
     assert run["started_at"] is not None and run["finished_at"] is not None

@@ -54,7 +54,7 @@ def test_the_worker_runs_the_engine_the_setting_selects_and_logs_its_mode(settin
 def test_a_task_succeeds_with_its_history_on_the_stock_engine(api, admin_key, start_worker, recorder):
     """Off, a task still ends SUCCESS with its result and its run in the durable history (the correctness part of
     the result backend journals it), whatever mode this session's API runs in."""
-    from tests.support.api import auth, dispatch
+    from tests.support.api import auth, dispatch, run_in_history
 
     start_worker("low", concurrency=1, env={"ENGINE_SPEED_PATCHES": "off"})
     task_id = dispatch(api, admin_key, tier="low", echo="stock")
@@ -66,13 +66,5 @@ def test_a_task_succeeds_with_its_history_on_the_stock_engine(api, admin_key, st
     join(lambda: task()["state"] == "SUCCESS", what="SUCCESS on the stock engine")
     assert task()["result"]["echo"] == "stock"
 
-    def in_history() -> dict[str, Any] | None:
-        page = api.get(
-            "/api/v1/tasks/runs",
-            params={"name": "system.ping", "state": "SUCCESS", "limit": 500},
-            headers=auth(admin_key),
-        ).json()
-        return next((r for r in page["items"] if r["task_id"] == task_id), None)
-
-    run = join(in_history, what="the run in the history")
+    run = join(lambda: run_in_history(api, admin_key, task_id), what="the run in the history")
     assert run["started_at"] is not None and run["finished_at"] is not None

@@ -95,6 +95,14 @@ def read_events(api: Any, key: tuple[str, str], task_id: str) -> list[tuple[str,
     return events
 
 
+def run_in_history(
+    api: Any, key: tuple[str, str], task_id: str, *, name: str = "system.ping", state: str = "SUCCESS"
+) -> dict[str, Any] | None:
+    """The run of `task_id` on the history's first page of `name` runs in `state`, or None while it is not there."""
+    page = api.get("/api/v1/tasks/runs", params={"name": name, "state": state, "limit": 500}, headers=auth(key)).json()
+    return next((r for r in page["items"] if r["task_id"] == task_id), None)
+
+
 def letters(api: Any, key: tuple[str, str], task_id: str) -> list[dict[str, Any]]:
     """The task's dead letters, as the dead-letter list shows them."""
     page = api.get("/api/v1/tasks/dead-letters", params={"task_id": task_id}, headers=auth(key)).json()
