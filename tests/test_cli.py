@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -10,9 +11,14 @@ from tests.support.api import auth
 from tests.support.session import ROOT
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -50,8 +56,10 @@ def test_topology_verify_exits_zero_on_the_declared_topology():
     assert done.returncode == 0, done.stderr
 
 
-def test_health_exits_one_when_no_worker_runs():
-    # Given no worker in this module's tests, Then the CLI health check reports the workers down
-    done = _cli("health")
+def test_health_exits_one_when_no_worker_runs(own_redis):
+    # Given a Redis no worker has written a heartbeat to (the session's may hold one of an earlier module's worker)
+    server = own_redis()
+    # Then the CLI health check reports the workers down
+    done = _cli("health", env={"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": server.url})
     assert done.returncode == 1
     assert "workers" in done.stdout and "down" in done.stdout
