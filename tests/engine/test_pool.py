@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import get_settings
 from app.engine.celery_app import celery_app
+from app.engine.guarantees.sending import HANDOFF_KEY
 from app.engine.speed import pool
 from app.engine.speed.results import BatchingRedisBackend
 from tests.support.services import redis_client
@@ -103,7 +104,7 @@ def test_a_child_uses_the_main_process_answer_instead_of_asking_redis():
     request: dict[str, object] = {"id": "t", "retries": 0}
     pool.run_deferring(trace, (True, 3), "system.ping", "t", request)
     assert seen == [(True, 3), None, None]
-    assert pool.HANDOFF not in request  # the caller's request dict (an inline pool's, in the main process) is untouched
+    assert HANDOFF_KEY not in request  # the caller's request dict (an inline pool's, in the main process) is untouched
 
 
 @pytest.mark.parametrize("pool_kind", ["prefork", "solo"])
@@ -207,8 +208,8 @@ def test_with_results_in_another_redis_the_worker_checks_and_journals_in_courier
 def test_a_message_published_from_an_attempt_s_request_carries_no_handoff():
     """Celery copies a request's unknown keys into its custom headers, and those into what a task publishes from
     its request (a retry): the task sender keeps the attempt's HandOff, an object of this process, out of it."""
-    request = Context({"id": "t", pool.HANDOFF: pool.HandOff(None), "custom": "kept"})
-    assert pool.HANDOFF in request.headers  # (Celery's behaviour the sender guards against)
+    request = Context({"id": "t", HANDOFF_KEY: pool.HandOff(None), "custom": "kept"})
+    assert HANDOFF_KEY in request.headers  # (Celery's behaviour the sender guards against)
     amqp = celery_app.amqp
     message = amqp.create_task_message("t", "system.ping", (), {}, headers=request.headers)
     published: list[dict[str, object]] = []
@@ -221,5 +222,5 @@ def test_a_message_published_from_an_attempt_s_request_carries_no_handoff():
         Producer(), "system.ping", message, exchange="courier.tasks", routing_key="low", headers=request.headers
     )
     headers = published[0]["headers"]
-    assert isinstance(headers, dict) and headers["custom"] == "kept" and pool.HANDOFF not in headers
-    assert pool.HANDOFF in request.headers  # the request itself is left as it was
+    assert isinstance(headers, dict) and headers["custom"] == "kept" and HANDOFF_KEY not in headers
+    assert HANDOFF_KEY in request.headers  # the request itself is left as it was

@@ -50,11 +50,6 @@ Pending = tuple[Callable[[Outcome], Any], Outcome, list[Deferred]]
 #: A job held until the loop's tick: (Celery's trace function, its arguments, keyword arguments, pool options).
 Held = tuple[Any, tuple[Any, ...], Any, dict[str, Any]]
 
-#: The key of Celery's request dict (a task's `self.request` attribute) that carries the attempt's HandOff; the
-#: task sender keeps it out of the messages a task publishes from its request (app/engine/guarantees/sending.py).
-HANDOFF = HANDOFF_KEY
-
-
 class HandOff:
     """What passes between `run_deferring` and the attempt it runs, in the pool child: the main process's start
     check in (`before_start`, app/engine/task.py), the SUCCESS result out (app/engine/speed/results.py).
@@ -79,7 +74,7 @@ class HandOff:
     def of(request: Any) -> HandOff | None:
         """The hand-off of the attempt whose request (a task's `self.request`) this is; None outside a pool child
         of Courier's pools."""
-        handoff = getattr(request, HANDOFF, None)
+        handoff = getattr(request, HANDOFF_KEY, None)
         return handoff if isinstance(handoff, HandOff) else None
 
 
@@ -94,7 +89,7 @@ def run_deferring(
     """
     handoff = HandOff(answer)
     if len(args) > 2 and isinstance(args[2], dict):
-        args = (*args[:2], {**args[2], HANDOFF: handoff}, *args[3:])
+        args = (*args[:2], {**args[2], HANDOFF_KEY: handoff}, *args[3:])
     failed, retval, runtime = target(*args, **kwargs)
     return failed, retval, runtime, handoff.collected
 
