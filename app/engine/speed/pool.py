@@ -50,6 +50,7 @@ Pending = tuple[Callable[[Outcome], Any], Outcome, list[Deferred]]
 #: A job held until the loop's tick: (Celery's trace function, its arguments, keyword arguments, pool options).
 Held = tuple[Any, tuple[Any, ...], Any, dict[str, Any]]
 
+
 class HandOff:
     """What passes between `run_deferring` and the attempt it runs, in the pool child: the main process's start
     check in (`before_start`, app/engine/task.py), the SUCCESS result out (app/engine/speed/results.py).
