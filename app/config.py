@@ -55,6 +55,33 @@ class Environment(StrEnum):
     production = "production"
 
 
+class FailoverStrategy(StrEnum):
+    """The order in which a client tries the broker hosts: shuffled per connection (spreads clients over the
+    nodes) or round-robin from the first (every client on node 1 while it is up)."""
+
+    shuffle = "shuffle"
+    round_robin = "round-robin"
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def host_port(item: str, default_port: int) -> tuple[str, int]:
+    """`host:port` (or `host`, or `[v6]:port`) as a pair.
+
+    Raises:
+        ValueError: the port is not a number.
+    """
+    host, sep, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
+    if not sep:
+        host, port = item, str(default_port)
+    if not port.isdigit():
+        raise ValueError(f"{item!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 class QueueType(StrEnum):
     """RabbitMQ queue type for the work queues: classic (with priorities) or quorum (replicated)."""
 
@@ -83,7 +110,10 @@ def parse_keys(keys: str) -> list[Fernet]:
 class Settings(BaseSettings):
     """Every setting Courier reads. `.env.example` documents each field with a safe development default."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a refused setting's error names the rule, never the values (URLs carry passwords).
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- Service ---------------------------------------------------------------------------------------------
     environment: Environment = Environment.development
@@ -124,10 +154,17 @@ class Settings(BaseSettings):
 
     rabbitmq_host: str = "127.0.0.1"
     rabbitmq_port: int = 5672
+    #: Every node of a RabbitMQ cluster as comma-separated host[:port] (port default RABBITMQ_PORT); empty means
+    #: the one RABBITMQ_HOST. Each client fails over across them (kombu, the API's publisher, the recorder).
+    rabbitmq_hosts: str = ""
+    #: The order clients try the hosts in: shuffle (spread over the nodes) or round-robin (first one first).
+    broker_failover_strategy: FailoverStrategy = FailoverStrategy.shuffle
     rabbitmq_user: str = "courier"
     rabbitmq_password: str = "courier_dev_pass"
     rabbitmq_vhost: str = "courier"
     rabbitmq_management_url: str = "http://127.0.0.1:15672"
+    #: Management API of every cluster node (comma-separated URLs), tried in turn; empty means the one above.
+    rabbitmq_management_urls: str = ""
     #: Administrator used only to provision the vhost, user and policies (`python -m app.cli provision`).
     rabbitmq_admin_user: str = "guest"
     rabbitmq_admin_password: str = "guest"
@@ -137,8 +174,13 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=10_000, gt=0)
     #: Cap on ready messages per work queue; 0 means unbounded. Over the cap a publish is refused (HTTP 503).
     work_queue_max_length: int = Field(default=0, ge=0)
-    #: Quorum queues only: deliveries before the broker dead-letters a message that keeps killing workers.
-    delivery_limit: int = Field(default=5, ge=1)
+    #: Quorum queues only: deliveries before the broker dead-letters a message. A backstop: Courier's own start
+    #: count (MAX_STARTS_PER_ATTEMPT) dead-letters a task that keeps killing its worker first, and every
+    #: message a dying worker had prefetched is redelivered too and uses up an attempt (README, "Running on a
+    #: cluster"); it must exceed MAX_STARTS_PER_ATTEMPT.
+    delivery_limit: int = Field(default=20, ge=1)
+    #: Quorum queues only: replicas of each queue (x-quorum-initial-group-size), at most the cluster's nodes.
+    queue_replicas: int = Field(default=3, ge=1)
 
     publish_timeout_s: Seconds = 5.0
     publish_pool_size: int = Field(default=64, ge=1)
@@ -173,6 +215,13 @@ class Settings(BaseSettings):
     # --- Redis (idempotency, revocations, heartbeats) ----------------------------------------------------------
     redis_url: str = ""
     redis_password: str = ""
+    #: Redis Sentinel: comma-separated host[:port] (port default 26379) of the Sentinels; when set, Courier's Redis
+    #: and the result backend are the primary the Sentinels name REDIS_SENTINEL_MASTER (with the db of REDIS_URL,
+    #: else of CELERY_RESULT_BACKEND), and every client follows a failover. Empty means no Sentinel.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "courier"
+    #: Password of the Sentinels themselves (their requirepass); empty when they ask for none.
+    redis_sentinel_password: str = ""
     #: Production refuses a Redis that persists nothing (no appendonly) unless this accepts the risk.
     redis_accept_no_persistence: bool = False
     idempotency_ttl_s: int = Field(default=86_400, gt=0)
@@ -344,6 +393,21 @@ class Settings(BaseSettings):
             raise ValueError("TASK_TIME_LIMIT_S must exceed TASK_SOFT_TIME_LIMIT_S (the soft limit dead-letters).")
         return self
 
+    @model_validator(mode="after")
+    def _refuse_classic_queues_on_a_cluster(self) -> Settings:
+        if len(self.broker_urls) > 1 and self.queue_type is QueueType.classic:
+            raise ValueError(
+                "QUEUE_TYPE=classic with several broker hosts: a classic queue lives on one node, and while that "
+                "node is down its tier is gone (and its messages with that node's disk). Set QUEUE_TYPE=quorum "
+                '(README, "Running on a cluster").'
+            )
+        if self.queue_type is QueueType.quorum and self.delivery_limit <= self.max_starts_per_attempt:
+            raise ValueError(
+                "DELIVERY_LIMIT must exceed MAX_STARTS_PER_ATTEMPT: messages prefetched beside a task that kills its "
+                "worker are redelivered too, and would be dead-lettered with it."
+            )
+        return self
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def sqlalchemy_url(self) -> str:
@@ -358,8 +422,10 @@ class Settings(BaseSettings):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def redis_dsn(self) -> str:
-        """Redis for Courier's own keys: REDIS_URL, else the result backend."""
+        """Redis for Courier's own keys: REDIS_URL, else the result backend (through the Sentinels when set)."""
         url = self.redis_url or self.celery_result_backend
+        if self.redis_sentinels:
+            return self._sentinel_dsn(url)
         if self.redis_password and "@" not in url:
             url = url.replace("://", f"://:{quote(self.redis_password, safe='')}@", 1)
         return url
@@ -367,21 +433,53 @@ class Settings(BaseSettings):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def result_backend_dsn(self) -> str:
-        """The Celery result backend with REDIS_PASSWORD applied when the URL carries none."""
+        """The Celery result backend with REDIS_PASSWORD applied when the URL carries none; with REDIS_SENTINELS,
+        Celery's Sentinel form (`sentinel://:pw@s1:26379/db;sentinel://:pw@s2:26379/db`)."""
         url = self.celery_result_backend
+        if self.redis_sentinels and url.startswith("redis"):
+            return self._sentinel_dsn(url)
         if self.redis_password and url.startswith("redis") and "@" not in url:
             url = url.replace("://", f"://:{quote(self.redis_password, safe='')}@", 1)
         return url
 
+    def _sentinel_dsn(self, url: str) -> str:
+        """`url`'s db and password, at every Sentinel: the form Celery's SentinelBackend and redis_store read."""
+        parts = urlsplit(url.split(";", 1)[0])  # (a Sentinel DSN already: its first Sentinel's db and password)
+        db = (parts.path or "/0").lstrip("/") or "0"
+        password = unquote(parts.password or "") or self.redis_password
+        login = f":{quote(password, safe='')}@" if password else ""
+        return ";".join(f"sentinel://{login}{host}:{port}/{db}" for host, port in self.sentinel_addresses)
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs."""
+        return [host_port(item, 26379) for item in split_list(self.redis_sentinels)]
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def broker_url(self) -> str:
-        """The broker URL in use: CELERY_BROKER_URL, else built from the RABBITMQ_* parts."""
+        """The broker URL in use, kombu's `;`-separated failover list on a cluster: CELERY_BROKER_URL, else built
+        from the RABBITMQ_* parts (one URL per host of RABBITMQ_HOSTS)."""
+        return ";".join(self.broker_urls)
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every broker URL, one per node (CELERY_BROKER_URL split at `;`, else one per RABBITMQ_HOSTS entry)."""
         if self.celery_broker_url:
-            return self.celery_broker_url
+            return [url.strip() for url in self.celery_broker_url.split(";") if url.strip()]
         user, password = quote(self.rabbitmq_user, safe=""), quote(self.rabbitmq_password, safe="")
         vhost = quote(self.rabbitmq_vhost, safe="")
-        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+        hosts = [host_port(item, self.rabbitmq_port) for item in split_list(self.rabbitmq_hosts)]
+        return [
+            f"amqp://{user}:{password}@{host}:{port}/{vhost}"
+            for host, port in hosts or [(self.rabbitmq_host, self.rabbitmq_port)]
+        ]
+
+    @property
+    def management_urls(self) -> list[str]:
+        """The management API of every node (RABBITMQ_MANAGEMENT_URLS, else RABBITMQ_MANAGEMENT_URL)."""
+        urls = split_list(self.rabbitmq_management_urls) or [self.rabbitmq_management_url]
+        return [url.rstrip("/") for url in urls]
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -398,7 +496,7 @@ class Settings(BaseSettings):
     @property
     def _first_broker_url(self) -> str:
         # kombu reads `url1;url2` as a failover list; read whole, its vhost would be `courier;amqp://user:pw@...`.
-        return self.broker_url.split(";", 1)[0].strip()
+        return self.broker_urls[0]
 
     @property
     def secrets(self) -> list[str]:
@@ -408,6 +506,7 @@ class Settings(BaseSettings):
             self.rabbitmq_password,
             self.rabbitmq_admin_password,
             self.redis_password,
+            self.redis_sentinel_password,
             self.flower_password,
             self.smtp_password,
             self.sms_provider_api_key,
@@ -415,7 +514,13 @@ class Settings(BaseSettings):
             self.identity_secret_key,
             *self.data_encryption_keys.split(","),
         ]
-        for urls in (self.broker_url, self.celery_result_backend, self.redis_url, self.database_url):
+        for urls in (
+            self.broker_url,
+            self.celery_result_backend,
+            self.redis_url,
+            self.database_url,
+            *self.management_urls,
+        ):
             for url in urls.split(";"):
                 try:
                     password = urlsplit(url.strip()).password

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from kombu.connection import Connection
 from sqlalchemy import text
 
 from app import redis_store
@@ -18,6 +17,7 @@ from app.constants import Tier
 from app.db import get_engine, session_scope
 from app.errors import BROKER, DATABASE, REDIS
 from app.operations import service as operations
+from app.rabbitmq import broker_connection, connect_any
 from app.runs.schemas import ComponentHealth, HealthRead
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def check_broker(settings: Settings) -> ComponentHealth:
     """Open and close an AMQP connection to the broker."""
 
     def probe() -> None:
-        with Connection(settings.broker_url, connect_timeout=2.0) as conn:
-            conn.connect()
+        with broker_connection(settings, connect_timeout=2.0) as conn:
+            connect_any(conn, settings)
 
     return _timed(probe)
 

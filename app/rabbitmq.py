@@ -3,15 +3,21 @@
 No credential leaves through an error: a `ManagementError`'s message is redacted where it is built (a path can
 carry a URL, percent-encoded, and httpx's errors can quote the request URL), and a management URL's own
 `user:password@` is taken off the base URL (the explicit login is the one httpx used anyway).
+
+On a cluster the client is given every node's management URL (RABBITMQ_MANAGEMENT_URLS): a call a node cannot
+answer (connection refused, a timeout, a 5xx while it starts or stops) goes to the next node, and the node that
+answered is asked first next time. Any node answers for the whole cluster.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from kombu.connection import Connection
 
 from app.config import Settings, redact_url
 
@@ -25,15 +31,42 @@ class ManagementError(RuntimeError):
         super().__init__(redact_url(message))
 
 
+def broker_connection(settings: Settings, **options: Any) -> Connection:
+    """A kombu connection to the broker that fails over across every node (Settings.broker_url lists them with
+    `;`), in BROKER_FAILOVER_STRATEGY's order. Open it with `connect_any`: kombu's own first connect tries only
+    two nodes."""
+    return Connection(settings.broker_url, failover_strategy=settings.broker_failover_strategy.value, **options)
+
+
+def connect_any(connection: Connection, settings: Settings) -> Connection:
+    """Connect `connection` to the first node that accepts, trying each node once, without pauses.
+
+    Raises:
+        OSError, kombu's connection errors: no node accepted (the last node's error).
+    """
+    connection.ensure_connection(
+        max_retries=max(0, len(settings.broker_urls) - 1), interval_start=0, interval_step=0, interval_max=0
+    )
+    return connection
+
+
 def _q(value: str) -> str:
     return quote(value, safe="")
+
+
+def _without_login(url: str) -> str:
+    """A management URL without its `user:password@`, so no URL httpx quotes carries it (`auth` logs in)."""
+    parts = urlsplit(url.rstrip("/"))
+    if "@" in parts.netloc:
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return parts.geturl()
 
 
 class ManagementClient:
     """Calls the management API as one user.
 
     Parameters:
-        base_url: e.g. ``http://127.0.0.1:15672``.
+        base_urls: one URL, e.g. ``http://127.0.0.1:15672``, or every node's (tried in turn).
         user, password: basic-auth credentials; queue reads need the ``monitoring`` tag,
             policies need ``policymaker``, vhosts and users need ``administrator``.
 
@@ -45,26 +78,30 @@ class ManagementClient:
         >>> client.queue("courier", "high")["effective_policy_definition"]
     """
 
-    def __init__(self, base_url: str, user: str, password: str, timeout: float = 5.0) -> None:
-        parts = urlsplit(base_url)
-        if "@" in parts.netloc:  # a login in the URL: out of every URL httpx quotes (`auth` logs in, as before)
-            base_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        self._http = httpx.Client(base_url=f"{base_url}/api", auth=(user, password), timeout=timeout)
+    def __init__(self, base_urls: str | Sequence[str], user: str, password: str, timeout: float = 5.0) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ValueError("ManagementClient needs at least one management URL")
+        self._https = [
+            httpx.Client(base_url=f"{_without_login(url)}/api", auth=(user, password), timeout=timeout) for url in urls
+        ]
+        self._first = 0  #: the node that answered last, asked first
 
     @classmethod
     def for_broker_user(cls, settings: Settings) -> ManagementClient:
         """A client authenticated as the user of the broker URL (reads queues, applies vhost policies)."""
         user, password = settings.broker_credentials
-        return cls(settings.rabbitmq_management_url, user, password)
+        return cls(settings.management_urls, user, password)
 
     @classmethod
     def for_admin(cls, settings: Settings) -> ManagementClient:
         """A client authenticated as the provisioning administrator."""
-        return cls(settings.rabbitmq_management_url, settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
+        return cls(settings.management_urls, settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
 
     def close(self) -> None:
-        """Release the HTTP connection pool."""
-        self._http.close()
+        """Release the HTTP connection pools."""
+        for http in self._https:
+            http.close()
 
     def __enter__(self) -> ManagementClient:
         return self
@@ -72,11 +109,34 @@ class ManagementClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _request(self, method: str, path: str, json: Any) -> httpx.Response:
+        """The first answer of a node that is up, trying each node once from the one that answered last."""
+        failures = []
+        count = len(self._https)
+        for step in range(count):
+            index = (self._first + step) % count
+            http = self._https[index]
+            try:
+                response = http.request(method, path, json=json)
+            except httpx.HTTPError as exc:
+                failures.append(f"{http.base_url.host}:{http.base_url.port}: {exc}")
+                continue
+            if response.status_code >= 500 and step < count - 1:
+                failures.append(f"{http.base_url.host}:{http.base_url.port}: {response.status_code}")
+                continue
+            if step:
+                logger.warning(
+                    "RabbitMQ management API: %s failed, %s:%s answered.",
+                    "; ".join(redact_url(failure) for failure in failures),
+                    http.base_url.host,
+                    http.base_url.port,
+                )
+            self._first = index
+            return response
+        raise ManagementError(f"RabbitMQ management API unreachable ({method} {path}): {'; '.join(failures)}")
+
     def _call(self, method: str, path: str, json: Any = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=json)
-        except httpx.HTTPError as exc:
-            raise ManagementError(f"RabbitMQ management API unreachable ({method} {path}): {exc}") from exc
+        response = self._request(method, path, json)
         if method == "GET" and response.status_code == 404:
             return None
         if response.status_code >= 300:
@@ -94,6 +154,10 @@ class ManagementClient:
         """One queue with its arguments, effective policy and message counts; None if it does not exist."""
         result = self._call("GET", f"/queues/{_q(vhost)}/{_q(name)}")
         return dict(result) if result is not None else None
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes, with `running` for each."""
+        return list(self._call("GET", "/nodes") or [])
 
     def queues(self, vhost: str) -> list[dict[str, Any]]:
         """Every queue of a vhost."""

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import redis
-from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
@@ -33,6 +32,7 @@ from app.engine import dead_letters
 from app.engine.celery_app import celery_app
 from app.engine.topology import dead_letter_archive_queue
 from app.logging import configure_logging
+from app.rabbitmq import broker_connection, connect_any
 from app.redis_store import get_redis
 from app.runs import journal, service
 
@@ -157,8 +157,8 @@ class Recorder:
     def _consume(self) -> None:
         interval = self.settings.history_flush_interval_s
         _ensure_group()
-        with Connection(self.settings.broker_url, heartbeat=30) as conn:
-            channel = conn.channel()
+        with broker_connection(self.settings, heartbeat=30) as conn:
+            channel = connect_any(conn, self.settings).channel()
             channel.basic_qos(0, self.settings.history_batch_size * 2, False)
             dead = Consumer(channel, [dead_letter_archive_queue(self.settings)], on_message=self.on_dead_letter)
             with dead:

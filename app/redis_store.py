@@ -14,10 +14,13 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio as aioredis
 import redis.asyncio.retry as async_retry
+import redis.asyncio.sentinel as async_sentinel
+import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -65,10 +68,89 @@ def async_client_options() -> dict[str, Any]:
     }
 
 
+# --- Sentinel -------------------------------------------------------------------------------------------------
+#
+# With REDIS_SENTINELS, Courier's Redis DSNs take Celery's Sentinel form, `sentinel://:pw@s1:26379/db;...`
+# (app/config.py), and every client here is the primary the Sentinels name REDIS_SENTINEL_MASTER. A connection
+# that fails (the primary died) or meets a read-only server (the old primary, back as a replica) is dropped, and
+# the retry above asks the Sentinels again on a fresh one: a client follows a failover within the time the
+# Sentinels take to promote the replica (down-after-milliseconds plus an election: seconds).
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """The parts of a Sentinel DSN: the Sentinels' addresses, and the db and password of the primary."""
+
+    addresses: list[tuple[str, int]]
+    db: int
+    password: str | None
+
+
+def is_sentinel(url: str) -> bool:
+    """Whether `url` is a Sentinel DSN (Courier's own Redis or the result backend through Sentinel)."""
+    return url.startswith("sentinel://")
+
+
+def sentinel_target(url: str) -> SentinelTarget:
+    """Parse a `sentinel://:pw@host:port/db;sentinel://...` DSN."""
+    addresses, db, password = [], 0, None
+    for chunk in url.split(";"):
+        parts = urlsplit(chunk.strip())
+        addresses.append((parts.hostname or "127.0.0.1", parts.port or 26379))
+        db = int((parts.path or "/0").lstrip("/") or 0)
+        password = unquote(parts.password) if parts.password else password
+    return SentinelTarget(addresses=addresses, db=db, password=password)
+
+
+def _sentinel_kwargs() -> dict[str, Any]:
+    """How Courier talks to the Sentinels themselves: short timeouts, their own password when they have one."""
+    password = get_settings().redis_sentinel_password
+    return {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        **({"password": password} if password else {}),
+    }
+
+
+def _sentinel_client(url: str) -> redis.Redis:
+    target = sentinel_target(url)
+    sentinel = redis.sentinel.Sentinel(target.addresses, sentinel_kwargs=_sentinel_kwargs())  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        get_settings().redis_sentinel_master,
+        db=target.db,
+        password=target.password,
+        decode_responses=True,
+        **client_options(),
+    )
+    return client
+
+
+def async_client(url: str, *, max_connections: int) -> aioredis.Redis:
+    """An asyncio client of a Redis URL or Sentinel DSN. From a URL its pool blocks (up to 2 s) when all
+    `max_connections` are busy; through Sentinel redis-py offers no blocking pool, so its pool is unbounded."""
+    if is_sentinel(url):
+        target = sentinel_target(url)
+        sentinel = async_sentinel.Sentinel(target.addresses, sentinel_kwargs=_sentinel_kwargs())  # type: ignore[no-untyped-call]
+        client: aioredis.Redis = sentinel.master_for(
+            get_settings().redis_sentinel_master,
+            db=target.db,
+            password=target.password,
+            decode_responses=True,
+            **async_client_options(),
+        )
+        return client
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=max_connections, timeout=2.0, **async_client_options()
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 @lru_cache
 def client_for(url: str) -> redis.Redis:
-    """A process-wide client of one Redis URL; redis-py's pool reconnects after a fork, so prefork children can
-    share it."""
+    """A process-wide client of one Redis URL or Sentinel DSN; redis-py's pool reconnects after a fork, so prefork
+    children can share it."""
+    if is_sentinel(url):
+        return _sentinel_client(url)
     return redis.Redis.from_url(url, decode_responses=True, **client_options())
 
 
@@ -87,11 +169,16 @@ def shares_result_backend() -> bool:
 def redis_urls(settings: Settings) -> list[str]:
     """Every Redis Courier keeps task state in: its own and the result backend's (once when they are one)."""
     urls = [settings.redis_dsn, settings.result_backend_dsn]
-    return [url for url in dict.fromkeys(urls) if url.startswith(("redis://", "rediss://", "unix://"))]
+    return [url for url in dict.fromkeys(urls) if url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))]
 
 
 def describe(url: str) -> str:
-    """A Redis URL as operators name it, without its credentials: host:port/db."""
+    """A Redis URL as operators name it, without its credentials: host:port/db (through Sentinel: the master
+    name, the db and the Sentinels)."""
+    if is_sentinel(url):
+        target = sentinel_target(url)
+        sentinels = ",".join(f"{host}:{port}" for host, port in target.addresses)
+        return f"{get_settings().redis_sentinel_master}/{target.db} (Sentinels {sentinels})"
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path

@@ -77,9 +77,11 @@ def test_the_configured_credentials_are_masked_wherever_they_turn_up():
 
 
 def test_a_worker_refused_by_the_management_api_does_not_log_the_broker_password(start_worker):
-    # Given a worker whose broker URL is a failover list with a (wrong) password, so the management API refuses it
+    # Given a worker whose broker URL is a failover list (quorum queues, as a list requires) with a (wrong)
+    # password, so the management API refuses it
     url = f"amqp://{MGMT_AUTH[0]}:{ENCODED}@{AMQP_HOST}:5672/{VHOST}"
-    worker = start_worker("low", wait=False, env={"CELERY_BROKER_URL": f"{url};{url.replace(':5672/', ':5673/')}"})
+    env = {"CELERY_BROKER_URL": f"{url};{url.replace(':5672/', ':5673/')}", "QUEUE_TYPE": "quorum"}
+    worker = start_worker("low", wait=False, env=env)
     # When its topology check fails and it refuses to start
     join(lambda: worker.process.poll() is not None, timeout=60, what="the worker to refuse to start")
     log = worker.log()
@@ -138,7 +140,9 @@ def test_a_failover_broker_url_gives_the_vhost_and_login_of_its_first_url():
     from app.config import Settings
 
     first = f"amqp://courier:{ENCODED}@rabbit-1:5672/courier"
-    settings = Settings(_env_file=None, celery_broker_url=f"{first};{first.replace('rabbit-1', 'rabbit-2')}")
+    settings = Settings(
+        _env_file=None, celery_broker_url=f"{first};{first.replace('rabbit-1', 'rabbit-2')}", queue_type="quorum"
+    )
     assert settings.broker_vhost == "courier"
     assert settings.broker_credentials == ("courier", PASSWORD)
     assert PASSWORD in settings.secrets

@@ -34,6 +34,8 @@ def celery_config(settings: Settings, engine: install.Engine) -> dict[str, Any]:
     """Celery settings that carry Courier's guarantees (see README, "Delivery guarantees")."""
     return {
         "broker_url": settings.broker_url,
+        # On a cluster broker_url lists every node (`;`): kombu tries them in this order when a connection fails.
+        "broker_failover_strategy": settings.broker_failover_strategy.value,
         # The transport, pool, result backend and consumer of `engine` (app/engine/install.py): Celery's Redis
         # backend storing each result with its history entry in one atomic round trip, the consumer that
         # dead-letters malformed messages, and (speed patches on) the buffered transport and batching pool.
@@ -91,7 +93,7 @@ def celery_config(settings: Settings, engine: install.Engine) -> dict[str, Any]:
         # died with a Redis restart is PINGed and replaced after sitting idle, and any command that meets one is
         # retried once on a fresh connection (redis-py's Retry(NoBackoff(), 1), which retry_on_timeout selects;
         # without it every connection retries nothing): the result store's side of app/redis_store.py's policy.
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": result_transport_options(settings),
         "redis_socket_timeout": 5.0,
         "redis_socket_connect_timeout": 2.0,
         "redis_socket_keepalive": True,
@@ -102,6 +104,23 @@ def celery_config(settings: Settings, engine: install.Engine) -> dict[str, Any]:
         "beat_schedule": schedule(),
         "beat_scheduler": f"{__name__}:BeatScheduler",
     }
+
+
+def result_transport_options(settings: Settings) -> dict[str, Any]:
+    """The result backend's transport options: its retry policy, and through Sentinel the master's name and how to
+    reach the Sentinels (Celery's SentinelBackend reads `master_name` and `sentinel_kwargs`)."""
+    options: dict[str, Any] = {"retry_policy": {"timeout": 5.0}}
+    if settings.redis_sentinels:
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+        if settings.redis_sentinel_password:
+            sentinel_kwargs["password"] = settings.redis_sentinel_password
+        # A failover takes the Sentinels' down-after time plus an election: give the store time to follow it.
+        options |= {
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": sentinel_kwargs,
+            "retry_policy": {"timeout": 15.0},
+        }
+    return options
 
 
 def schedule() -> dict[str, Any]:

@@ -8,7 +8,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -18,7 +17,7 @@ from app.engine import topology
 from app.engine.celery_app import celery_app
 from app.errors import ServiceUnavailable
 from app.operations.service import BROADCAST_TIMEOUT_S
-from app.rabbitmq import ManagementClient, ManagementError
+from app.rabbitmq import ManagementClient, ManagementError, broker_connection, connect_any
 from app.runs import status
 from app.runs.schemas import ActiveTask, QueueRead, RevokeRead, ScheduledRead, TaskRead
 
@@ -167,13 +166,13 @@ class Broker:
 
     def purge(self, queue: str) -> int:
         """Drop every ready message of `queue`."""
-        with Connection(self.settings.broker_url, connect_timeout=5.0) as conn:
-            return int(conn.default_channel.queue_purge(queue) or 0)
+        with broker_connection(self.settings, connect_timeout=5.0) as conn:
+            return int(connect_any(conn, self.settings).default_channel.queue_purge(queue) or 0)
 
     def ready(self, queue: str) -> int:
         """Ready messages of a queue, over AMQP (exact)."""
-        with Connection(self.settings.broker_url, connect_timeout=5.0) as conn:
-            _, ready, _ = conn.default_channel.queue_declare(queue, passive=True)
+        with broker_connection(self.settings, connect_timeout=5.0) as conn:
+            _, ready, _ = connect_any(conn, self.settings).default_channel.queue_declare(queue, passive=True)
         return int(ready)
 
     def queues(self) -> list[QueueRead]:

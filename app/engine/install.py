@@ -11,6 +11,8 @@ run in both. app/engine/README.md lists the upstream names each override relies 
 |                                    |                                  | pyamqp, a returned publish raising)        |
 | the pool (`worker_pool`)           | speed.pool.PreforkPool, SoloPool | Celery's prefork, solo                     |
 | the result backend                 | speed.results.BatchingRedisBackend | guarantees.results.CourierRedisBackend   |
+| the same through Redis Sentinel    | speed.results.                   | guarantees.results.                        |
+|                                    | BatchingSentinelBackend          | CourierSentinelBackend                     |
 | the consumer (`worker_consumer`)   | speed.consumer.FastConsumer      | guarantees.consumer.CourierConsumer        |
 | the tracer's `saferepr`            | speed.tracing.bounded_repr       | Celery's saferepr                          |
 | the API's `dispatch_async`         | speed.amqp_async (aiormq)        | Celery's apply_async, in a thread          |
@@ -31,11 +33,11 @@ from celery import Celery, signals
 from app.config import Settings
 from app.engine.guarantees import returns
 from app.engine.guarantees.consumer import CourierConsumer
-from app.engine.guarantees.results import CourierRedisBackend
+from app.engine.guarantees.results import CourierRedisBackend, CourierSentinelBackend
 from app.engine.guarantees.sending import CourierAMQP
 from app.engine.speed import amqp_transport, pool, tracing
 from app.engine.speed.consumer import FastConsumer
-from app.engine.speed.results import BatchingRedisBackend
+from app.engine.speed.results import BatchingRedisBackend, BatchingSentinelBackend
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class Engine:
     #: Courier's batching pool; None: Celery's own pool of the same kind (CELERY_WORKER_POOL).
     pool: type[Any] | None
     backend: type[CourierRedisBackend]
+    #: The same backend on the primary Redis Sentinel names (a `sentinel://` result backend).
+    sentinel_backend: type[CourierRedisBackend]
     amqp: type[CourierAMQP] = CourierAMQP
 
     @property
@@ -73,7 +77,10 @@ class Engine:
         return next(alias for alias, cls in TRANSPORTS.items() if cls is self.transport)
 
     def result_backend(self, url: str) -> str:
-        """The `result_backend` setting for `url`: redis:// and rediss:// go to this engine's backend class."""
+        """The `result_backend` setting for `url`: redis:// and rediss:// go to this engine's backend class,
+        sentinel:// to its Sentinel variant."""
+        if url.startswith("sentinel://"):
+            return f"{reference(self.sentinel_backend)}+{url}"
         if url.startswith(("redis://", "rediss://")):
             return f"{reference(self.backend)}+{url}"
         return url
@@ -99,6 +106,7 @@ def select(settings: Settings) -> Engine:
             consumer=FastConsumer,
             pool=pool.POOLS[settings.celery_worker_pool],
             backend=BatchingRedisBackend,
+            sentinel_backend=BatchingSentinelBackend,
         )
     return Engine(
         speed_patches=False,
@@ -106,6 +114,7 @@ def select(settings: Settings) -> Engine:
         consumer=CourierConsumer,
         pool=None,
         backend=CourierRedisBackend,
+        sentinel_backend=CourierSentinelBackend,
     )
 
 

@@ -42,7 +42,7 @@ from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed, broker_ou
 from app.errors import ServiceUnavailable, Unprocessable
 from app.logging import StateChangeLog
 from app.metrics import observe_publish
-from app.redis_store import async_client_options, get_redis
+from app.redis_store import async_client, get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +182,8 @@ def _publisher() -> AsyncPublisher:
 def _async_redis() -> aioredis.Redis:
     # A blocking pool: under a burst, requests wait briefly for a connection instead of failing. A command that
     # meets a dead pooled connection (Redis restarted) is retried on a fresh one (app/redis_store.py).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        get_settings().redis_dsn,
-        decode_responses=True,
-        max_connections=get_settings().publish_pool_size,
-        timeout=2.0,
-        **async_client_options(),
-    )
-    return aioredis.Redis(connection_pool=pool)
+    # Through Sentinel, the primary the Sentinels name (app/redis_store.py).
+    return async_client(get_settings().redis_dsn, max_connections=get_settings().publish_pool_size)
 
 
 class MetaWriter:

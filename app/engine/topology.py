@@ -27,7 +27,7 @@ from app.constants import (
     TIER_MAX_PRIORITY,
     Tier,
 )
-from app.rabbitmq import ManagementClient, ManagementError
+from app.rabbitmq import ManagementClient, ManagementError, broker_connection, connect_any
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def declare(settings: Settings, connection: Connection | None = None) -> None:
                 priority=POLICY_PRIORITY,
             )
     own = connection is None
-    conn = connection or Connection(settings.broker_url, connect_timeout=settings.publish_timeout_s)
+    conn = connection or connect_any(broker_connection(settings, connect_timeout=settings.publish_timeout_s), settings)
     try:
         channel = conn.default_channel
         for queue in queues(settings):

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
@@ -132,3 +132,8 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         if not get_settings().history_enabled:
             return None
         return journal.outcome(task_id=task_id, state=state, result=result, traceback=traceback, request=request)
+
+
+class CourierSentinelBackend(CourierRedisBackend, SentinelBackend):  # type: ignore[misc]
+    """CourierRedisBackend on the primary the Sentinels name (`sentinel://...;sentinel://...`, REDIS_SENTINELS):
+    Celery's SentinelBackend finds the primary, this class stores as CourierRedisBackend does."""

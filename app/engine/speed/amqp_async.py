@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
@@ -34,7 +36,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps
 from pamqp.commands import Basic
 
-from app.config import Settings, redact_url
+from app.config import FailoverStrategy, Settings, redact_url
 from app.constants import TASK_EXCHANGE
 from app.engine.speed.tracing import bounded_repr
 from app.logging import StateChangeLog
@@ -126,6 +128,7 @@ class AsyncPublisher:
         self._channels: list[AbstractChannel] = []
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
+        self._hosts = BrokerHosts(settings)
 
     async def connect(self) -> None:
         """Open the connection and its channels unless they are open (a publish opens them when needed)."""
@@ -163,9 +166,8 @@ class AsyncPublisher:
         return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def _open(self) -> None:
-        timeout = self.settings.publish_timeout_s
         try:
-            connection = await asyncio.wait_for(aiormq.connect(self.settings.broker_url), timeout)
+            connection = await self._hosts.connect(self.settings.publish_timeout_s)
             channels = [await self._new_channel(connection) for _ in range(self.channel_count)]
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
             # (Not logged here: the dispatch that asked reports it to `broker_outage`, once per outage.)
@@ -210,6 +212,60 @@ class AsyncPublisher:
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
         self._forget_connection()
+
+
+class BrokerHosts:
+    """The broker nodes the publisher connects to (Settings.broker_urls), tried in turn within one deadline.
+
+    A connection is opened to the node after the one that served last (that one has just gone away), and the
+    attempt moves on to the next node when one refuses or does not answer within its share of the time left, so a
+    dead node costs a dispatch a fraction of PUBLISH_TIMEOUT_S, not all of it. With BROKER_FAILOVER_STRATEGY
+    shuffle each process starts at a random node (publishers spread over the cluster); round-robin starts at the
+    first. aiormq takes one URL per connection (aio-pika#141), hence this loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.urls = settings.broker_urls
+        shuffled = settings.broker_failover_strategy is FailoverStrategy.shuffle
+        self._next = random.randrange(len(self.urls)) if shuffled else 0
+
+    async def connect(self, timeout: float) -> AbstractConnection:
+        """A connection to the first node that accepts one within `timeout` seconds in all.
+
+        Raises:
+            OSError, TimeoutError, aiormq.exceptions.AMQPError: the last node's error, when none accepted.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        error: BaseException = TimeoutError(f"no broker node answered within {timeout} s")
+        failed: list[str] = []
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._next + step) % count
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                connection = await asyncio.wait_for(aiormq.connect(self.urls[index]), remaining / (count - step))
+            except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
+                error = exc
+                failed.append(f"{_node(self.urls[index])} ({redact_url(repr(exc))})")
+                continue
+            if failed:  # (no node at all is broker_outage's to say, once per outage)
+                logger.warning(
+                    "The publisher connected to broker node %s; %s did not accept.",
+                    _node(self.urls[index]),
+                    ", ".join(failed),
+                )
+            self._next = (index + 1) % count  # if this one goes away, the next connection tries another first
+            return connection
+        raise error
+
+
+def _node(url: str) -> str:
+    """host:port of a broker URL (no credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5672}"
 
 
 @lru_cache

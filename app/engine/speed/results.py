@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import states
+from celery.backends.redis import SentinelBackend
 
 from app.engine.guarantees.results import CourierRedisBackend, Deferred
 from app.engine.speed.pool import HandOff
@@ -66,3 +67,7 @@ class BatchingRedisBackend(CourierRedisBackend):
     def _extended_with_utc(self) -> bool:
         """Whether results are extended and dated in UTC (Courier's settings; the fast meta assumes both)."""
         return bool(self.app.conf.result_extended) and str(self.app.timezone) == "UTC"
+
+
+class BatchingSentinelBackend(BatchingRedisBackend, SentinelBackend):  # type: ignore[misc]
+    """BatchingRedisBackend on the primary the Sentinels name (REDIS_SENTINELS)."""
