@@ -18,7 +18,9 @@ from pydantic import BaseModel
 from app.config import get_settings
 
 cli = typer.Typer(help="Courier operator commands.", no_args_is_help=True, add_completion=False)
-topology_cli = typer.Typer(help="RabbitMQ topology: declare or verify.", no_args_is_help=True)
+topology_cli = typer.Typer(
+    help="RabbitMQ topology: declare, verify, or migrate to another queue type.", no_args_is_help=True
+)
 cli.add_typer(topology_cli, name="topology")
 dead_cli = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 cli.add_typer(dead_cli, name="dead-letters")
@@ -149,9 +151,34 @@ def topology_declare() -> None:
     _err(f"Topology declared on vhost {settings.broker_vhost!r} ({settings.queue_type.value} queues).")
 
 
+@topology_cli.command("migrate")
+def topology_migrate() -> None:
+    """Rebuild queues whose type or priority differs from QUEUE_TYPE, keeping every message (stop workers first)."""
+    import amqp
+
+    from app.engine import migration, topology
+    from app.rabbitmq import ManagementError
+
+    settings = get_settings()
+    try:
+        done = migration.migrate(settings)
+    except (migration.MigrationRefused, ManagementError, amqp.exceptions.AMQPError, OSError, RuntimeError) as exc:
+        _err(f"Migration stopped, nothing lost (run it again to finish): {exc}")
+        raise typer.Exit(1) from None
+    for item in done:
+        _err(
+            f"- {item.name}: {item.before or 'classic'} -> {settings.queue_type.value}, {item.messages} message(s) kept"
+        )
+    problems = topology.verify(settings)
+    if problems:
+        _err("Migrated, but the topology still has problems:\n  - " + "\n  - ".join(problems))
+        raise typer.Exit(1)
+    _err(f"Topology on vhost {settings.broker_vhost!r} is {settings.queue_type.value}; {len(done)} queue(s) rebuilt.")
+
+
 @topology_cli.command("verify")
 def topology_verify() -> None:
-    """Exit 1 and list the problems when the dead-letter wiring is incomplete."""
+    """Exit 1 and list the problems: dead-letter wiring, and in quorum mode queue types and replicas."""
     from app.engine import topology
 
     problems = topology.verify(get_settings())

@@ -31,6 +31,11 @@ class ManagementError(RuntimeError):
         super().__init__(redact_url(message))
 
 
+#: Per list of management URLs, the node that answered last in this process: asked first by every client of
+#: that list, so a node that is down costs one failed attempt (and one log line) per process, not one per call.
+_ANSWERED_LAST: dict[tuple[str, ...], int] = {}
+
+
 def broker_connection(settings: Settings, **options: Any) -> Connection:
     """A kombu connection to the broker that fails over across every node (Settings.broker_url lists them with
     `;`), in BROKER_FAILOVER_STRATEGY's order. Open it with `connect_any`: kombu's own first connect tries only
@@ -85,7 +90,7 @@ class ManagementClient:
         self._https = [
             httpx.Client(base_url=f"{_without_login(url)}/api", auth=(user, password), timeout=timeout) for url in urls
         ]
-        self._first = 0  #: the node that answered last, asked first
+        self._nodes = tuple(str(http.base_url) for http in self._https)
 
     @classmethod
     def for_broker_user(cls, settings: Settings) -> ManagementClient:
@@ -113,8 +118,9 @@ class ManagementClient:
         """The first answer of a node that is up, trying each node once from the one that answered last."""
         failures = []
         count = len(self._https)
+        first = _ANSWERED_LAST.get(self._nodes, 0)
         for step in range(count):
-            index = (self._first + step) % count
+            index = (first + step) % count
             http = self._https[index]
             try:
                 response = http.request(method, path, json=json)
@@ -131,7 +137,7 @@ class ManagementClient:
                     http.base_url.host,
                     http.base_url.port,
                 )
-            self._first = index
+            _ANSWERED_LAST[self._nodes] = index
             return response
         raise ManagementError(f"RabbitMQ management API unreachable ({method} {path}): {'; '.join(failures)}")
 

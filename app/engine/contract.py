@@ -107,15 +107,23 @@ OVERRIDES: tuple[Override, ...] = (
     Override(
         "app.engine.guarantees.consumer:CourierConsumer",
         "guarantees",
-        "an undecodable body, or a task header without an id, is rejected to the dead-letter exchange",
+        "an undecodable body, or a task header without an id, is rejected to the dead-letter exchange; Celery's "
+        "native delayed delivery is left out (Courier retries through its own delay queues)",
         "stock Celery acks (drops) an undecodable body; a header without an id raises out of the consumer and "
-        "stops every worker that takes the message",
+        "stops every worker that takes the message; on quorum queues Celery declares 28 unused celery_delayed_* "
+        "queues and warns that a direct exchange cannot use them",
         (
             _s("celery", "celery.worker.consumer.consumer:Consumer", "class"),
             _s("celery", "celery.worker.consumer.consumer:Consumer.on_decode_error", "callable", "message", "exc"),
             _s("celery", "celery.worker.consumer.consumer:Consumer.create_task_handler", "callable", "promise"),
             _s("kombu", "kombu.message:Message.reject_log_error", "callable", "logger", "errors"),
             _s("kombu", "kombu.message:Message.acknowledged", "attribute"),
+            _s(
+                "celery",
+                "celery.worker.consumer.consumer:Consumer.Blueprint",
+                "class",
+                source="celery.worker.consumer.delayed_delivery:DelayedDelivery",
+            ),
         ),
     ),
     Override(

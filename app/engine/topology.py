@@ -1,8 +1,15 @@
 """RabbitMQ topology as data: exchanges, the high/medium/low work queues, the dead-letter exchange and queue.
 
-Only what RabbitMQ cannot set by policy is an x-argument (`x-max-priority`, `x-queue-type`); everything that is
-a *limit* (dead-letter exchange, TTL, max length, overflow, delivery limit) is a policy, so changing it in
-configuration and re-running `declare()` applies it to the live queues without PRECONDITION_FAILED.
+Only what RabbitMQ cannot set by policy is an x-argument (`x-max-priority`, `x-queue-type`, a quorum queue's
+replica count); everything that is a *limit* (dead-letter exchange, TTL, max length, overflow, delivery limit,
+dead-letter strategy) is a policy, so changing it in configuration and re-running `declare()` applies it to the
+live queues without PRECONDITION_FAILED. The delay queues are the exception: their name says their TTL and
+target, so those are declare-time arguments.
+
+QUEUE_TYPE=quorum makes every queue quorum with QUEUE_REPLICAS replicas: the work queues, the 39 delay queues
+and both dead-letter queues. A queue that dead-letters (work and delay queues) does it at least once
+(`dead-letter-strategy: at-least-once`, which RabbitMQ honours only with `overflow: reject-publish`): a message
+leaves its queue only when the target queue has confirmed it, so a node lost mid-way loses no dead letter.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from app.config import QueueType, Settings
+from app.config import QueueType, Settings, get_settings
 from app.constants import (
     DEAD_LETTER_ARCHIVE_QUEUE,
     DEAD_LETTER_EXCHANGE,
@@ -57,10 +64,16 @@ def dead_letter_exchange() -> Exchange:
     return Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True, delivery_mode="persistent")
 
 
+#: What a quorum queue that dead-letters needs to dead-letter at least once (RabbitMQ 3.10+).
+AT_LEAST_ONCE = {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+#: The declare-time arguments `argument_mismatches` compares: a live queue cannot change them.
+FIXED_ARGUMENTS = ("x-max-priority", "x-queue-type", "x-dead-letter-strategy", "x-overflow")
+
+
 def queue_arguments(settings: Settings, tier: Tier | None) -> dict[str, Any]:
     """The declare-time x-arguments of a queue: the only keys a policy cannot set."""
     if settings.queue_type is QueueType.quorum:
-        return {"x-queue-type": "quorum"}
+        return {"x-queue-type": "quorum", "x-quorum-initial-group-size": settings.queue_replicas}
     return {"x-max-priority": TIER_MAX_PRIORITY[tier]} if tier is not None else {}
 
 
@@ -107,11 +120,16 @@ def delay_bucket(delay_s: float) -> int:
     return fitting[-1] if fitting else DELAY_BUCKETS_S[0]
 
 
-def delay_queue(tier: Tier, seconds: int) -> Queue:
+def delay_queue(tier: Tier, seconds: int, settings: Settings | None = None) -> Queue:
     """A retry delay queue: messages wait `seconds`, then dead-letter back into the tier's queue.
 
-    Its TTL and target are declare-time arguments on purpose: the name says the delay, so they never change.
+    Its TTL and target are declare-time arguments on purpose: the name says the delay, so they never change. In
+    quorum mode it is replicated like the work queues, and dead-letters at least once.
     """
+    settings = settings or get_settings()
+    extra: dict[str, Any] = queue_arguments(settings, None)
+    if settings.queue_type is QueueType.quorum:
+        extra |= {f"x-{key}": value for key, value in AT_LEAST_ONCE.items()}
     return Queue(
         DELAY_QUEUE.format(tier=tier.value, seconds=seconds),
         Exchange(DELAY_EXCHANGE, type="direct", durable=True, delivery_mode="persistent"),
@@ -121,13 +139,14 @@ def delay_queue(tier: Tier, seconds: int) -> Queue:
             "x-message-ttl": seconds * 1000,
             "x-dead-letter-exchange": TASK_EXCHANGE,
             "x-dead-letter-routing-key": tier.value,
+            **extra,
         },
     )
 
 
 def queues(settings: Settings) -> list[Queue]:
     """Every queue Courier declares, work queues first."""
-    delays = [delay_queue(tier, seconds) for tier in Tier for seconds in DELAY_BUCKETS_S]
+    delays = [delay_queue(tier, seconds, settings) for tier in Tier for seconds in DELAY_BUCKETS_S]
     return [*work_queues(settings), dead_letter_queue(settings), dead_letter_archive_queue(settings), *delays]
 
 
@@ -138,7 +157,9 @@ def policies(settings: Settings) -> list[Policy]:
         # reject-publish nacks the publish, which the confirmed publisher turns into HTTP 503.
         work |= {"max-length": settings.work_queue_max_length, "overflow": "reject-publish"}
     if settings.queue_type is QueueType.quorum:
-        work["delivery-limit"] = settings.delivery_limit
+        # At-least-once dead-lettering (reject-publish is what makes RabbitMQ honour it: with drop-head it falls
+        # back to at-most-once); the delivery limit is a backstop behind Courier's start count (config.py).
+        work |= {**AT_LEAST_ONCE, "delivery-limit": settings.delivery_limit}
     tiers = "|".join(tier.value for tier in Tier)
     return [
         Policy(WORK_POLICY, f"^({tiers})$", work),
@@ -200,7 +221,7 @@ def argument_mismatches(settings: Settings) -> list[str]:
         if live is None:
             continue
         wanted: dict[str, Any] = getattr(queue, "queue_arguments", None) or {}
-        fixed_keys = ("x-max-priority", "x-queue-type")
+        fixed_keys = FIXED_ARGUMENTS
         have = {k: v for k, v in (live.get("arguments") or {}).items() if k in fixed_keys}
         want = {k: v for k, v in wanted.items() if k in fixed_keys}
         if have.get("x-queue-type", "classic") == "classic":
@@ -208,8 +229,8 @@ def argument_mismatches(settings: Settings) -> list[str]:
         if have != want:
             problems.append(
                 f"queue {queue.name!r} exists with {have or 'no type/priority arguments'} but the configuration "
-                f"asks for {want or 'none'}; drain it and delete it (rabbitmqctl delete_queue {queue.name}) "
-                "before declaring again: RabbitMQ cannot change a queue's type or max priority in place."
+                f"asks for {want or 'none'}; RabbitMQ cannot change a queue's type or max priority in place: "
+                "`python -m app.cli topology migrate` moves its messages to a queue of the new kind"
             )
     return problems
 
@@ -228,7 +249,9 @@ def effective_policy(live_policies: list[dict[str, Any]], queue_name: str) -> di
 
 
 def verify(settings: Settings) -> list[str]:
-    """Check the live topology: every work queue dead-letters into a bound dead-letter queue with limits.
+    """Check the live topology: every work queue dead-letters into a bound dead-letter queue with limits; in quorum
+    mode also every queue's type, replica count and replicas online, and at-least-once dead-lettering. Works with
+    a node down (the management client asks another node).
 
     Returns a list of problems, empty when all is well.
     """
@@ -244,9 +267,14 @@ def verify(settings: Settings) -> list[str]:
                 for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_ARCHIVE_QUEUE):
                     if name not in bound:
                         problems.append(f"{DEAD_LETTER_EXCHANGE!r} is not bound to queue {name!r}")
+            live_queues = {q["name"]: q for q in client.queues(vhost)}
             for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_ARCHIVE_QUEUE):
-                if client.queue(vhost, name) is None:
+                if name not in live_queues:
                     problems.append(f"queue {name!r} does not exist")
+            if settings.queue_type is QueueType.quorum:
+                node_count = len(client.nodes())
+                problems += argument_mismatches(settings)
+                problems += replica_problems(settings, live_queues, node_count)
     except ManagementError as exc:
         return [f"cannot read the topology through the management API: {exc}"]
     applied = effective_policy(live_policies, DEAD_LETTER_QUEUE)
@@ -258,9 +286,40 @@ def verify(settings: Settings) -> list[str]:
             )
     for tier in Tier:
         applied = effective_policy(live_policies, tier.value)
-        if applied is None or applied.get("definition", {}).get("dead-letter-exchange") != DEAD_LETTER_EXCHANGE:
+        definition = (applied or {}).get("definition", {})
+        if definition.get("dead-letter-exchange") != DEAD_LETTER_EXCHANGE:
             problems.append(
                 f"queue {tier.value!r} would not dead-letter into {DEAD_LETTER_EXCHANGE!r} "
                 f"(policy {WORK_POLICY!r} missing or overridden by {applied and applied.get('name')!r})"
+            )
+        elif settings.queue_type is QueueType.quorum and any(definition.get(k) != v for k, v in AT_LEAST_ONCE.items()):
+            problems.append(
+                f"queue {tier.value!r} dead-letters at most once (its policy lacks {AT_LEAST_ONCE}): a dead letter "
+                "can be lost when a node fails mid-way; run `python -m app.cli topology declare`"
+            )
+    return problems
+
+
+def replica_problems(settings: Settings, live_queues: dict[str, dict[str, Any]], node_count: int) -> list[str]:
+    """Quorum queues with fewer replicas than QUEUE_REPLICAS asks for (at most the cluster's nodes), or too few
+    online to take messages (no majority). A replica whose node is down still counts as a replica: the queue
+    works on while a majority is online, and the node catches up when it returns."""
+    wanted = min(settings.queue_replicas, max(node_count, 1))
+    problems = []
+    for queue in queues(settings):
+        live = live_queues.get(queue.name)
+        if live is None or live.get("type") != "quorum":
+            continue
+        members, online = live.get("members") or [], live.get("online") or []
+        if len(members) < wanted:
+            problems.append(
+                f"queue {queue.name!r} has {len(members)} replica(s) ({', '.join(members) or 'none'}), QUEUE_REPLICAS "
+                f"asks for {wanted}: add one on another node (rabbitmq-queues add_member {queue.name} <node>, or "
+                "rabbitmq-queues grow <node> all)"
+            )
+        elif members and len(online) <= len(members) // 2:
+            problems.append(
+                f"queue {queue.name!r} has {len(online)} of {len(members)} replicas online: no majority, it takes "
+                "no messages until another of its nodes returns"
             )
     return problems

@@ -3,6 +3,11 @@
 Stock Celery acks (drops) a body it cannot decode, and a `task` header without `id` raises KeyError out of
 the consumer, which stops the worker; the message is requeued and kills every worker that takes it. Here both
 are rejected without requeue, so they land in the dead-letter queue as `malformed` and the worker goes on.
+
+Its blueprint leaves out Celery's native delayed delivery (`DelayedDelivery`, which Celery 5.5+ starts when it
+sees quorum queues): it declares 28 `celery_delayed_*` queues and binds every queue to their exchanges, and
+warns three times that it cannot work with a direct exchange. Courier's retries wait in its own delay queues
+(app/engine/topology.py), so that step is only dead weight on a cluster.
 """
 
 from __future__ import annotations
@@ -17,8 +22,17 @@ from kombu.message import Message
 logger = logging.getLogger(__name__)
 
 
+#: Celery's consumer step that Courier leaves out (native delayed delivery; see above).
+DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
+
+
 class CourierConsumer(Consumer):  # type: ignore[misc]
     """The worker's consumer in both engine modes; app/engine/install.py selects it (`worker_consumer`)."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps without native delayed delivery."""
+
+        default_steps = [step for step in Consumer.Blueprint.default_steps if step != DELAYED_DELIVERY_STEP]
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         """Dead-letter a message whose body cannot be decoded (Celery would ack and drop it)."""
