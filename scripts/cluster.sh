@@ -186,7 +186,12 @@ launch_node() {
     write_node_files "$n"
     rm -f "$dir/pid"
     log "Starting RabbitMQ node $(node_name "$n") on 127.0.0.1:$(var AMQP_PORT "$n") (management :$(var MGMT_PORT "$n"))."
-    (node_env "$n" && setsid nohup "$RABBITMQ_BIN/rabbitmq-server" >"$dir/log/startup.log" 2>&1 </dev/null &)
+    # The whole subshell's output goes to the log: a subshell left holding our stdout would keep a caller that
+    # reads it (a pipe) waiting for as long as the node runs.
+    (
+        node_env "$n"
+        exec setsid nohup "$RABBITMQ_BIN/rabbitmq-server"
+    ) >"$dir/log/startup.log" 2>&1 </dev/null &
 }
 
 await_node() {

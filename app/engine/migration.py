@@ -205,7 +205,7 @@ def _quorum(queue: Queue) -> bool:
 
 
 def _is_classic(name: str, live: dict[str, dict[str, Any]]) -> bool:
-    return live.get(name, {}).get("type", "classic") == "classic"
+    return bool(live.get(name, {}).get("type", "classic") == "classic")
 
 
 def _reopen(channel: amqp.Channel) -> amqp.Channel:

@@ -205,7 +205,20 @@ class AsyncPublisher:
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError, asyncio.CancelledError) as exc:
             # RuntimeError covers aiormq's ChannelInvalidStateError (a channel closed under the publish).
             _abandon(channel, message.properties.message_id or task_id)
+            if isinstance(exc, aiormq.exceptions.DeliveryError):
+                self._replace(channel)
             raise PublishFailed(f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}") from exc
+
+    def _replace(self, channel: AbstractChannel) -> None:
+        """Close a channel whose publish the broker nacked, so its next use opens a fresh one.
+
+        On a cluster, a channel opened while a quorum queue's leader was being re-elected can go on being nacked
+        by that queue after a new leader took over (RabbitMQ 3.10, seen in tests/cluster); a fresh channel is
+        not. A nack for a full queue (reject-publish) only costs a channel reopen.
+        """
+        if not channel.is_closed:
+            closing = asyncio.ensure_future(channel.close())
+            closing.add_done_callback(_retrieve)
 
     async def close(self) -> None:
         """Close the connection (on API shutdown)."""
