@@ -33,7 +33,13 @@ class Stack:
     """The API and two medium-tier workers on the cluster."""
 
     def __init__(self, cluster: Cluster) -> None:
-        self.api = ApiProcess(cluster.env, log_path=VAR_DIR / "cluster-api.log")
+        # The API's publisher connects to the node that leads the work queue first (round-robin from it), so
+        # killing that node also takes the publisher's connection: the publisher has to fail over too.
+        self.leader = cluster.leader_of("medium")
+        hosts = cluster.settings["RABBITMQ_HOSTS"].split(",")
+        ordered = hosts[self.leader - 1 :] + hosts[: self.leader - 1]
+        api_env = {**cluster.env, "RABBITMQ_HOSTS": ",".join(ordered), "BROKER_FAILOVER_STRATEGY": "round-robin"}
+        self.api = ApiProcess(api_env, log_path=VAR_DIR / "cluster-api.log")
         self.workers = [
             spawn_worker(f"cluster-medium-{n}", "medium", 2, {**cluster.env, "CELERY_WORKER_POOL": "prefork"})
             for n in (1, 2)
@@ -77,6 +83,16 @@ def stack(cluster: Cluster) -> Iterator[Stack]:
         running.stop()
 
 
+def publisher_nodes(cluster: Cluster) -> set[int]:
+    """The nodes (1-3) that hold the API publisher's connections (aiormq's, as the management API lists them)."""
+    connections = cluster.management("/connections")
+    return {
+        int(c["node"].split("@")[0].rsplit("-", 1)[1])
+        for c in connections
+        if "aiormq" in str(c.get("client_properties", {}).get("product", "")).lower()
+    }
+
+
 def report(request: pytest.FixtureRequest, what: str, outcome: Outcome, states: dict[str, str]) -> None:
     """The run's figures on the terminal (the closing note quotes them) and in the JUnit properties."""
     succeeded = sum(1 for state in states.values() if state == "SUCCESS")
@@ -111,8 +127,10 @@ def test_killing_the_node_that_leads_the_work_queue_loses_no_accepted_task(reque
     # Given clients dispatching steadily through the API to the medium tier's quorum queue
     with Load(stack.api.base, stack.headers) as load:
         join(lambda: load.accepted() >= BEFORE, timeout=90, what="the first dispatches")
-        # When the node that leads the queue is killed with SIGKILL
+        # When the node that leads the queue (and holds the API's publishing connection) is killed with SIGKILL
         leader = cluster.leader_of("medium")
+        assert leader == stack.leader
+        join(lambda: publisher_nodes(cluster) == {leader}, timeout=30, what="the publisher's connection listed")
         cluster.kill_node(leader)
         killed_at = load.accepted()
         join(lambda: load.accepted() >= killed_at + DURING, timeout=120, what="dispatches to go on after the kill")
@@ -134,6 +152,8 @@ def test_killing_the_node_that_leads_the_work_queue_loses_no_accepted_task(reque
     )
     assert all(worker.process.poll() is None for worker in stack.workers)
     assert cluster.courier("topology", "verify").returncode == 0
+    # And the API's publisher moved to another node
+    join(lambda: publisher_nodes(cluster) - {leader}, timeout=30, what="the API's publisher on a surviving node")
     # And no log line of the API or the workers carries a password while failing over
     assert_no_password(stack.logs())
 
