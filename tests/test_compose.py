@@ -65,6 +65,13 @@ NOT_FORWARDED = {
 NOT_FORWARDED_BY_FILE = {
     DEV: {
         "CELERY_BROKER_URL": "the broker URL is built from RABBITMQ_* to the rabbitmq service",
+        "RABBITMQ_HOSTS": "the dev broker is one node",
+        "RABBITMQ_MANAGEMENT_URLS": "the dev broker is one node",
+        "BROKER_FAILOVER_STRATEGY": "the dev broker is one node",
+        "QUEUE_REPLICAS": "the dev broker is one node",
+        "REDIS_SENTINELS": "the dev Redis is one server, without Sentinel",
+        "REDIS_SENTINEL_MASTER": "the dev Redis is one server, without Sentinel",
+        "REDIS_SENTINEL_PASSWORD": "the dev Redis is one server, without Sentinel",
         "REDIS_URL": "the dev Redis serves both results and Courier's keys",
         "REDIS_PASSWORD": "the dev Redis has no password",
     },
@@ -291,6 +298,26 @@ def test_the_prod_broker_is_a_three_node_cluster_sharing_one_cookie() -> None:
     assert {name for name, condition in depends_on(services["migrate"]).items() if name in nodes} == set(nodes)
 
 
+def test_every_prod_client_is_given_every_broker_node_and_every_sentinel() -> None:
+    # Given the production services and the settings every Courier container gets (defaults applied)
+    services = load(PROD)["services"]
+    for name in courier_services(PROD):
+        env = {key: interpolate(str(value)) for key, value in services[name]["environment"].items()}
+        # Then the broker hosts and management URLs name each RabbitMQ node, and the queues are quorum, replicated
+        nodes = {node for node in services if node.startswith("rabbitmq-")}
+        assert {host.split(":")[0] for host in env["RABBITMQ_HOSTS"].split(",")} == nodes, name
+        assert {urlsplit(url).hostname for url in env["RABBITMQ_MANAGEMENT_URLS"].split(",")} == nodes, name
+        assert env["QUEUE_TYPE"] == "quorum" and int(env["QUEUE_REPLICAS"]) == len(nodes), name
+        # And Redis is reached through every Sentinel of the file, never a server directly
+        sentinels = {s for s, service in services.items() if "--sentinel" in str(service.get("command", ""))}
+        assert len(sentinels) == 3
+        assert {address.split(":")[0] for address in env["REDIS_SENTINELS"].split(",")} == sentinels, name
+    # And the Sentinels watch the first Redis as primary with a quorum of two, its replica following it
+    sentinel_script = str(services["sentinel-1"]["command"])
+    assert "sentinel monitor $$REDIS_SENTINEL_MASTER redis-1 6379 2" in sentinel_script
+    assert "--replicaof redis-1 6379" in str(services["redis-2"]["command"])
+
+
 @pytest.mark.parametrize("compose_file", COMPOSE_FILES)
 def test_every_service_has_a_healthcheck_or_is_a_one_shot_that_others_wait_for(compose_file: str) -> None:
     # Given every service of the file
@@ -389,8 +416,11 @@ def test_every_redis_keeps_an_append_only_file_fsynced_every_second_on_a_volume(
     # Given the Redis servers of the file (the image, or a command that runs redis-server)
     services = load(compose_file)["services"]
     servers = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("redis")}
-    assert servers
+    sentinels = {name for name, s in servers.items() if "--sentinel" in str(s["command"])}
+    assert set(servers) - sentinels
     for name, service in servers.items():
+        if name in sentinels:  # a Sentinel keeps no data, only its configuration
+            continue
         # Then each runs with the append-only file on and fsync every second (what Courier checks at start-up;
         # RDB snapshots alone lose what was accepted since the last one), and keeps /data on a named volume
         argv = [arg for command in commands(service["command"]) for arg in command]
