@@ -82,6 +82,7 @@ def test_the_scripts_are_shellcheck_clean() -> None:
         SCRIPT.parent / "test.sh",
         SCRIPT.parent / "lint.sh",
         SCRIPT.parent / "bench.sh",
+        SCRIPT.parent / "cluster.sh",
         SCRIPT.parents[1] / ".ci" / "run",
     ]
     # When it checks the scripts (following the test script's `source` of the start script)
