@@ -94,7 +94,7 @@ def test_a_queue_declared_with_another_type_is_reported_clearly_instead_of_crash
     # Then declare refuses with a message naming each queue and the way out
     with pytest.raises(topology.TopologyError) as raised:
         topology.declare(quorum)
-    assert len(raised.value.problems) == 5  # three work queues and both dead-letter queues
+    assert len(raised.value.problems) == 44  # three work queues, both dead-letter queues and 39 delay queues
     assert "cannot change a queue's type or max priority" in str(raised.value)
 
 
@@ -103,15 +103,22 @@ def test_quorum_queues_carry_their_type_and_a_delivery_limit_instead_of_prioriti
     settings = Settings(_env_file=None, queue_type=QueueType.quorum, delivery_limit=4)
     # Then the queues are quorum without priorities, and the work policy bounds deliveries
     replicated = {q.name: q.queue_arguments for q in topology.queues(settings) if not q.name.startswith("delay.")}
-    assert replicated == {
-        "high": {"x-queue-type": "quorum"},
-        "medium": {"x-queue-type": "quorum"},
-        "low": {"x-queue-type": "quorum"},
-        "dead_letter": {"x-queue-type": "quorum"},
-        "dead_letter.archive": {"x-queue-type": "quorum"},
-    }
+    quorum = {"x-queue-type": "quorum", "x-quorum-initial-group-size": 3}
+    assert replicated == dict.fromkeys(("high", "medium", "low", "dead_letter", "dead_letter.archive"), quorum)
+    # And the work policy bounds deliveries and dead-letters at least once (which needs reject-publish)
     work = next(p for p in topology.policies(settings) if p.name == topology.WORK_POLICY)
-    assert work.definition == {"dead-letter-exchange": DEAD_LETTER_EXCHANGE, "delivery-limit": 4}
+    assert work.definition == {
+        "dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "delivery-limit": 4,
+        "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish",
+    }
+    # And every delay queue is quorum too, dead-lettering back to its tier at least once
+    for queue in topology.queues(settings):
+        if queue.name.startswith("delay."):
+            assert queue.queue_arguments["x-queue-type"] == "quorum"
+            assert queue.queue_arguments["x-dead-letter-strategy"] == "at-least-once"
+            assert queue.queue_arguments["x-overflow"] == "reject-publish"
 
 
 def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
@@ -133,7 +140,10 @@ def test_quorum_topology_declares_and_verifies_on_a_fresh_vhost():
             topology.declare(quorum)
             # Then it verifies, and the queues are quorum queues
             assert topology.verify(quorum) == []
-            assert admin.queue(vhost, "high")["arguments"] == {"x-queue-type": "quorum"}
+            assert admin.queue(vhost, "high")["arguments"] == {
+                "x-queue-type": "quorum",
+                "x-quorum-initial-group-size": 3,
+            }
         finally:
             admin.delete_vhost(vhost)
 

@@ -129,6 +129,8 @@ class AsyncPublisher:
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
         self._hosts = BrokerHosts(settings)
+        #: Channels (by index) the broker nacked a publish on: replaced on their next use (`_replace`).
+        self._stale: set[int] = set()
 
     async def connect(self) -> None:
         """Open the connection and its channels unless they are open (a publish opens them when needed)."""
@@ -144,14 +146,19 @@ class AsyncPublisher:
                 self._forget_connection()
                 await self._open()
             elif not self._usable(index):
-                _settle([self._channels[index]])
+                old = self._channels[index]
+                _settle([old])
                 self._channels[index] = await self._new_channel(self._connection)
+                self._stale.discard(index)
+                if not old.is_closed:  # a nacked channel, still open
+                    asyncio.ensure_future(old.close()).add_done_callback(_retrieve)
             return self._channels[index]
 
     def _forget_connection(self) -> None:
         """Drop a closed connection and its channels (their orphaned confirmations read when they end)."""
         _settle(self._channels)
         self._connection, self._channels = None, []
+        self._stale.clear()
 
     def _usable(self, index: int) -> bool:
         return (
@@ -159,6 +166,7 @@ class AsyncPublisher:
             and not self._connection.is_closed
             and index < len(self._channels)
             and not self._channels[index].is_closed
+            and index not in self._stale
         )
 
     async def _new_channel(self, connection: AbstractConnection) -> AbstractChannel:
@@ -205,20 +213,18 @@ class AsyncPublisher:
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError, asyncio.CancelledError) as exc:
             # RuntimeError covers aiormq's ChannelInvalidStateError (a channel closed under the publish).
             _abandon(channel, message.properties.message_id or task_id)
-            if isinstance(exc, aiormq.exceptions.DeliveryError):
-                self._replace(channel)
+            if isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(exc, aiormq.exceptions.PublishError):
+                self._replace(channel)  # a nack (PublishError is a returned, unroutable message: the channel is fine)
             raise PublishFailed(f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}") from exc
 
     def _replace(self, channel: AbstractChannel) -> None:
-        """Close a channel whose publish the broker nacked, so its next use opens a fresh one.
+        """Mark a channel whose publish the broker nacked, so its next use opens a fresh one (and closes it).
 
         On a cluster, a channel opened while a quorum queue's leader was being re-elected can go on being nacked
         by that queue after a new leader took over (RabbitMQ 3.10, seen in tests/cluster); a fresh channel is
         not. A nack for a full queue (reject-publish) only costs a channel reopen.
         """
-        if not channel.is_closed:
-            closing = asyncio.ensure_future(channel.close())
-            closing.add_done_callback(_retrieve)
+        self._stale.update(index for index, held in enumerate(self._channels) if held is channel)
 
     async def close(self) -> None:
         """Close the connection (on API shutdown)."""
