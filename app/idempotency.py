@@ -23,6 +23,10 @@ from app.errors import Conflict, ServiceUnavailable, Unprocessable
 from app.redis_store import get_redis
 
 _PENDING = "pending"
+#: How long a claim lives before its answer is stored: far above the longest action (SQL writes and a confirmed
+#: publish, each bounded by its timeout), far below IDEMPOTENCY_TTL_S. A claim whose release failed (Redis lost
+#: mid-request, as in a Sentinel failover) then blocks retries with its key for minutes, not for a day.
+PENDING_CLAIM_TTL_S = 300
 _STORE_DOWN = "The idempotency store (Redis) is unreachable; nothing was done."
 
 
@@ -41,7 +45,7 @@ def begin(*, owner: str, key: str, digest: str) -> dict[str, Any] | None:
     """
     redis_key = IDEMPOTENCY_KEY.format(owner=owner, key=key)
     claim = json.dumps({"fingerprint": digest, "status": _PENDING})
-    if get_redis().set(redis_key, claim, nx=True, ex=get_settings().idempotency_ttl_s):
+    if get_redis().set(redis_key, claim, nx=True, ex=min(PENDING_CLAIM_TTL_S, get_settings().idempotency_ttl_s)):
         return None
     stored = json.loads(get_redis().get(redis_key) or claim)
     if stored.get("fingerprint") != digest:

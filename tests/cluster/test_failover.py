@@ -103,8 +103,8 @@ def report(request: pytest.FixtureRequest, what: str, outcome: Outcome, states: 
     lost = len(outcome.accepted) - succeeded - dead
     line = (
         f"{what}: accepted {len(outcome.accepted)}, succeeded {succeeded}, dead-lettered {dead}, lost {lost}; "
-        f"503s {outcome.unavailable}, other 5xx {len(outcome.server_errors)}, dropped connections "
-        f"{outcome.transport_errors}; longest dispatch {outcome.longest_s:.2f} s"
+        f"503s {outcome.unavailable}, 409s {outcome.conflicts}, other 5xx {len(outcome.server_errors)}, "
+        f"dropped connections {outcome.transport_errors}; longest dispatch {outcome.longest_s:.2f} s"
     )
     request.node.user_properties.append(("failover", line))
     with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():

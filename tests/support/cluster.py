@@ -159,11 +159,13 @@ class Cluster:
 
 @dataclass
 class Outcome:
-    """What the load got: task ids accepted (202), 503 answers, other answers >= 500, the longest dispatch
+    """What the load got: task ids accepted (202), 503 answers, 409s (a retry while the key's earlier try still
+    held its claim), other answers >= 500, the longest dispatch
     (first try to 202, retries included) and when it started, and transport errors."""
 
     accepted: list[str] = field(default_factory=list)
     unavailable: int = 0
+    conflicts: int = 0
     server_errors: list[str] = field(default_factory=list)
     longest_s: float = 0.0
     transport_errors: int = 0
@@ -222,6 +224,8 @@ class Load:
                     return
                 if response.status_code == 503:
                     self.outcome.unavailable += 1
+                elif response.status_code == 409:  # the same key's earlier try still holds its claim: retry
+                    self.outcome.conflicts += 1
                 elif response.status_code >= 500:
                     self.outcome.server_errors.append(f"{response.status_code} {response.text[:200]}")
                 else:
