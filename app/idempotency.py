@@ -25,8 +25,8 @@ from app.redis_store import get_redis
 _PENDING = "pending"
 #: How long a claim lives before its answer is stored: far above the longest action (SQL writes and a confirmed
 #: publish, each bounded by its timeout), far below IDEMPOTENCY_TTL_S. A claim whose release failed (Redis lost
-#: mid-request, as in a Sentinel failover) then blocks retries with its key for minutes, not for a day.
-PENDING_CLAIM_TTL_S = 300
+#: mid-request, as in a Sentinel failover) then blocks retries with its key for a minute, not for a day.
+PENDING_CLAIM_TTL_S = 60
 _STORE_DOWN = "The idempotency store (Redis) is unreachable; nothing was done."
 
 

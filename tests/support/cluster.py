@@ -205,8 +205,9 @@ class Load:
                 self._dispatch_one(client)
 
     def _dispatch_one(self, client: httpx.Client) -> None:
-        """One dispatch with its own Idempotency-Key, retried on 503 (and on a dropped connection) until a 202;
-        a dispatch that started is always finished, so every accepted task is counted."""
+        """One dispatch with its own Idempotency-Key, retried on 503 or 409 (and on a dropped connection) until a
+        202. Once the load stops, a dispatch the API refused is given up (it was not accepted); one whose answer
+        was lost with its connection is retried to its end, so every accepted task is counted."""
         headers = {**self.headers, "Idempotency-Key": uuid.uuid4().hex}
         began = time.monotonic()
         while True:
@@ -230,6 +231,8 @@ class Load:
                     self.outcome.server_errors.append(f"{response.status_code} {response.text[:200]}")
                 else:
                     raise AssertionError(f"unexpected answer {response.status_code}: {response.text[:300]}")
+            if self._stop.is_set():  # refused, so not accepted: the load is over, give this dispatch up
+                return
             time.sleep(0.1)
 
 
