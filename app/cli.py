@@ -45,7 +45,9 @@ def _err(message: str) -> None:
 @cli.command("create-api-key")
 def create_api_key(
     name: Annotated[str, typer.Option(help="A unique name; it is recorded as 'who triggered' each run.")],
-    role: Annotated[str, typer.Option(help="admin or client")] = "client",
+    role: Annotated[
+        str, typer.Option(help="client, admin or viewer (reads what an admin reads, changes nothing)")
+    ] = "client",
 ) -> None:
     """Create an API key and print it alone on stdout, once; only its hash is stored."""
     from app.access import service
@@ -56,7 +58,7 @@ def create_api_key(
     try:
         parsed = Role(role)
     except ValueError:
-        _err(f"Unknown role {role!r}: use admin or client.")
+        _err(f"Unknown role {role!r}: use client, admin or viewer.")
         raise typer.Exit(2) from None
     try:
         with session_scope() as session:

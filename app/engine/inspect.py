@@ -4,15 +4,21 @@ are the domains' (app/runs/status.py, app/operations/service.py); this module is
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from kombu.connection import Connection
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import DELAY_BUCKETS_S, TaskState, Tier
+from app.constants import DELAY_BUCKETS_S, TERMINAL_STATES, TaskState, Tier
+from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import topology
 from app.engine.celery_app import celery_app
@@ -41,6 +47,42 @@ def task_status(*, session: Session, task_id: str) -> TaskRead | None:
     if found is not None and found.state == TaskState.DEAD_LETTERED:
         found = found.model_copy(update={"dead_letter": deadletters.link_for_task(session=session, task_id=task_id)})
     return found
+
+
+#: Seconds of silence after which a live-progress stream sends a comment line.
+KEEPALIVE_S = 15.0
+
+
+async def status_events(
+    first: TaskRead, *, is_disconnected: Callable[[], Awaitable[bool]], settings: Settings
+) -> AsyncIterator[str]:
+    """Server-Sent Events of one task (the API's stream and the console's run page): poll its state (Redis, then
+    SQL) and send a `state` event when it or its progress changed, then `end` once it finished; stop when the
+    client leaves or after EVENTS_MAX_DURATION_S."""
+    deadline = time.monotonic() + settings.events_max_duration_s
+    current: TaskRead | None = first
+    last: tuple[object, ...] | None = None
+    sent = time.monotonic()
+    while current is not None:
+        seen = (current.state, current.progress)
+        if seen != last:
+            last, sent = seen, time.monotonic()
+            yield f"event: state\ndata: {current.model_dump_json()}\n\n"
+        elif time.monotonic() - sent > KEEPALIVE_S:
+            sent = time.monotonic()
+            yield ": keep-alive\n\n"  # a comment line: proxies keep an idle stream open
+        if current.state in TERMINAL_STATES:
+            yield f"event: end\ndata: {json.dumps({'task_id': current.task_id, 'state': current.state})}\n\n"
+            return
+        if time.monotonic() > deadline or await is_disconnected():
+            return
+        await asyncio.sleep(settings.events_poll_interval_s)
+        current = await run_in_threadpool(_read_status, current.task_id)
+
+
+def _read_status(task_id: str) -> TaskRead | None:
+    with session_scope() as session:
+        return task_status(session=session, task_id=task_id)
 
 
 def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
