@@ -199,7 +199,7 @@ def dead_list(
     from app.db import session_scope
     from app.deadletters import service
     from app.deadletters.models import Reason, Status
-    from app.deadletters.schemas import DeadLetterSummary
+    from app.deadletters.schemas import DeadLetterGroup, DeadLetterSummary
 
     filters = service.DeadLetterFilter(
         task_name=task, reason=Reason(reason) if reason else None, status=None if status == "all" else Status(status)
@@ -208,8 +208,9 @@ def dead_list(
         items, total, groups = service.list_letters(session=session, filters=filters, limit=limit, offset=0)
         rows = [DeadLetterSummary.model_validate(i) for i in items]
     if as_json:
+        shaped = [DeadLetterGroup(**g).model_dump(mode="json") for g in groups]
         typer.echo(
-            json.dumps({"total": total, "items": [r.model_dump(mode="json") for r in rows], "groups": groups}, indent=2)
+            json.dumps({"total": total, "items": [r.model_dump(mode="json") for r in rows], "groups": shaped}, indent=2)
         )
         return
     table = Table(title=f"Dead letters ({total} {status})")

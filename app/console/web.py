@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import Depends, Request
@@ -80,6 +80,7 @@ def _pretty(value: Any) -> str:
 
 _environment.filters.update(when=_when, ago=_ago, pretty=_pretty, urlquote=lambda v: quote(str(v), safe=""))
 _environment.globals.update(
+    query=lambda values, **changes: urlencode({k: v for k, v in {**values, **changes}.items() if v not in (None, "")}),
     prefix=PREFIX,
     static=STATIC_URL,
     htmx_js=web_assets.HTMX.url("htmx.min.js"),

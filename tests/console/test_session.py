@@ -3,34 +3,12 @@ sign-out, and the viewer role on the REST API. The real app in-process, against 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
 from tests.support.api import auth, make_key
-
-LOGIN_TOKEN = re.compile(r'name="login_token" value="([^"]+)"')
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def sign_in(api: Any, key: tuple[str, str], next_url: str = "/console/") -> Any:
-    """Open the sign-in form and send it with `key`; the answer (not followed)."""
-    form = api.get("/console/login")
-    token = LOGIN_TOKEN.search(form.text)
-    assert token is not None, form.text
-    return api.post(
-        "/console/login",
-        data={"api_key": key[1], "login_token": token.group(1), "next": next_url},
-        follow_redirects=False,
-    )
-
-
-def csrf_of(api: Any) -> str:
-    page = api.get("/console/")
-    found = CSRF.search(page.text)
-    assert found is not None, page.text
-    return found.group(1)
+from tests.support.console import csrf_of, sign_in
 
 
 @pytest.mark.parametrize("role", ["admin", "viewer"])

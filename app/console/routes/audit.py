@@ -42,7 +42,6 @@ def list_audit(request: Request, session: SessionDep, user: UserDep) -> HTMLResp
             "values": values,
             "offset": start,
             "page_size": filters.PAGE_SIZE,
-            "query": filters.query,
         },
     )
 

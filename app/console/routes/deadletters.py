@@ -45,7 +45,6 @@ def list_dead_letters(request: Request, session: SessionDep, user: UserDep) -> H
             "values": values,
             "offset": start,
             "page_size": filters.PAGE_SIZE,
-            "query": filters.query,
             "reasons": [r.value for r in Reason],
             "statuses": [s.value for s in Status],
         },

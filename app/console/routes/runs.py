@@ -46,7 +46,6 @@ def list_runs(request: Request, session: SessionDep, user: UserDep) -> Response:
             "values": filters.form_values(params, filters.RUN_FIELDS),
             "offset": start,
             "page_size": filters.PAGE_SIZE,
-            "query": filters.query,
             "states": [s.value for s in TaskState],
         },
     )

@@ -1,0 +1,80 @@
+"""Every console page answers for an admin and a viewer, with the right controls, against the real services;
+the replay form's JSON check on the server. No browser: the browser flows are in tests/browser/test_console.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.db import session_scope
+from app.deadletters import service as store
+from tests.support.api import make_key
+from tests.support.console import arrival, csrf_of, sign_in
+
+
+@pytest.fixture
+def letter_id() -> int:
+    """A pending dead letter of the probe task."""
+    with session_scope() as session:
+        letter = store.record(session=session, arrival=arrival(error="PermanentError: boom"))
+        assert letter is not None
+        return letter.id
+
+
+@pytest.mark.parametrize("role", ["admin", "viewer"])
+def test_every_page_opens_and_only_an_admin_sees_actions(api: Any, letter_id: int, role: str) -> None:
+    assert sign_in(api, make_key(role)).status_code == 303
+    with session_scope() as session:
+        task_id = store.get(session=session, letter_id=letter_id).task_id
+    pages = {
+        "/console/": "Overview",
+        "/console/overview/live": "Queues",
+        "/console/dead-letters": "Groups",
+        f"/console/dead-letters/{letter_id}": "PermanentError: boom",
+        "/console/dead-letters/bulk/replay?task_name=system.ping": "Dry run",
+        "/console/dead-letters/bulk/purge?task_name=system.ping": "Dry run",
+        "/console/runs": "Runs",
+        f"/console/runs/{task_id}": task_id,
+        "/console/queues": "Queues",
+        "/console/audit": "Audit trail",
+        "/console/audit/verification": "Chain",
+    }
+    for path, text in pages.items():
+        page = api.get(path, follow_redirects=False)
+        assert page.status_code == 200, (path, page.text[:500])
+        assert text in page.text, path
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        has_action = 'method="post" action="/console/dead-letters' in page.text or "/pause" in page.text
+        if role == "viewer":
+            assert not has_action, path
+    series = api.get("/console/overview/series.json").json()
+    assert len(series["t"]) == 60 and set(series) == {"t", "accepted", "finished", "failed", "in_flight"}
+
+
+def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api: Any, letter_id: int) -> None:
+    assert sign_in(api, make_key("admin")).status_code == 303
+    token = csrf_of(api)
+    for text, message in (("{oops", "not valid JSON"), ("[1]", "must be a JSON object")):
+        answer = api.post(
+            f"/console/dead-letters/{letter_id}/replay", data={"csrf_token": token, "why": "w", "kwargs": text}
+        )
+        assert answer.status_code == 422 and message in answer.text
+    with session_scope() as session:
+        assert store.get(session=session, letter_id=letter_id).status == "pending"
+
+
+def test_discard_needs_a_reason_and_records_it(api: Any, letter_id: int) -> None:
+    admin = make_key("admin")
+    assert sign_in(api, admin).status_code == 303
+    token = csrf_of(api)
+    assert api.post(f"/console/dead-letters/{letter_id}/discard", data={"csrf_token": token}).status_code == 422
+    answer = api.post(
+        f"/console/dead-letters/{letter_id}/discard",
+        data={"csrf_token": token, "why": "duplicate of #1"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    with session_scope() as session:
+        letter = store.get(session=session, letter_id=letter_id)
+        assert (letter.status, letter.resolved_by, letter.resolution_note) == ("discarded", admin[0], "duplicate of #1")
