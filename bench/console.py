@@ -17,6 +17,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import psycopg
@@ -135,7 +136,16 @@ def seed(dsn: str, runs: int, letters: int) -> dict[str, Any]:
         cursor.execute("ANALYZE dead_letters")
         cursor.execute("ANALYZE task_attempts")
         letter_id = cursor.execute("SELECT max(id) FROM dead_letters").fetchone()
-    return {"task_id": dead_ids[0][0] if dead_ids else None, "letter_id": letter_id[0] if letter_id else None}
+        deep = cursor.execute(
+            "SELECT created_at, task_id FROM task_runs ORDER BY created_at DESC, task_id OFFSET %s LIMIT 1",
+            (runs // 2,),
+        ).fetchone()
+    return {
+        "task_id": dead_ids[0][0] if dead_ids else None,
+        "letter_id": letter_id[0] if letter_id else None,
+        # The "Older" link of the page half-way down the history (the console pages runs by keyset).
+        "deep_after": f"{deep[0].isoformat()}~{deep[1]}" if deep else "",
+    }
 
 
 def sign_in(client: httpx.Client, key: str) -> None:
@@ -163,7 +173,7 @@ def pages(sample: dict[str, Any], runs: int) -> dict[str, str]:
         "runs": "/console/runs",
         "runs: state SUCCESS": "/console/runs?state=SUCCESS",
         "runs: task and caller": "/console/runs?name=system.ping&triggered_by=billing",
-        "runs: deep page": f"/console/runs?offset={max(0, runs // 2)}",
+        "runs: page 1,000 (Older link)": f"/console/runs?{urlencode({'after': sample['deep_after'], 'at': runs // 2})}",
         "run": f"/console/runs/{sample['task_id']}",
         "queues & workers": "/console/queues",
         "audit trail": "/console/audit",

@@ -78,3 +78,45 @@ def test_discard_needs_a_reason_and_records_it(api: Any, letter_id: int) -> None
     with session_scope() as session:
         letter = store.get(session=session, letter_id=letter_id)
         assert (letter.status, letter.resolved_by, letter.resolution_note) == ("discarded", admin[0], "duplicate of #1")
+
+
+def test_the_runs_list_pages_by_keyset_without_losing_or_repeating_a_run(api: Any) -> None:
+    import re
+    import uuid
+    from datetime import timedelta
+    from html import unescape
+
+    from app.db import utcnow
+    from app.runs.models import TaskRun
+
+    # Given 57 runs of one caller, five of them created at the same instant (ties are ordered by task id)
+    caller = f"pager-{uuid.uuid4().hex[:6]}"
+    now = utcnow()
+    with session_scope() as session:
+        for i in range(57):
+            created = now - timedelta(seconds=min(i, 52))
+            session.add(
+                TaskRun(
+                    task_id=f"{caller}-{i:02d}",
+                    name="system.ping",
+                    state="SUCCESS",
+                    triggered_by=caller,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+    assert sign_in(api, make_key("viewer")).status_code == 303
+    # When the list is read page by page through its Older link
+    seen: list[str] = []
+    page = api.get("/console/runs", params={"triggered_by": caller})
+    while True:
+        assert page.status_code == 200
+        seen += re.findall(rf"<code>({caller}-\d\d)</code>", page.text)
+        older = re.search(r'<a href="\?([^"]+)" rel="next">', page.text)
+        if older is None:
+            break
+        page = api.get("/console/runs?" + unescape(older.group(1)))
+    # Then every run shows once, newest first, and the second page says where it is
+    assert len(seen) == 57 and len(set(seen)) == 57
+    assert seen[:3] == [f"{caller}-00", f"{caller}-01", f"{caller}-02"]
+    assert "51–57 of 57" in page.text

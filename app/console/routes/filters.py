@@ -77,6 +77,23 @@ def run_filter(params: Mapping[str, Any]) -> RunFilter:
     )
 
 
+def run_cursor(created_at: datetime, task_id: str) -> str:
+    """The keyset of a run in the listing's order: `<created_at ISO>~<task id>`."""
+    return f"{created_at.isoformat()}~{task_id}"
+
+
+def run_after(params: Mapping[str, Any]) -> tuple[datetime, str] | None:
+    """The run a page of runs starts after (`after=<created_at ISO>~<task id>`), or None for the first page."""
+    value = _text(params, "after", 120)
+    if value is None:
+        return None
+    created, _, task_id = value.partition("~")
+    moment = _time({"after": created}, "after")
+    if moment is None or not task_id:
+        raise Unprocessable("The page marker `after` is not `<time>~<task id>`.")
+    return moment, task_id
+
+
 def form_values(params: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
     """The filter fields as the form shows them back (empty for any)."""
     return {name: str(params.get(name) or "") for name in fields}

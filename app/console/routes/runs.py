@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 from urllib.parse import quote
 
@@ -32,10 +33,15 @@ def list_runs(request: Request, session: SessionDep, user: UserDep) -> Response:
     task_id = (params.get("task_id") or "").strip()
     if task_id:
         return see_other(f"{PREFIX}/runs/{quote(task_id, safe='')}")
-    start = filters.offset(params)
+    # Pages go by keyset (`after` the last run shown), so the 1,000th page costs what the first does; `at` only
+    # numbers the rows shown.
+    after = filters.run_after(params)
+    start = filters.offset({"offset": params.get("at")}) if after else filters.offset(params)
+    criteria = replace(filters.run_filter(params), after=after)
     items, total = runs_service.list_runs(
-        session=session, filters=filters.run_filter(params), limit=filters.PAGE_SIZE, offset=start
+        session=session, filters=criteria, limit=filters.PAGE_SIZE, offset=0 if after else start
     )
+    last = items[-1] if items else None
     return render(
         request,
         "runs.html",
@@ -47,6 +53,7 @@ def list_runs(request: Request, session: SessionDep, user: UserDep) -> Response:
             "offset": start,
             "page_size": filters.PAGE_SIZE,
             "states": [s.value for s in TaskState],
+            "older": filters.run_cursor(last.created_at, last.task_id) if last else "",
         },
     )
 
