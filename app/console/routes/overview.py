@@ -31,7 +31,13 @@ def _figures(session: Any) -> dict[str, Any]:
     try:
         found = operations.overview(session=session, broker=Broker(settings), window_s=RATE_WINDOW_S)
     except ServiceUnavailable as exc:
-        return {"unavailable": exc.message, "queues": [], "workers": operations.workers(), "paused": {}}
+        return {
+            "unavailable": exc.message,
+            "queues": [],
+            "workers": operations.workers(),
+            "paused": {},
+            "pausable": operations.PAUSABLE,
+        }
     failed = sum(found.counts.get(s, 0) for s in (TaskState.FAILURE, TaskState.DEAD_LETTERED))
     queues: list[QueueRead] = [q for q in found.queues if not q.name.startswith("delay.")]
     return {
@@ -40,6 +46,7 @@ def _figures(session: Any) -> dict[str, Any]:
         "delays": [q for q in found.queues if q.name.startswith("delay.")],
         "workers": found.workers,
         "paused": {p.queue: p for p in found.paused},
+        "pausable": operations.PAUSABLE,
         "dead_letters_pending": found.dead_letters_pending,
         "finished_per_minute": found.per_minute,
         "failed_per_minute": round(failed / (RATE_WINDOW_S / 60), 2),
