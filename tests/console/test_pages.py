@@ -120,3 +120,33 @@ def test_the_runs_list_pages_by_keyset_without_losing_or_repeating_a_run(api: An
     assert len(seen) == 57 and len(set(seen)) == 57
     assert seen[:3] == [f"{caller}-00", f"{caller}-01", f"{caller}-02"]
     assert "51–57 of 57" in page.text
+
+
+def test_an_admin_revokes_a_waiting_run_with_a_reason_and_the_audit_trail_says_who_and_why(api: Any) -> None:
+    import uuid
+
+    from app.audit import service as audit_service
+    from app.runs import service as runs_service
+    from app.runs.models import TaskRun
+
+    # Given a run that has not started
+    task_id = f"waiting-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        session.add(TaskRun(task_id=task_id, name="system.ping", state="PENDING"))
+    admin = make_key("admin")
+    assert sign_in(api, admin).status_code == 303
+    page = api.get(f"/console/runs/{task_id}")
+    assert page.status_code == 200 and "/revoke" in page.text
+    # When the admin revokes it from its page, with a reason
+    answer = api.post(
+        f"/console/runs/{task_id}/revoke",
+        data={"csrf_token": csrf_of(api), "why": "sent twice by mistake"},
+        follow_redirects=False,
+    )
+    # Then it is revoked for good, and the audit trail has who and why
+    assert answer.status_code == 303
+    with session_scope() as session:
+        run = runs_service.get(session=session, task_id=task_id)
+        assert run is not None and run.state == "REVOKED"
+        entries = audit_service.list_for_target(session=session, target=f"task:{task_id}")
+        assert [(e.action, e.actor, e.reason) for e in entries] == [("task.revoke", admin[0], "sent twice by mistake")]
