@@ -7,13 +7,16 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
+from app.audit import service as audit_service
 from app.console.routes import router
 from app.console.session import ConsoleForbidden, SignInRequired
 from app.console.web import HERE, PREFIX, STATIC_URL, render, see_other
+from app.db import session_scope
 from app.errors import CourierError
 
 
@@ -31,8 +34,23 @@ async def _sign_in_required(request: Request, exc: Exception) -> Response:
 
 
 async def _forbidden(request: Request, exc: Exception) -> Response:
+    """A refused change (a bad CSRF token, a viewer's POST): a 403 page, and an audit entry (outcome `denied`)."""
     message = exc.message if isinstance(exc, ConsoleForbidden) else "Forbidden."
+    user = getattr(request.state, "console_user", None)
+    await run_in_threadpool(_record_denied, user.principal if user else "anonymous", request, message)
     return render(request, "error.html", {"title": "Not allowed", "message": message}, status_code=403)
+
+
+def _record_denied(actor: Any, request: Request, message: str) -> None:
+    with session_scope() as session:
+        audit_service.record(
+            session=session,
+            actor=actor,
+            action=f"{request.method} {request.url.path}"[:100],
+            target=request.url.path,
+            outcome="denied",
+            details={"why": message},
+        )
 
 
 def mount(app: FastAPI) -> None:

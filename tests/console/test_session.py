@@ -70,7 +70,8 @@ def test_a_form_without_its_csrf_token_or_with_a_wrong_one_is_refused(api: Any) 
 
 def test_a_viewer_sees_the_pages_without_actions_and_its_hand_made_post_is_refused(api: Any) -> None:
     # Given a viewer's session and its valid CSRF token
-    assert sign_in(api, make_key("viewer")).status_code == 303
+    viewer = make_key("viewer")
+    assert sign_in(api, viewer).status_code == 303
     token = csrf_of(api)
     # When it opens the queues page
     page = api.get("/console/queues")
@@ -80,6 +81,13 @@ def test_a_viewer_sees_the_pages_without_actions_and_its_hand_made_post_is_refus
     # And a hand-made pause with the right token is refused 403
     answer = api.post("/console/queues/low/pause", data={"reason": "x", "csrf_token": token}, follow_redirects=False)
     assert answer.status_code == 403 and "viewer reads only" in answer.text
+    # And the refusal is in the audit trail, by whom
+    from app.audit import service as audit_service
+    from app.db import session_scope
+
+    with session_scope() as session:
+        [entry] = audit_service.list_for_target(session=session, target="/console/queues/low/pause")[-1:]
+        assert (entry.actor, entry.outcome, entry.action) == (viewer[0], "denied", "POST /console/queues/low/pause")
 
 
 def test_signing_out_ends_the_session_even_for_a_copy_of_its_cookie(api: Any) -> None:
