@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -130,15 +128,14 @@ def test_bulk_replay_of_a_group_shows_the_dry_run_count_then_progress_to_done(
 ) -> None:
     page = offline_page.page
     admin = make_key("admin")
-    # Given three letters of one group, recorded after a known time
-    since = (datetime.now(UTC) - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
-    marker = uuid.uuid4().hex[:8]
-    ids = [dispatch(live_api, admin, fail="permanent", echo=marker) for _ in range(3)]
+    # Given a group of exactly three pending letters (what earlier tests left in it is discarded first)
+    _empty_group("system.ping", "failed")
+    ids = [dispatch(live_api, admin, fail="permanent") for _ in range(3)]
     for task_id in ids:
         pending_letter(live_api, admin, task_id)
     sign_in(page, live_api, admin)
-    # When the admin opens the group, narrowed to that time, and asks to replay it
-    page.goto(f"{live_api}/console/dead-letters?since={since}")
+    # When the admin opens the dead letters and asks to replay the group
+    page.goto(f"{live_api}/console/dead-letters")
     group = page.locator("tr.group[data-task='system.ping'][data-reason='failed']")
     group.get_by_role("link", name="Replay group…").click()
     # Then the dry run counts them first, and nothing is replayed yet
@@ -151,6 +148,20 @@ def test_bulk_replay_of_a_group_shows_the_dry_run_count_then_progress_to_done(
     expect(page.locator("#bulk-state")).to_have_text("done", timeout=STACK_TIMEOUT_S * 1000)
     expect(page.locator("#bulk-progress")).to_contain_text("Replayed 3, skipped 0")
     assert offline_page.blocked == [] and offline_page.errors == []
+
+
+def _empty_group(task_name: str, reason: str) -> None:
+    from app.db import session_scope
+    from app.deadletters import service as store
+    from app.deadletters.models import Reason
+
+    with session_scope() as session:
+        store.purge(
+            session=session,
+            filters=store.DeadLetterFilter(task_name=task_name, reason=Reason(reason)),
+            actor="test",
+            reason="a group of the test's own",
+        )
 
 
 def _consumers(page: Page, base: str, queue: str) -> int:
