@@ -110,6 +110,8 @@ def queues(settings: Settings) -> list[QueueRead]:
     def count(name: str, field: str) -> int:
         return int(live.get(name, {}).get(field, 0) or 0)
 
+    now = time.time()
+
     listed = [
         *topology.work_queues(settings),
         topology.dead_letter_queue(settings),
@@ -123,6 +125,7 @@ def queues(settings: Settings) -> list[QueueRead]:
             consumers=count(q.name, "consumers"),
             policy=live.get(q.name, {}).get("policy"),
             arguments=live.get(q.name, {}).get("arguments") or {},
+            head_message_age_s=_age(live.get(q.name, {}).get("head_message_timestamp"), now),
         )
         for q in listed
     ]
@@ -182,6 +185,13 @@ def scheduled() -> ScheduledRead:
         for key, entry in sorted(celery_app.conf.beat_schedule.items())
     ]
     return ScheduledRead(held=held, periodic=periodic)
+
+
+def _age(head_timestamp: Any, now: float) -> float | None:
+    """Seconds since a queue's head message was published (None without a timestamp)."""
+    if isinstance(head_timestamp, int | float) and head_timestamp > 0:
+        return round(max(0.0, now - float(head_timestamp)), 1)
+    return None
 
 
 def _from_ts(value: str | None) -> datetime | None:

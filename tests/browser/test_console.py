@@ -164,6 +164,11 @@ def _empty_group(task_name: str, reason: str) -> None:
         )
 
 
+def _oldest_ready(page: Page, base: str, queue: str) -> bool:
+    page.goto(f"{base}/console/queues")
+    return re.fullmatch(r"\d+(\.\d)? s", page.locator(f"#queue-{queue} td").nth(3).inner_text()) is not None
+
+
 def _consumers(page: Page, base: str, queue: str) -> int:
     page.goto(f"{base}/console/queues")
     return int(page.locator(f"#queue-{queue} [data-consumers]").inner_text())
@@ -187,6 +192,8 @@ def test_pausing_and_resuming_a_tier_stops_and_starts_its_workers_consuming(
         waiting = dispatch(live_api, admin, tier="low")
         page.goto(f"{live_api}/console/runs/{waiting}")
         expect(page.locator("#run-state")).to_have_text("PENDING")
+        # And the queues page shows it waiting, with the age of the oldest ready message
+        join(lambda: _oldest_ready(page, live_api, "low"), timeout=STACK_TIMEOUT_S, what="low's oldest message age")
     finally:
         # When it resumes the tier
         page.goto(f"{live_api}/console/queues")
