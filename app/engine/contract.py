@@ -241,8 +241,7 @@ OVERRIDES: tuple[Override, ...] = (
         "app.engine.speed.pool:PreforkPool",
         "speed",
         "SUCCESS results stored by the main process once per loop turn before their acks; the start check of every "
-        "job handed over in the same round trip, sent from the loop and read when Redis answers (the loop goes on "
-        "meanwhile); jobs written to idle children directly; long or lost runs journaled",
+        "job handed over in one round trip; jobs written to idle children directly; long or lost runs journaled",
         "Celery's pool: each child stores its result and checks its start itself (a Redis round trip each); a run's "
         "start is journaled with its outcome only (a run still going, or lost with its child, shows when it ends)",
         (
@@ -269,14 +268,6 @@ OVERRIDES: tuple[Override, ...] = (
             _s("kombu", "kombu.asynchronous.hub:Hub", "instance", source="writers"),
             _s("kombu", "kombu.asynchronous.hub:Hub", "instance", source="consolidate_callback"),
             _s("kombu", "kombu.asynchronous.hub:Hub.call_repeatedly", "callable", "delay", "callback"),
-            _s("kombu", "kombu.asynchronous.hub:Hub.add_reader", "callable", "fds", "callback"),
-            _s("kombu", "kombu.asynchronous.hub:Hub.remove_reader", "callable", "fd"),
-            _s("redis", "redis.connection:ConnectionPool.make_connection", "callable"),
-            _s("redis", "redis.connection:AbstractConnection.pack_commands", "callable", "commands"),
-            _s("redis", "redis.connection:AbstractConnection.send_packed_command", "callable", "command"),
-            _s("redis", "redis.connection:AbstractConnection.read_response", "callable"),
-            _s("redis", "redis.connection:AbstractConnection.disconnect", "callable"),
-            _s("redis", "redis.connection:AbstractConnection", "instance", source="_sock"),
             _s(
                 "celery",
                 "celery.app.trace:fast_trace_task",

@@ -97,52 +97,29 @@ class CourierRedisBackend(RedisBackend):  # type: ignore[misc]
         """Store results (and journal their outcomes) with STORE_SCRIPT, and check the start of `attempts`
         (app/engine/guarantees/starts.py), returning their answers: one round trip when Courier's Redis is this one,
         else one each. Attempts are checked here only by the speed layer's pools (app/engine/speed/pool.py)."""
+        shared = shares_result_backend()
+        args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]
+        for _, value, expires, entry in deferred:
+            args += [value, expires, (entry or "") if shared else ""]
+        keys: list[str | bytes] = [HISTORY_STREAM, *(key for key, *_ in deferred)]
         answers: list[Answer] = []
-        if attempts and (commands := self.store_commands(deferred, attempts)) is not None:
+        if attempts and shared:
             pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return self.answers(pipe.execute(), attempts)
-        if deferred:
-            keys, args = self._store_arguments(deferred)
+            if deferred:  # EVAL: a pipeline cannot reload a script Redis forgot
+                pipe.eval(STORE_SCRIPT, len(keys), *keys, *args)
+            starts.queue(pipe, attempts)
+            answers = starts.parse(pipe.execute()[-1])
+        elif deferred:
             self._store_script(keys=keys, args=args)
-        if attempts:  # REDIS_URL names another Redis: the checks go there
+        if attempts and not shared:  # REDIS_URL names another Redis: the checks go there
             answers = starts.check(attempts)
         entries = [entry for *_, entry in deferred if entry is not None]
-        if entries and not shares_result_backend():  # and so does the journal
+        if entries and not shared:  # and so does the journal
             pipe = get_redis().pipeline(transaction=False)
             for entry in entries:
                 pipe.xadd(HISTORY_STREAM, {journal.FIELD: entry}, **journal.xadd_args())
             pipe.execute()
         return answers
-
-    def store_commands(self, deferred: list[Deferred], attempts: list[tuple[str, int]]) -> list[tuple[Any, ...]] | None:
-        """`store_many(deferred, attempts)` as the commands of one pipeline, whose replies `answers` reads; None
-        when it takes more than one round trip (REDIS_URL names another Redis than the results')."""
-        if not shares_result_backend():
-            return None
-        commands: list[tuple[Any, ...]] = []
-        if deferred:  # EVAL: a pipeline cannot reload a script Redis forgot
-            keys, args = self._store_arguments(deferred)
-            commands.append(("EVAL", STORE_SCRIPT, len(keys), *keys, *args))
-        if attempts:
-            commands.append(starts.command(attempts))
-        return commands
-
-    @staticmethod
-    def answers(replies: list[Any], attempts: list[tuple[str, int]]) -> list[Answer]:
-        """The start answers in the replies of `store_commands`."""
-        return starts.parse(replies[-1]) if attempts else []
-
-    @staticmethod
-    def _store_arguments(deferred: list[Deferred]) -> tuple[list[str | bytes], list[Any]]:
-        """STORE_SCRIPT's keys and arguments for `deferred` (their journal entries only when the stream is on this
-        Redis)."""
-        shared = shares_result_backend()
-        args: list[Any] = [HISTORY_STREAM_MAX_LENGTH]
-        for _, value, expires, entry in deferred:
-            args += [value, expires, (entry or "") if shared else ""]
-        return [HISTORY_STREAM, *(key for key, *_ in deferred)], args
 
     @cached_property
     def _store_script(self) -> Script:

@@ -43,14 +43,9 @@ def check(attempts: list[tuple[str, int]]) -> list[Answer]:
 
 
 def queue(pipe: Pipeline, attempts: list[tuple[str, int]]) -> None:
-    """Add the check of `attempts` to `pipe`; its reply goes to `parse`."""
-    pipe.execute_command(*command(attempts))  # type: ignore[no-untyped-call]
-
-
-def command(attempts: list[tuple[str, int]]) -> tuple[Any, ...]:
-    """The check of `attempts` as one command for a pipeline (EVAL: a pipeline cannot load a script Redis
-    forgot); its reply goes to `parse`."""
-    return ("EVAL", START_SCRIPT, 2 * len(attempts), *_keys(attempts), get_settings().result_expires_s)
+    """Add the check of `attempts` to `pipe` (by EVAL: a pipeline cannot load a script Redis forgot); its reply
+    goes to `parse`."""
+    pipe.eval(START_SCRIPT, 2 * len(attempts), *_keys(attempts), get_settings().result_expires_s)
 
 
 def parse(answers: list[Any]) -> list[Answer]:

@@ -38,7 +38,6 @@ from app.engine.guarantees import outages, starts
 from app.engine.guarantees.results import Deferred
 from app.engine.guarantees.sending import HANDOFF_KEY
 from app.engine.speed import amqp_transport
-from app.engine.speed.roundtrip import RoundTrip
 from app.redis_store import get_redis
 from app.runs import journal
 
@@ -240,7 +239,6 @@ class _BatchingPool:
     #: child (Celery's semaphore holds back the others), unlike an inline pool's, which run one after another.
     checks_in_batches = True
     _batch: ResultBatch | None = None
-    _trip: RoundTrip | None = None
     _starts: StartJournal | None = None
     _held: list[Held]
     _on_poll_start: Callable[[], None] | None = None
@@ -253,8 +251,6 @@ class _BatchingPool:
         # The backend's retry policy applies (a Redis failover is waited out for a few seconds).
         self._batch = ResultBatch(lambda deferred: app.backend.ensure(app.backend.store_many, (deferred,)))
         self._held = []
-        if self.checks_in_batches:
-            self._trip = RoundTrip(hub, app.backend.client, float(app.conf.redis_socket_timeout or 5.0))
         # Celery's prefork pool schedules its writes to the children from its own tick callback (`on_poll_start`).
         # The tick's order is a set's: run it right after ours, or the jobs this tick hands over would wait for
         # the next event, and the worker drains at a fraction of its speed. Ours writes to idle children
@@ -275,8 +271,6 @@ class _BatchingPool:
         if self._batch is not None:
             self._held = []
             self._batch.immediate = True
-            if self._trip is not None:
-                self._trip.finish()
             self._batch.flush()
         super().on_stop()  # type: ignore[misc]
 
@@ -309,45 +303,20 @@ class _BatchingPool:
         """Once per turn of the loop: store the results that came back and check the held jobs (one Redis round
         trip when Courier's Redis is the results'), then let Celery ack and hand the jobs over.
 
-        The round trip is sent from the loop and answered when Redis replies (`_answered`), while the loop goes on
-        reading messages and results for the next one (app/engine/speed/roundtrip.py); when it cannot be (another
-        Redis holds the checks, a failed round trip, a warm shutdown), it is made here and waited for.
+        The round trip stays on the loop's thread: on a thread of its own, with the loop collecting the next batch
+        meanwhile, it drained no faster, because the loop is short of CPU, not waiting.
         """
         assert self._batch is not None
         # Until nothing is left: acking a batch frees Celery's semaphore, which hands over the next jobs, and
         # an inline pool runs them at once. Nothing would wake the loop's poll for them (the broker sends no more
         # until it has the acks, and the worker has already read what it sent).
         while self._held or self._batch.pending:
-            if not self.checks_in_batches:
+            if self.checks_in_batches:
+                held, self._held = self._held, []
+                self._store_check_and_hand_over(self._batch.take(), held)
+            else:
                 self._batch.flush()
                 self._release_one_by_one()
-                continue
-            if self._trip is not None and self._trip.busy:
-                return  # its answer goes on from here
-            held, self._held = self._held, []
-            results = self._batch.take()
-            if not self._send(results, held):
-                self._store_check_and_hand_over(results, held)
-
-    def _send(self, results: list[Pending], held: list[Held]) -> bool:
-        """Send the round trip that stores `results` and checks `held` from the loop; False if it was not."""
-        if self._trip is None or self._batch is None or self._batch.immediate:
-            return False
-        attempts = _attempts(held)
-        commands = self.app.backend.store_commands(ResultBatch.deferred(results), attempts)  # type: ignore[attr-defined]
-        return commands is not None and self._trip.send(commands, partial(self._answered, results, held, attempts))
-
-    def _answered(
-        self, results: list[Pending], held: list[Held], attempts: list[tuple[str, int]], replies: list[Any] | None
-    ) -> None:
-        """The answer of a round trip sent from the loop: ack the stored results and hand the jobs over; if it
-        failed, go the blocking way for them (with the backend's retry policy), then on with what came meanwhile."""
-        if replies is None or any(isinstance(reply, Exception) for reply in replies):
-            self._store_check_and_hand_over(results, held)
-        else:
-            self._batch.settle(results, None)  # type: ignore[union-attr]
-            self._hand_over(held, self.app.backend.answers(replies, attempts))  # type: ignore[attr-defined]
-        self._tick()
 
     def apply_async(self, target: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         args = tuple(args or ())
