@@ -101,9 +101,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _courier_e2e(stats, cb, stack, n, "courier_stock_engine", cb.STOCK_ENGINE)
             if "peers" in parts:
                 with cb.outside_courier(stack):
-                    e2e, stored = peers.dramatiq_e2e(n, log_dir)
+                    e2e, stored, cpu = peers.dramatiq_e2e(n, log_dir)
                     stats["dramatiq.e2e_confirms_results"].values.append(e2e)
                     stats["dramatiq.results_stored"].values.append(stored)
+                    for part, ms in cpu.items():
+                        stats[f"dramatiq.e2e_cpu_per_task_{part}_ms"].values.append(ms)
         stack.stop("worker-medium")
         if "api" not in parts:
             return _report(args, stats, api, memory)
@@ -295,11 +297,12 @@ CPU_COLUMNS = {
     "celery_guarantees": "celery guar.",
     "celery_results": "celery+results",
     "celery": "stock celery",
+    "dramatiq": "dramatiq",
 }
 
 
 def _cpu_table(figures: dict[str, Any]) -> list[str]:
-    """CPU per task end to end of each part, Courier's next to the Celery peers' (medians, ms)."""
+    """CPU per task end to end of each part, Courier's next to the peers' (medians, ms)."""
     by_part: dict[str, dict[str, float]] = defaultdict(dict)
     for name, figure in figures.items():
         if "_cpu_per_task_" in name:
