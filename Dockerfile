@@ -30,6 +30,8 @@ RUN mkdir app && touch app/__init__.py \
 # The served front-end packages (one line per package of app/web_assets.PACKAGES), at WEB_ASSETS_DIR.
 COPY --from=web-assets /web/node_modules/swagger-ui-dist ./node_modules/swagger-ui-dist
 COPY --from=web-assets /web/node_modules/redoc/bundles ./node_modules/redoc/bundles
+COPY --from=web-assets /web/node_modules/htmx.org/dist ./node_modules/htmx.org/dist
+COPY --from=web-assets /web/node_modules/uplot/dist ./node_modules/uplot/dist
 
 # Then the project itself; alembic.ini and alembic/ stay in /app for `alembic upgrade head`.
 COPY app ./app

@@ -47,7 +47,9 @@ def _err(message: str) -> None:
 @cli.command("create-api-key")
 def create_api_key(
     name: Annotated[str, typer.Option(help="A unique name; it is recorded as 'who triggered' each run.")],
-    role: Annotated[str, typer.Option(help="admin or client")] = "client",
+    role: Annotated[
+        str, typer.Option(help="client, admin or viewer (reads what an admin reads, changes nothing)")
+    ] = "client",
 ) -> None:
     """Create an API key and print it alone on stdout, once; only its hash is stored."""
     from app.access import service
@@ -58,7 +60,7 @@ def create_api_key(
     try:
         parsed = Role(role)
     except ValueError:
-        _err(f"Unknown role {role!r}: use admin or client.")
+        _err(f"Unknown role {role!r}: use client, admin or viewer.")
         raise typer.Exit(2) from None
     try:
         with session_scope() as session:
@@ -224,7 +226,7 @@ def dead_list(
     from app.db import session_scope
     from app.deadletters import service
     from app.deadletters.models import Reason, Status
-    from app.deadletters.schemas import DeadLetterSummary
+    from app.deadletters.schemas import DeadLetterGroup, DeadLetterSummary
 
     filters = service.DeadLetterFilter(
         task_name=task, reason=Reason(reason) if reason else None, status=None if status == "all" else Status(status)
@@ -233,8 +235,9 @@ def dead_list(
         items, total, groups = service.list_letters(session=session, filters=filters, limit=limit, offset=0)
         rows = [DeadLetterSummary.model_validate(i) for i in items]
     if as_json:
+        shaped = [DeadLetterGroup(**g).model_dump(mode="json") for g in groups]
         typer.echo(
-            json.dumps({"total": total, "items": [r.model_dump(mode="json") for r in rows], "groups": groups}, indent=2)
+            json.dumps({"total": total, "items": [r.model_dump(mode="json") for r in rows], "groups": shaped}, indent=2)
         )
         return
     table = Table(title=f"Dead letters ({total} {status})")

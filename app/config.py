@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
 #: Secrets that ship in `.env.example`; refused outside development.
-DEV_PLACEHOLDERS = frozenset({"courier_dev_pass", "flower_dev_pass", "guest"})
+DEV_PLACEHOLDERS = frozenset({"courier_dev_pass", "flower_dev_pass", "guest", "console_dev_secret"})
 #: DATA_ENCRYPTION_KEYS' development default: published here, so production refuses it.
 DEV_DATA_ENCRYPTION_KEY = "Y291cmllci1kZXZlbG9wbWVudC1vbmx5LWtleS0wMDA="
 
@@ -230,6 +230,14 @@ class Settings(BaseSettings):
     # --- API authentication ------------------------------------------------------------------------------------
     api_key_cache_s: float = Field(default=30.0, ge=0)
 
+    # --- Console (/console) ----------------------------------------------------------------------------------
+    #: Key that signs the console's session cookie (itsdangerous); production refuses the placeholder.
+    console_session_secret: str = "console_dev_secret"
+    #: How long a console sign-in lasts; the cookie and the signature both expire after it.
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
+    #: Send the session cookie only over HTTPS (on behind TLS; off for http://localhost in development).
+    console_cookie_secure: bool = False
+
     # --- Flower ------------------------------------------------------------------------------------------------
     flower_user: str = "admin"
     flower_password: str = "flower_dev_pass"
@@ -384,7 +392,11 @@ class Settings(BaseSettings):
             return self
         if self.celery_task_always_eager:
             raise ValueError("CELERY_TASK_ALWAYS_EAGER is for development only; unset it in production.")
-        weak = [name for name in ("rabbitmq_password", "flower_password") if getattr(self, name) in DEV_PLACEHOLDERS]
+        weak = [
+            name
+            for name in ("rabbitmq_password", "flower_password", "console_session_secret")
+            if getattr(self, name) in DEV_PLACEHOLDERS
+        ]
         if DEV_DATA_ENCRYPTION_KEY in self.data_encryption_keys:
             weak.append("data_encryption_keys")
         if weak:
@@ -512,6 +524,7 @@ class Settings(BaseSettings):
             self.sms_provider_api_key,
             self.push_provider_api_key,
             self.identity_secret_key,
+            self.console_session_secret,
             *self.data_encryption_keys.split(","),
         ]
         for urls in (

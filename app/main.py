@@ -16,6 +16,7 @@ from app.api.audit_middleware import AuditMiddleware
 from app.api.metrics import MetricsMiddleware
 from app.api.router import api_router
 from app.config import get_settings
+from app.console.mount import mount as mount_console
 from app.context import RequestIdMiddleware
 from app.engine import publish
 from app.engine.speed.amqp_async import PublishFailed
@@ -71,6 +72,7 @@ def create_app() -> FastAPI:
     app.include_router(api_router)
     app.include_router(docs.router)
     web_assets.mount(app, get_settings())
+    mount_console(app)  # /console: after errors.register, whose JSON answers it keeps for every other path
     return app
 
 

@@ -1,4 +1,5 @@
-"""Front-end packages the API serves itself, from npm's node_modules, so no page of Courier needs the internet.
+"""Front-end packages the API serves itself, from npm's node_modules, so no page of Courier needs the internet
+(/docs and /redoc, and the console's htmx and uPlot).
 
 package.json (with its package-lock.json) at the repository root lists them; `npm ci --ignore-scripts`
 installs them into WEB_ASSETS_DIR (scripts/start_tasks.sh does it in a checkout, the Dockerfile in the image),
@@ -50,8 +51,12 @@ SWAGGER_UI = VendorPackage(
     "swagger-ui", "swagger-ui-dist", ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 )
 REDOC = VendorPackage("redoc", "redoc/bundles", ("redoc.standalone.js",))
+#: The console's partial updates (hx-get polling, forms that swap a fragment). The 2.0 line: htmx 4 is a rewrite.
+HTMX = VendorPackage("htmx", "htmx.org/dist", ("htmx.min.js",))
+#: The console's charts (throughput, failures, backlog): small, canvas-based, no dependencies.
+UPLOT = VendorPackage("uplot", "uplot/dist", ("uPlot.iife.min.js", "uPlot.min.css"))
 #: Every package the API serves (each one listed in package.json).
-PACKAGES = (SWAGGER_UI, REDOC)
+PACKAGES = (SWAGGER_UI, REDOC, HTMX, UPLOT)
 
 
 def missing(app: FastAPI, package: VendorPackage) -> list[Path]:

@@ -27,8 +27,11 @@ from bench.common import ROOT, Stat, cpu_spent
 API_PORT = 8765
 #: The Celery flavours measured end to end (bench/celery_peers.py), and each one's figure prefix.
 CELERY_PEERS = {"stock": "celery", "stock_results": "celery_results", "guarantees": "celery_guarantees"}
-#: What a run can measure: the peers (ceiling, Celery, Dramatiq), Courier's workers, Courier's API.
+#: What a run can measure: the peers (ceiling, Celery, Dramatiq), Courier's workers, Courier's API, and the
+#: console's pages on a seeded history (bench/console.py; only when asked for: `--parts console`).
 PARTS = ("peers", "courier", "api")
+OPTIONAL_PARTS = ("console",)
+CONSOLE_PORT = 8766
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,8 +45,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
-        help=f"comma-separated subset of {','.join(PARTS)} (ratios need peers and courier)",
+        help=f"comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS)} (ratios need peers and courier)",
     )
+    parser.add_argument("--console-runs", type=int, default=100_000, help="task runs the console part seeds")
+    parser.add_argument("--console-letters", type=int, default=10_000, help="dead letters the console part seeds")
+    parser.add_argument("--console-samples", type=int, default=40, help="timed requests of each console page")
     return parser.parse_args(argv)
 
 
@@ -62,6 +68,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.messages
     parts = set(args.parts.split(","))
     memory: dict[str, int] = {}
+    if "console" in parts:
+        from bench import console
+
+        measured = console.run(args, log_dir, CONSOLE_PORT)
+        if not parts - {"console"}:
+            return {**_header(args), "console": measured}
+        return {
+            **run(argparse.Namespace(**{**vars(args), "parts": ",".join(parts - {"console"})})),
+            "console": measured,
+        }
     with cb.courier_stack(log_dir) as stack:
         stack.start("recorder", [cb.python(), "-m", "app.recorder"], None)
         cb.freeze_harness()
@@ -85,9 +101,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _courier_e2e(stats, cb, stack, n, "courier_stock_engine", cb.STOCK_ENGINE)
             if "peers" in parts:
                 with cb.outside_courier(stack):
-                    e2e, stored = peers.dramatiq_e2e(n, log_dir)
+                    e2e, stored, cpu = peers.dramatiq_e2e(n, log_dir)
                     stats["dramatiq.e2e_confirms_results"].values.append(e2e)
                     stats["dramatiq.results_stored"].values.append(stored)
+                    for part, ms in cpu.items():
+                        stats[f"dramatiq.e2e_cpu_per_task_{part}_ms"].values.append(ms)
         stack.stop("worker-medium")
         if "api" not in parts:
             return _report(args, stats, api, memory)
@@ -155,6 +173,21 @@ GOALS = {
 }
 
 
+def _header(args: argparse.Namespace) -> dict[str, Any]:
+    """When, where and with what sizes a run measured."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "versions": {p: version(p) for p in ("celery", "kombu", "dramatiq", "pika", "fastapi", "uvicorn")},
+        "sizes": {
+            "messages": args.messages,
+            "requests": args.requests,
+            "latency_seconds": args.latency_seconds,
+            "reps": args.reps,
+        },
+    }
+
+
 def _report(
     args: argparse.Namespace, stats: dict[str, Stat], api: dict[int, dict[str, Stat]], memory: dict[str, int]
 ) -> dict[str, Any]:
@@ -188,15 +221,7 @@ def _report(
         "e2e_vs_stock_celery_no_results": _ratio(e2e, stats["celery.e2e"]),
     }
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "versions": {p: version(p) for p in ("celery", "kombu", "dramatiq", "pika", "fastapi", "uvicorn")},
-        "sizes": {
-            "messages": args.messages,
-            "requests": args.requests,
-            "latency_seconds": args.latency_seconds,
-            "reps": args.reps,
-        },
+        **_header(args),
         # Without the switch in this checkout, "courier_stock_engine" ran exactly as Courier as shipped.
         "stock_engine_switch": stock_engine_known(),
         "figures": {k: v.as_dict() for k, v in sorted(stats.items()) if v.values},
@@ -272,11 +297,12 @@ CPU_COLUMNS = {
     "celery_guarantees": "celery guar.",
     "celery_results": "celery+results",
     "celery": "stock celery",
+    "dramatiq": "dramatiq",
 }
 
 
 def _cpu_table(figures: dict[str, Any]) -> list[str]:
-    """CPU per task end to end of each part, Courier's next to the Celery peers' (medians, ms)."""
+    """CPU per task end to end of each part, Courier's next to the peers' (medians, ms)."""
     by_part: dict[str, dict[str, float]] = defaultdict(dict)
     for name, figure in figures.items():
         if "_cpu_per_task_" in name:
@@ -312,7 +338,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "bench-results" / f"bench-{report['date'].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(_table(report))  # noqa: T201 (a CLI report)
+    if "figures" in report:
+        print(_table(report))  # noqa: T201 (a CLI report)
+    if "console" in report:
+        from bench import console
+
+        print("\n".join(console.table(report["console"])))  # noqa: T201
     print(f"\nwritten to {out} in {report['duration_s']} s")  # noqa: T201
 
 

@@ -152,9 +152,10 @@ def celery_e2e(flavour: str, messages: int, log_dir: Path) -> tuple[float, int, 
         return messages / (finished - started), stored_answers(db, "celery"), cpu
 
 
-def dramatiq_e2e(messages: int, log_dir: Path) -> tuple[float, int]:
-    """(End-to-end no-op messages per second, results stored) through Dramatiq on RabbitMQ with confirms and Redis
-    results: from the first `send()` until the queue is drained and every result is stored."""
+def dramatiq_e2e(messages: int, log_dir: Path) -> tuple[float, int, dict[str, float]]:
+    """(End-to-end no-op messages per second, results stored, CPU ms per task of each part) through Dramatiq on
+    RabbitMQ with confirms and Redis results: from the first `send()` until the queue is drained and every result
+    is stored. Dramatiq's main process only supervises: its worker processes count as its "children"."""
     with vhost("dramatiq") as name, redis_db() as db:
         env = {"BENCH_BROKER_URL": amqp_url(name), "BENCH_RESULT_URL": redis_url(db)}
         worker = Process(
@@ -168,12 +169,15 @@ def dramatiq_e2e(messages: int, log_dir: Path) -> tuple[float, int]:
             from bench import dramatiq_app
 
             broker, actor = dramatiq_app.make(amqp_url(name), redis_url(db))
+            before = {part: cpu_of(pids) for part, pids in _cpu_parts(worker).items()}
             started = time.monotonic()
             for _ in range(messages):
                 actor.send()
             wait_drained(name, "default", timeout=600)
             finished = wait_results(db, messages)
+            after = {part: cpu_of(pids) for part, pids in _cpu_parts(worker).items()}
+            cpu = {part: 1000 * cpu_spent(before[part], after[part]) / messages for part in after}
             broker.close()
-            return messages / (finished - started), stored_answers(db, "dramatiq")
+            return messages / (finished - started), stored_answers(db, "dramatiq"), cpu
         finally:
             worker.stop()

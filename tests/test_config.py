@@ -60,11 +60,17 @@ def test_a_redis_password_is_added_to_urls_that_carry_none():
         ({"celery_task_always_eager": True}, "CELERY_TASK_ALWAYS_EAGER"),
         ({"rabbitmq_password": "courier_dev_pass"}, "placeholder"),
         ({"flower_password": "flower_dev_pass"}, "placeholder"),
+        ({"console_session_secret": "console_dev_secret"}, "console_session_secret"),
         ({"data_encryption_keys": f"{PRODUCTION_KEY},{DEV_DATA_ENCRYPTION_KEY}"}, "data_encryption_keys"),
     ],
 )
 def test_production_refuses_development_shortcuts(overrides, message):
-    safe = {"rabbitmq_password": "x" * 20, "flower_password": "y" * 20, "data_encryption_keys": PRODUCTION_KEY}
+    safe = {
+        "rabbitmq_password": "x" * 20,
+        "flower_password": "y" * 20,
+        "data_encryption_keys": PRODUCTION_KEY,
+        "console_session_secret": "z" * 32,
+    }
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None, environment="production", **{**safe, **overrides})
     Settings(_env_file=None, environment="production", **safe)

@@ -226,6 +226,7 @@ def test_start_warns_loudly_when_its_redis_persists_nothing_and_production_stops
         "RABBITMQ_PASSWORD": "p" * 24,
         "FLOWER_PASSWORD": "f" * 24,
         "DATA_ENCRYPTION_KEYS": "cHJvZHVjdGlvbi1rZXktZm9yLWNvbmZpZy10ZXN0cyE=",
+        "CONSOLE_SESSION_SECRET": "c" * 32,
     }
     result = _sourced("check_redis_persistence && echo CONTINUED", CELERY_RESULT_BACKEND=bare.url, **production)
     assert result.returncode == 1 and "CONTINUED" not in result.stdout

@@ -12,10 +12,12 @@ from app.db import Base, TimestampMixin
 
 
 class Role(StrEnum):
-    """What a key may do: `client` triggers workflows and reads its own tasks; `admin` does everything."""
+    """What a key may do: `client` triggers workflows and reads its own tasks; `admin` does everything; `viewer`
+    reads everything an admin reads (the console, the admin API's GET routes) and changes nothing."""
 
     client = "client"
     admin = "admin"
+    viewer = "viewer"
 
 
 class ApiKey(TimestampMixin, Base):

@@ -19,3 +19,13 @@ class Principal:
     def is_admin(self) -> bool:
         """True for the admin role."""
         return self.role is Role.admin
+
+    @property
+    def reads_everything(self) -> bool:
+        """True for the roles that read every task and record: admin, and viewer (which changes nothing)."""
+        return self.role in (Role.admin, Role.viewer)
+
+    @property
+    def is_viewer(self) -> bool:
+        """True for the read-only role."""
+        return self.role is Role.viewer

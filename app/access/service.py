@@ -84,3 +84,11 @@ def lookup(*, session: Session, digest: str) -> Principal | None:
     """The principal of an active key, by the hash of the key."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
     return Principal(row.id, row.name, Role(row.role)) if row is not None else None
+
+
+def get_active(*, session: Session, key_id: int) -> Principal | None:
+    """The principal of an active key, by its id (a console session names its key by id, never by the key)."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        return None
+    return Principal(row.id, row.name, Role(row.role))

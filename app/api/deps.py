@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -57,10 +57,16 @@ def _lookup(digest: str) -> Principal | None:
         return access_service.lookup(session=session, digest=digest)
 
 
+#: Methods that read only: the only ones a viewer key may call.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_principal(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, from `Authorization: Bearer <key>`; 401 when missing, unknown or revoked.
+    """The caller, from `Authorization: Bearer <key>`; 401 when missing, unknown or revoked; 403 when a viewer
+    key asks for anything but a read (a viewer changes nothing, on any route).
 
     Async so a cached key costs no thread hop; only a cache miss reads SQL (in the thread pool).
     """
@@ -74,6 +80,8 @@ async def get_principal(
     if principal is None:
         raise Unauthenticated("The API key is unknown or revoked.")
     remember_principal(principal)
+    if principal.is_viewer and request.method not in READ_METHODS:
+        raise Forbidden("A viewer key reads only; this request changes something and needs an admin key.")
     return principal
 
 
@@ -81,8 +89,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 async def require_admin(principal: PrincipalDep) -> Principal:
-    """The caller, who must hold the admin role; 403 otherwise."""
-    if not principal.is_admin:
+    """The caller, who must hold the admin role, or the viewer role for a read (get_principal refuses a viewer's
+    every other request); 403 otherwise."""
+    if not principal.reads_everything:
         raise Forbidden("This endpoint needs an admin key.")
     return principal
 

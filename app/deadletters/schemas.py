@@ -67,6 +67,9 @@ class DeadLetterGroup(BaseModel):
     reason: str
     error_class: str | None
     count: int
+    #: When the group's oldest and newest letters (of those that match) were recorded.
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
 
 
 class DeadLetterPage(BaseModel):

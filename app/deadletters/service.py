@@ -263,17 +263,28 @@ def _filtered(filters: DeadLetterFilter) -> Any:
 def list_letters(
     *, session: Session, filters: DeadLetterFilter, limit: int, offset: int
 ) -> tuple[list[DeadLetter], int, list[dict[str, Any]]]:
-    """A page (newest first), the total, and counts grouped by (task, reason, error class)."""
+    """A page (newest first), the total, and counts grouped by (task, reason, error class), each group with when
+    its first and last letter were recorded."""
     query = _filtered(filters)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     page = list(session.scalars(query.order_by(DeadLetter.id.desc()).limit(limit).offset(offset)))
     sub = query.subquery()
     grouped = session.execute(
-        select(sub.c.task_name, sub.c.reason, sub.c.error_class, func.count())
+        select(
+            sub.c.task_name,
+            sub.c.reason,
+            sub.c.error_class,
+            func.count(),
+            func.min(sub.c.recorded_at),
+            func.max(sub.c.recorded_at),
+        )
         .group_by(sub.c.task_name, sub.c.reason, sub.c.error_class)
         .order_by(func.count().desc())
     )
-    groups = [{"task_name": t, "reason": r, "error_class": e, "count": int(c)} for t, r, e, c in grouped]
+    groups = [
+        {"task_name": t, "reason": r, "error_class": e, "count": int(c), "first_seen": first, "last_seen": last}
+        for t, r, e, c, first, last in grouped
+    ]
     return page, total, groups
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from app.access.schemas import Principal
+from app.audit import service as audit_service
 from app.constants import (
     DEAD_ERROR_CLASS_HEADER,
     DEAD_ERROR_HEADER,
@@ -33,7 +34,7 @@ from app.constants import (
 )
 from app.deadletters import service as store
 from app.deadletters.exceptions import ReplayNotPublished
-from app.deadletters.models import DeadLetter, Reason
+from app.deadletters.models import DeadLetter, Reason, Status
 from app.engine.celery_app import celery_app
 from app.engine.guarantees.returns import Unroutable
 from app.engine.guarantees.sending import republish
@@ -278,3 +279,46 @@ def _forget_starts(task_id: str) -> None:
     keys = list(redis.scan_iter(match=STARTS_KEY.format(task_id=task_id, retries="*"), count=100))
     if keys:
         redis.delete(*keys)
+
+
+@dataclass(frozen=True)
+class BulkReplay:
+    """A bulk replay: how many pending letters matched, and the pacing task's dispatch (None for a dry run or no
+    match)."""
+
+    matched: int
+    task_id: str | None = None
+    status_url: str | None = None
+
+
+def replay_matching(
+    *,
+    session: Session,
+    filters: store.DeadLetterFilter,
+    actor: Principal,
+    rate_per_s: float,
+    why: str | None,
+    dry_run: bool,
+    described: Mapping[str, Any],
+) -> BulkReplay:
+    """Replay every pending letter that matches `filters` through the paced low-tier task (audited with the
+    filter as `described`); `dry_run` only counts them. The REST API and the console both call this."""
+    from app.engine import publish  # (the publisher imports this package's installer; only this function needs it)
+
+    ids = store.ids_matching(session=session, filters=replace(filters, status=Status.pending))
+    if dry_run or not ids:
+        return BulkReplay(matched=len(ids))
+    dispatched = publish.dispatch(
+        "deadletters.replay_bulk",
+        triggered_by=actor.name,
+        kwargs={"letter_ids": ids, "actor": actor.name, "rate_per_s": rate_per_s, "why": why},
+    )
+    audit_service.record(
+        session=session,
+        actor=actor,
+        action="dead_letter.replay_bulk",
+        target="dead_letters",
+        reason=why,
+        details={"matched": len(ids), "task_id": dispatched.task_id, "filter": dict(described)},
+    )
+    return BulkReplay(matched=len(ids), task_id=dispatched.task_id, status_url=dispatched.status_url)

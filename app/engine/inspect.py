@@ -4,14 +4,20 @@ are the domains' (app/runs/status.py, app/operations/service.py); this module is
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import DELAY_BUCKETS_S, TaskState, Tier
+from app.constants import DELAY_BUCKETS_S, TERMINAL_STATES, TaskState, Tier
+from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import topology
 from app.engine.celery_app import celery_app
@@ -42,6 +48,42 @@ def task_status(*, session: Session, task_id: str) -> TaskRead | None:
     return found
 
 
+#: Seconds of silence after which a live-progress stream sends a comment line.
+KEEPALIVE_S = 15.0
+
+
+async def status_events(
+    first: TaskRead, *, is_disconnected: Callable[[], Awaitable[bool]], settings: Settings
+) -> AsyncIterator[str]:
+    """Server-Sent Events of one task (the API's stream and the console's run page): poll its state (Redis, then
+    SQL) and send a `state` event when it or its progress changed, then `end` once it finished; stop when the
+    client leaves or after EVENTS_MAX_DURATION_S."""
+    deadline = time.monotonic() + settings.events_max_duration_s
+    current: TaskRead | None = first
+    last: tuple[object, ...] | None = None
+    sent = time.monotonic()
+    while current is not None:
+        seen = (current.state, current.progress)
+        if seen != last:
+            last, sent = seen, time.monotonic()
+            yield f"event: state\ndata: {current.model_dump_json()}\n\n"
+        elif time.monotonic() - sent > KEEPALIVE_S:
+            sent = time.monotonic()
+            yield ": keep-alive\n\n"  # a comment line: proxies keep an idle stream open
+        if current.state in TERMINAL_STATES:
+            yield f"event: end\ndata: {json.dumps({'task_id': current.task_id, 'state': current.state})}\n\n"
+            return
+        if time.monotonic() > deadline or await is_disconnected():
+            return
+        await asyncio.sleep(settings.events_poll_interval_s)
+        current = await run_in_threadpool(_read_status, current.task_id)
+
+
+def _read_status(task_id: str) -> TaskRead | None:
+    with session_scope() as session:
+        return task_status(session=session, task_id=task_id)
+
+
 def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
     """Revoke durably (SQL, then Redis), mark the run REVOKED, then tell live workers."""
     found = status.revoke(session=session, task_id=task_id, terminate=terminate, revoked_by=revoked_by, reason=reason)
@@ -67,6 +109,8 @@ def queues(settings: Settings) -> list[QueueRead]:
     def count(name: str, field: str) -> int:
         return int(live.get(name, {}).get(field, 0) or 0)
 
+    now = time.time()
+
     listed = [
         *topology.work_queues(settings),
         topology.dead_letter_queue(settings),
@@ -80,6 +124,7 @@ def queues(settings: Settings) -> list[QueueRead]:
             consumers=count(q.name, "consumers"),
             policy=live.get(q.name, {}).get("policy"),
             arguments=live.get(q.name, {}).get("arguments") or {},
+            head_message_age_s=_age(live.get(q.name, {}).get("head_message_timestamp"), now),
         )
         for q in listed
     ]
@@ -139,6 +184,13 @@ def scheduled() -> ScheduledRead:
         for key, entry in sorted(celery_app.conf.beat_schedule.items())
     ]
     return ScheduledRead(held=held, periodic=periodic)
+
+
+def _age(head_timestamp: Any, now: float) -> float | None:
+    """Seconds since a queue's head message was published (None without a timestamp)."""
+    if isinstance(head_timestamp, int | float) and head_timestamp > 0:
+        return round(max(0.0, now - float(head_timestamp)), 1)
+    return None
 
 
 def _from_ts(value: str | None) -> datetime | None:

@@ -11,10 +11,10 @@ import secrets
 import time
 from collections import defaultdict
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.access.schemas import Principal
 from app.audit import service as audit_service
@@ -236,3 +236,54 @@ def overview(*, session: Session, broker: Broker, window_s: int = 300) -> Overvi
         counts=counts,
         per_minute=round(done / (window_s / 60), 4),
     )
+
+
+#: Seconds per point of the overview's charts.
+SERIES_STEP_S = 60
+
+
+def series(*, session: Session, window_s: int = 3600) -> dict[str, list[float]]:
+    """Per minute over the last `window_s` seconds, from the run history: runs accepted, finished, failed (FAILURE
+    or DEAD_LETTERED), and in flight (accepted, not finished) at each minute's end. `t` is each minute's start,
+    in Unix seconds."""
+    now = utcnow()
+    since = now - timedelta(seconds=window_s)
+    points = max(1, math.ceil(window_s / SERIES_STEP_S))
+    origin = since.timestamp()
+
+    def per_minute(column: InstrumentedAttribute[Any], *conditions: ColumnElement[bool]) -> list[int]:
+        bucket = func.floor((func.extract("epoch", column) - origin) / SERIES_STEP_S)
+        counts = [0] * points
+        query = select(bucket, func.count()).where(column >= since, *conditions).group_by(bucket)
+        for index, count in session.execute(query):
+            if index is not None and 0 <= int(index) < points:
+                counts[int(index)] += int(count)
+        return counts
+
+    accepted = per_minute(TaskRun.created_at)
+    finished = per_minute(TaskRun.finished_at)
+    failed = per_minute(
+        TaskRun.finished_at, TaskRun.state.in_([TaskState.FAILURE.value, TaskState.DEAD_LETTERED.value])
+    )
+    # In flight as the window opens: accepted the day before it, not finished by then.
+    in_flight = int(
+        session.scalar(
+            select(func.count()).where(
+                TaskRun.created_at < since,
+                TaskRun.created_at >= since - timedelta(days=1),
+                (TaskRun.finished_at.is_(None)) | (TaskRun.finished_at >= since),
+            )
+        )
+        or 0
+    )
+    backlog = []
+    for came, went in zip(accepted, finished, strict=True):
+        in_flight = max(0, in_flight + came - went)
+        backlog.append(in_flight)
+    return {
+        "t": [origin + i * SERIES_STEP_S for i in range(points)],
+        "accepted": [float(v) for v in accepted],
+        "finished": [float(v) for v in finished],
+        "failed": [float(v) for v in failed],
+        "in_flight": [float(v) for v in backlog],
+    }

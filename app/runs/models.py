@@ -31,7 +31,10 @@ class TaskRun(TimestampMixin, Base):
     #: Timestamp of the event that last changed this row; older events never overwrite newer ones.
     event_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_task_runs_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_task_runs_created_at", "created_at"),
+        Index("ix_task_runs_finished_at", "finished_at"),
+    )
 
 
 class Revocation(Base):

@@ -112,6 +112,9 @@ class QueueRead(BaseModel):
     consumers: int
     policy: str | None
     arguments: dict[str, Any]
+    #: Seconds the message at the head of the queue has waited (RabbitMQ's head_message_timestamp; Courier's
+    #: publishers stamp every message), None when the queue is empty or the head carries no timestamp.
+    head_message_age_s: float | None = None
 
 
 class WorkerRead(BaseModel):

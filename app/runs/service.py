@@ -265,10 +265,13 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     triggered_by: str | None = None
+    #: Keyset paging: only runs after this (created_at, task_id) in the listing's order (newest first), so a page
+    #: deep in a long history costs what the first one does (an offset walks every row before it).
+    after: tuple[datetime, str] | None = None
 
 
 def list_runs(*, session: Session, filters: RunFilter, limit: int, offset: int) -> tuple[list[TaskRun], int]:
-    """A page of runs, newest first, and the total that match."""
+    """A page of runs, newest first, and the total that match (the filter's, whatever page `after` asks for)."""
     query = select(TaskRun)
     if filters.state is not None:
         query = query.where(TaskRun.state == filters.state.value)
@@ -281,6 +284,11 @@ def list_runs(*, session: Session, filters: RunFilter, limit: int, offset: int) 
     if filters.triggered_by:
         query = query.where(TaskRun.triggered_by == filters.triggered_by)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if filters.after is not None:
+        created, task_id = filters.after
+        query = query.where(
+            (TaskRun.created_at < created) | ((TaskRun.created_at == created) & (TaskRun.task_id > task_id))
+        )
     page = session.scalars(query.order_by(TaskRun.created_at.desc(), TaskRun.task_id).limit(limit).offset(offset))
     return list(page), total
 

@@ -34,6 +34,10 @@ def task_status(*, session: Session, task_id: str, result_meta: Callable[[str], 
     if not meta and run is None and backend_state == TaskState.PENDING:
         return None
     state: str = backend_state
+    stale = run is not None and _requeued_after(run.state, run.event_at, backend)
+    if stale:  # a replayed dead letter: its old FAILURE is not its state any more, the history's is
+        backend_state = TaskState.PENDING
+        backend = {}
     if run is not None and (
         backend_state == TaskState.PENDING or run.state in (TaskState.REVOKED, TaskState.DEAD_LETTERED)
     ):
@@ -73,6 +77,26 @@ def owner_of(*, session: Session, task_id: str) -> str | None:
         return meta["triggered_by"]
     run = runs_service.get(session=session, task_id=task_id)
     return run.triggered_by if run is not None else None
+
+
+def _requeued_after(run_state: str, run_changed_at: datetime | None, backend: dict[str, Any]) -> bool:
+    """Whether the stored result is a FAILURE from before the history last changed to a state that is not final:
+    the task was published again since (a replay marks its run PENDING), so that failure is history."""
+    if backend.get("status") != TaskState.FAILURE or run_changed_at is None:
+        return False
+    if run_state not in (TaskState.PENDING, TaskState.RECEIVED, TaskState.STARTED, TaskState.RETRY):
+        return False
+    done = backend.get("date_done")
+    if isinstance(done, str):
+        try:
+            done = datetime.fromisoformat(done)
+        except ValueError:
+            return False
+    if not isinstance(done, datetime):
+        return False
+    done = done if done.tzinfo else done.replace(tzinfo=UTC)
+    changed = run_changed_at if run_changed_at.tzinfo else run_changed_at.replace(tzinfo=UTC)
+    return changed > done
 
 
 def _attempts_from_backend(backend: dict[str, Any]) -> int | None:

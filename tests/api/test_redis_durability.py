@@ -21,6 +21,7 @@ PRODUCTION = {
     "FLOWER_PASSWORD": "f" * 24,
     "DATA_ENCRYPTION_KEYS": "cHJvZHVjdGlvbi1rZXktZm9yLWNvbmZpZy10ZXN0cyE=",
     "IDENTITY_SECRET_KEY": "i" * 32,
+    "CONSOLE_SESSION_SECRET": "c" * 32,
 }
 
 

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import AdminDep, SessionDep
-from app.audit import service as audit_service
 from app.deadletters import service as deadletters
 from app.deadletters.models import Reason, Status
 from app.deadletters.schemas import (
@@ -23,7 +22,7 @@ from app.deadletters.schemas import (
     PurgeRead,
     ReplayCreate,
 )
-from app.engine import dead_letters, publish
+from app.engine import dead_letters
 from app.errors import error_responses
 from app.runs import service as runs_service
 from app.schema_types import Id, Limit, Offset
@@ -94,27 +93,18 @@ def read_dead_letter(letter_id: Id, session: SessionDep, _: AdminDep) -> DeadLet
 )
 def replay_dead_letters(body: BulkReplayCreate, session: SessionDep, admin: AdminDep) -> BulkReplayRead:
     """Replay every pending letter that matches, paced by a low-tier task; `dry_run` only counts them."""
-    ids = deadletters.ids_matching(session=session, filters=_criteria(body))
-    if body.dry_run or not ids:
-        return BulkReplayRead(matched=len(ids), dry_run=body.dry_run)
-    dispatched = publish.dispatch(
-        "deadletters.replay_bulk",
-        triggered_by=admin.name,
-        kwargs={"letter_ids": ids, "actor": admin.name, "rate_per_s": body.rate_per_s, "why": body.why},
-    )
-    audit_service.record(
+    done = dead_letters.replay_matching(
         session=session,
+        filters=_criteria(body),
         actor=admin,
-        action="dead_letter.replay_bulk",
-        target="dead_letters",
-        reason=body.why,
-        details={
-            "matched": len(ids),
-            "task_id": dispatched.task_id,
-            "filter": body.model_dump(mode="json", exclude={"why"}),
-        },
+        rate_per_s=body.rate_per_s,
+        why=body.why,
+        dry_run=body.dry_run,
+        described=body.model_dump(mode="json", exclude={"why"}),
     )
-    return BulkReplayRead(matched=len(ids), dry_run=False, **dispatched.as_dict())
+    if done.task_id is None or done.status_url is None:
+        return BulkReplayRead(matched=done.matched, dry_run=body.dry_run)
+    return BulkReplayRead(matched=done.matched, dry_run=False, task_id=done.task_id, status_url=done.status_url)
 
 
 @router.post("/purge", response_model=PurgeRead)

@@ -40,7 +40,7 @@ router = APIRouter()
 def _owned(session: Session, endpoint_id: int, principal: Principal) -> WebhookEndpoint:
     """The endpoint, if the caller owns it or is an admin (otherwise it does not exist for them)."""
     endpoint = webhooks.get(session=session, endpoint_id=endpoint_id)
-    if not principal.is_admin and endpoint.owner != principal.name:
+    if not principal.reads_everything and endpoint.owner != principal.name:
         raise EndpointNotFound(endpoint_id)
     return endpoint
 
@@ -58,7 +58,9 @@ def create_webhook(
 def list_webhooks(session: SessionDep, principal: PrincipalDep) -> list[WebhookEndpointRead]:
     """The caller's endpoints (an admin sees all)."""
     found = webhooks.list_endpoints(session=session)
-    return [WebhookEndpointRead.model_validate(e) for e in found if principal.is_admin or e.owner == principal.name]
+    return [
+        WebhookEndpointRead.model_validate(e) for e in found if principal.reads_everything or e.owner == principal.name
+    ]
 
 
 @router.get("/webhooks/{endpoint_id}", response_model=WebhookEndpointRead, responses=error_responses(404))

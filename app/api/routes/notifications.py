@@ -29,8 +29,8 @@ router = APIRouter()
 
 
 def _owner(principal: Principal) -> str | None:
-    """Admins see every notification; a client only its own."""
-    return None if principal.is_admin else principal.name
+    """Admins and viewers see every notification; a client only its own."""
+    return None if principal.reads_everything else principal.name
 
 
 @router.post(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -15,8 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from app.access.schemas import Principal
 from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, SettingsDep
-from app.config import Settings
-from app.constants import TERMINAL_STATES, TaskState
+from app.constants import TaskState
 from app.db import session_scope, utcnow
 from app.engine import inspect, publish
 from app.errors import NotFound, error_responses
@@ -40,9 +35,6 @@ from app.runs.schemas import (
 from app.schema_types import Limit, Offset
 
 router = APIRouter()
-
-#: Seconds of silence after which a live-progress stream sends a comment line.
-KEEPALIVE_S = 15.0
 
 
 @router.post(
@@ -70,7 +62,7 @@ async def create_ping(body: PingCreate, admin: AdminDep, idempotency_key: Idempo
 def read_task(task_id: TaskId, session: SessionDep, principal: PrincipalDep) -> TaskRead:
     """State, result or error, attempts, tier and timings of one task; clients see only their own."""
     found = inspect.task_status(session=session, task_id=task_id)
-    if found is None or (not principal.is_admin and found.triggered_by != principal.name):
+    if found is None or (not principal.reads_everything and found.triggered_by != principal.name):
         raise NotFound(f"No task {task_id} is known to Courier.")
     return found
 
@@ -82,7 +74,7 @@ async def stream_task_events(
     """Server-Sent Events: one `state` event per change of state or progress, then `end` once it finished."""
     first = await run_in_threadpool(_visible_task, task_id, principal)
     return StreamingResponse(
-        _task_events(first, request, settings),
+        inspect.status_events(first, is_disconnected=request.is_disconnected, settings=settings),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -91,37 +83,9 @@ async def stream_task_events(
 def _visible_task(task_id: str, principal: Principal) -> TaskRead:
     with session_scope() as session:
         found = inspect.task_status(session=session, task_id=task_id)
-    if found is None or (not principal.is_admin and found.triggered_by != principal.name):
+    if found is None or (not principal.reads_everything and found.triggered_by != principal.name):
         raise NotFound(f"No task {task_id} is known to Courier.")
     return found
-
-
-async def _task_events(first: TaskRead, request: Request, settings: Settings) -> AsyncIterator[str]:
-    """Poll the task's state (Redis, then SQL) and send what changed, until it finishes or the client leaves."""
-    deadline = time.monotonic() + settings.events_max_duration_s
-    current: TaskRead | None = first
-    last: tuple[object, ...] | None = None
-    sent = time.monotonic()
-    while current is not None:
-        seen = (current.state, current.progress)
-        if seen != last:
-            last, sent = seen, time.monotonic()
-            yield f"event: state\ndata: {current.model_dump_json()}\n\n"
-        elif time.monotonic() - sent > KEEPALIVE_S:
-            sent = time.monotonic()
-            yield ": keep-alive\n\n"  # a comment line: proxies keep an idle stream open
-        if current.state in TERMINAL_STATES:
-            yield f"event: end\ndata: {json.dumps({'task_id': current.task_id, 'state': current.state})}\n\n"
-            return
-        if time.monotonic() > deadline or await request.is_disconnected():
-            return
-        await asyncio.sleep(settings.events_poll_interval_s)
-        current = await run_in_threadpool(_read_status, current.task_id)
-
-
-def _read_status(task_id: str) -> TaskRead | None:
-    with session_scope() as session:
-        return inspect.task_status(session=session, task_id=task_id)
 
 
 @router.post("/task/{task_id}/revoke", response_model=RevokeRead, responses=error_responses(403, 503))

@@ -1,0 +1,152 @@
+"""Every console page answers for an admin and a viewer, with the right controls, against the real services;
+the replay form's JSON check on the server. No browser: the browser flows are in tests/browser/test_console.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.db import session_scope
+from app.deadletters import service as store
+from tests.support.api import make_key
+from tests.support.console import arrival, csrf_of, sign_in
+
+
+@pytest.fixture
+def letter_id() -> int:
+    """A pending dead letter of the probe task."""
+    with session_scope() as session:
+        letter = store.record(session=session, arrival=arrival(error="PermanentError: boom"))
+        assert letter is not None
+        return letter.id
+
+
+@pytest.mark.parametrize("role", ["admin", "viewer"])
+def test_every_page_opens_and_only_an_admin_sees_actions(api: Any, letter_id: int, role: str) -> None:
+    assert sign_in(api, make_key(role)).status_code == 303
+    with session_scope() as session:
+        task_id = store.get(session=session, letter_id=letter_id).task_id
+    pages = {
+        "/console/": "Overview",
+        "/console/overview/live": "Queues",
+        "/console/dead-letters": "Groups",
+        f"/console/dead-letters/{letter_id}": "PermanentError: boom",
+        "/console/dead-letters/bulk/replay?task_name=system.ping": "Dry run",
+        "/console/dead-letters/bulk/purge?task_name=system.ping": "Dry run",
+        "/console/runs": "Runs",
+        f"/console/runs/{task_id}": task_id,
+        "/console/queues": "Queues",
+        "/console/audit": "Audit trail",
+        "/console/audit/verification": "Chain",
+    }
+    for path, text in pages.items():
+        page = api.get(path, follow_redirects=False)
+        assert page.status_code == 200, (path, page.text[:500])
+        assert text in page.text, path
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        has_action = 'method="post" action="/console/dead-letters' in page.text or "/pause" in page.text
+        if role == "viewer":
+            assert not has_action, path
+    series = api.get("/console/overview/series.json").json()
+    assert len(series["t"]) == 60 and set(series) == {"t", "accepted", "finished", "failed", "in_flight"}
+
+
+def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api: Any, letter_id: int) -> None:
+    assert sign_in(api, make_key("admin")).status_code == 303
+    token = csrf_of(api)
+    for text, message in (("{oops", "not valid JSON"), ("[1]", "must be a JSON object")):
+        answer = api.post(
+            f"/console/dead-letters/{letter_id}/replay", data={"csrf_token": token, "why": "w", "kwargs": text}
+        )
+        assert answer.status_code == 422 and message in answer.text
+    with session_scope() as session:
+        assert store.get(session=session, letter_id=letter_id).status == "pending"
+
+
+def test_discard_needs_a_reason_and_records_it(api: Any, letter_id: int) -> None:
+    admin = make_key("admin")
+    assert sign_in(api, admin).status_code == 303
+    token = csrf_of(api)
+    assert api.post(f"/console/dead-letters/{letter_id}/discard", data={"csrf_token": token}).status_code == 422
+    answer = api.post(
+        f"/console/dead-letters/{letter_id}/discard",
+        data={"csrf_token": token, "why": "duplicate of #1"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    with session_scope() as session:
+        letter = store.get(session=session, letter_id=letter_id)
+        assert (letter.status, letter.resolved_by, letter.resolution_note) == ("discarded", admin[0], "duplicate of #1")
+
+
+def test_the_runs_list_pages_by_keyset_without_losing_or_repeating_a_run(api: Any) -> None:
+    import re
+    import uuid
+    from datetime import timedelta
+    from html import unescape
+
+    from app.db import utcnow
+    from app.runs.models import TaskRun
+
+    # Given 57 runs of one caller, five of them created at the same instant (ties are ordered by task id)
+    caller = f"pager-{uuid.uuid4().hex[:6]}"
+    now = utcnow()
+    with session_scope() as session:
+        for i in range(57):
+            created = now - timedelta(seconds=min(i, 52))
+            session.add(
+                TaskRun(
+                    task_id=f"{caller}-{i:02d}",
+                    name="system.ping",
+                    state="SUCCESS",
+                    triggered_by=caller,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+    assert sign_in(api, make_key("viewer")).status_code == 303
+    # When the list is read page by page through its Older link
+    seen: list[str] = []
+    page = api.get("/console/runs", params={"triggered_by": caller})
+    while True:
+        assert page.status_code == 200
+        seen += re.findall(rf"<code>({caller}-\d\d)</code>", page.text)
+        older = re.search(r'<a href="\?([^"]+)" rel="next">', page.text)
+        if older is None:
+            break
+        page = api.get("/console/runs?" + unescape(older.group(1)))
+    # Then every run shows once, newest first, and the second page says where it is
+    assert len(seen) == 57 and len(set(seen)) == 57
+    assert seen[:3] == [f"{caller}-00", f"{caller}-01", f"{caller}-02"]
+    assert "51–57 of 57" in page.text
+
+
+def test_an_admin_revokes_a_waiting_run_with_a_reason_and_the_audit_trail_says_who_and_why(api: Any) -> None:
+    import uuid
+
+    from app.audit import service as audit_service
+    from app.runs import service as runs_service
+    from app.runs.models import TaskRun
+
+    # Given a run that has not started
+    task_id = f"waiting-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        session.add(TaskRun(task_id=task_id, name="system.ping", state="PENDING"))
+    admin = make_key("admin")
+    assert sign_in(api, admin).status_code == 303
+    page = api.get(f"/console/runs/{task_id}")
+    assert page.status_code == 200 and "/revoke" in page.text
+    # When the admin revokes it from its page, with a reason
+    answer = api.post(
+        f"/console/runs/{task_id}/revoke",
+        data={"csrf_token": csrf_of(api), "why": "sent twice by mistake"},
+        follow_redirects=False,
+    )
+    # Then it is revoked for good, and the audit trail has who and why
+    assert answer.status_code == 303
+    with session_scope() as session:
+        run = runs_service.get(session=session, task_id=task_id)
+        assert run is not None and run.state == "REVOKED"
+        entries = audit_service.list_for_target(session=session, target=f"task:{task_id}")
+        assert [(e.action, e.actor, e.reason) for e in entries] == [("task.revoke", admin[0], "sent twice by mistake")]
