@@ -178,5 +178,8 @@ def test_the_recorder_runs_behind_the_workers_at_a_lower_cpu_priority(recorder):
 
     assert recorder.process is not None
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    pid, wanted = recorder.process.pid, own + get_settings().history_recorder_nice
+    if own >= 19:
+        pytest.skip("the suite already runs at the lowest priority Linux has (nice 19): nothing lower to go to")
+    # Linux caps niceness at 19: a suite run under `nice -n 10` sees the recorder at min(19, 10 + the setting).
+    pid, wanted = recorder.process.pid, min(19, own + get_settings().history_recorder_nice)
     join(lambda: os.getpriority(os.PRIO_PROCESS, pid) == wanted, what="the recorder to lower its priority")
