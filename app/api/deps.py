@@ -14,32 +14,21 @@ from sqlalchemy.orm import Session
 from app.access import service as access_service
 from app.access.schemas import Principal
 from app.access.service import KeyCache
-from app.audit.context import adopt_session, remember_principal
+from app.audit.context import remember_principal, request_session
 from app.config import Settings, get_settings
-from app.db import get_sessionmaker, session_scope
+from app.db import get_sessionmaker
 from app.errors import Forbidden, Unauthenticated
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session() -> Iterator[Session]:
-    """The request's session: one transaction per request, committed before the response starts.
+    """The request's session, committed before the response starts.
 
-    The audit middleware (app/api/audit_middleware.py) adds the call's audit entry to this transaction and commits it
-    when the route has answered, before the status line goes out: a client never sees a 2xx for a change that is
-    not committed, and on SQLite the audit entry never waits for the request's own write lock. A route that raises
-    rolls the transaction back. Why the middleware and not this function: FastAPI (0.118 on) runs the code after
-    `yield` only once the response has been sent, and only the middleware knows the answer's status as it starts.
-    The session is `session_scope`'s (app/db.py): it commits here only what the middleware did not take (an app
-    without it); after the middleware's commit there is nothing left to commit.
+    Why the audit middleware commits it and not this function: FastAPI (0.118 on) runs the code after `yield` only
+    once the response has been sent, and only the middleware knows the answer's status as it starts.
     """
-    with session_scope() as session:
-        call = adopt_session(session)
-        try:
-            yield session
-        finally:
-            if call is not None and call.session is session:
-                call.session = None
+    yield from request_session()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -4,11 +4,14 @@ own transaction (so its audit entry commits with its change, before its response
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
+
+from app.db import session_scope
 
 
 @dataclass
@@ -49,3 +52,19 @@ def adopt_session(session: Session) -> HttpCall | None:
     if call is not None:
         call.session = session
     return call
+
+
+def request_session() -> Iterator[Session]:
+    """The HTTP request's session (a FastAPI dependency of the API and the console): one transaction per request.
+
+    The audit middleware adds the call's audit entry to this transaction and commits it when the route has
+    answered, before the status line goes out: a client never sees a 2xx for a change that is not committed. A route
+    that raises rolls it back. Outside the middleware (an app without it) `session_scope` commits it here.
+    """
+    with session_scope() as session:
+        call = adopt_session(session)
+        try:
+            yield session
+        finally:
+            if call is not None and call.session is session:
+                call.session = None

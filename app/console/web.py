@@ -17,9 +17,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app import web_assets
-from app.audit.context import adopt_session
+from app.audit.context import request_session
 from app.console.session import ConsoleUser
-from app.db import session_scope, utcnow
+from app.db import utcnow
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
@@ -107,13 +107,7 @@ def see_other(url: str) -> RedirectResponse:
 
 def get_session() -> Iterator[Session]:
     """The request's session, whose transaction the audit middleware commits as the answer starts (as the API's)."""
-    with session_scope() as session:
-        call = adopt_session(session)
-        try:
-            yield session
-        finally:
-            if call is not None and call.session is session:
-                call.session = None
+    yield from request_session()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
