@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select
+from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -86,6 +86,8 @@ def record_events(
     if not by_task:
         return 0
     attempt_rows: list[dict[str, Any]] = []
+    if _dialect(session) == "postgresql":
+        _plan_each_batch(session)
     existing = {run.task_id: run for run in session.scalars(_existing(session, list(by_task)))}
     rows = []
     for task_id, task_events in by_task.items():
@@ -136,6 +138,18 @@ def _existing(session: Session, task_ids: list[str]) -> Any:
     if _dialect(session) == "postgresql":
         return select(TaskRun).where(TaskRun.task_id == any_(bindparam("ids", task_ids, type_=ARRAY(String(64)))))
     return select(TaskRun).where(TaskRun.task_id.in_(task_ids))
+
+
+def _plan_each_batch(session: Session) -> None:
+    """Have PostgreSQL plan this transaction's statements for their own parameters, never from a cached generic plan.
+
+    The recorder's connection lives for days, and psycopg prepares a statement after its fifth run. PostgreSQL
+    then settles on a generic plan, made while `task_runs` was small: a sequential scan that compares every row
+    with every id of the batch's array (a parameter cannot be hashed), so a batch's lookup cost grew with the
+    whole history (0.6 s a batch at 14,000 runs). Planned with the array as a constant, the lookup is an index
+    scan on a large table and a hashed comparison on a small one. Planning costs well under a millisecond a batch.
+    """
+    session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
