@@ -93,7 +93,7 @@ def _template(scope: Scope, path: str) -> str:
 class AuditMiddleware:
     """Ends each call's transaction as its response starts, with the call's audit entry in it.
 
-    The request's session (app.api.deps.get_session) is still open when the route has answered: its change and
+    The request's session (app.audit.context.request_session) is still open when the route has answered: its change and
     the entry commit together, before the status line goes out. A call without an open transaction (none, or one
     its route rolled back by raising) gets its entry in a transaction of its own. When the commit fails nothing of
     the call was saved: the client gets 503 instead of the route's answer, and the failure is recorded.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
 
@@ -22,16 +21,8 @@ from app.errors import Forbidden, Unauthenticated
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session() -> Iterator[Session]:
-    """The request's session, committed before the response starts.
-
-    Why the audit middleware commits it and not this function: FastAPI (0.118 on) runs the code after `yield` only
-    once the response has been sent, and only the middleware knows the answer's status as it starts.
-    """
-    yield from request_session()
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
+#: The request's session (app/audit/context.py): one transaction, committed by the audit middleware as it answers.
+SessionDep = Annotated[Session, Depends(request_session)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `python -m app.cli create-api-key`.")
 

@@ -24,7 +24,7 @@ class HttpCall:
     client_address: str | None
     principal: Any = None
     recorded: bool = False
-    #: The request's session (app.api.deps.get_session) while its transaction is open and unanswered: the audit
+    #: The request's session (app.audit.context.request_session) while its transaction is open and unanswered: the audit
     #: middleware records the call's entry in it and commits it as the response starts.
     session: Session | None = None
 
@@ -59,7 +59,9 @@ def request_session() -> Iterator[Session]:
 
     The audit middleware adds the call's audit entry to this transaction and commits it when the route has
     answered, before the status line goes out: a client never sees a 2xx for a change that is not committed. A route
-    that raises rolls it back. Outside the middleware (an app without it) `session_scope` commits it here.
+    that raises rolls it back. Outside the middleware (an app without it) `session_scope` commits it here. Why the
+    middleware commits and not this function: FastAPI (0.118 on) runs the code after `yield` only once the response
+    has been sent, and only the middleware knows the answer's status as it starts.
     """
     with session_scope() as session:
         call = adopt_session(session)

@@ -4,7 +4,7 @@ security headers, and the answers to a missing session, a refusal and a domain e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -105,9 +105,5 @@ def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
 
 
-def get_session() -> Iterator[Session]:
-    """The request's session, whose transaction the audit middleware commits as the answer starts (as the API's)."""
-    yield from request_session()
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
+#: The request's session, as the API's (app/audit/context.py).
+SessionDep = Annotated[Session, Depends(request_session)]

@@ -86,9 +86,7 @@ def record_events(
     if not by_task:
         return 0
     attempt_rows: list[dict[str, Any]] = []
-    if _dialect(session) == "postgresql":
-        _plan_each_batch(session)
-    existing = {run.task_id: run for run in session.scalars(_existing(session, list(by_task)))}
+    existing = _known_runs(session, list(by_task))
     rows = []
     for task_id, task_events in by_task.items():
         row = _row_dict(existing.get(task_id), task_id)
@@ -132,24 +130,23 @@ def attempts(*, session: Session, task_id: str) -> list[TaskAttempt]:
     )
 
 
-def _existing(session: Session, task_ids: list[str]) -> Any:
-    """The runs already recorded among `task_ids`. On PostgreSQL the ids go as one array parameter (`= ANY`):
-    an IN list of a batch's ids was a statement of a thousand placeholders, compiled and parsed per batch."""
-    if _dialect(session) == "postgresql":
-        return select(TaskRun).where(TaskRun.task_id == any_(bindparam("ids", task_ids, type_=ARRAY(String(64)))))
-    return select(TaskRun).where(TaskRun.task_id.in_(task_ids))
+def _known_runs(session: Session, task_ids: list[str]) -> dict[str, TaskRun]:
+    """The runs already recorded among `task_ids`, by id.
 
-
-def _plan_each_batch(session: Session) -> None:
-    """Have PostgreSQL plan this transaction's statements for their own parameters, never from a cached generic plan.
-
-    The recorder's connection lives for days, and psycopg prepares a statement after its fifth run. PostgreSQL
-    then settles on a generic plan, made while `task_runs` was small: a sequential scan that compares every row
-    with every id of the batch's array (a parameter cannot be hashed), so a batch's lookup cost grew with the
-    whole history (0.6 s a batch at 14,000 runs). Planned with the array as a constant, the lookup is an index
-    scan on a large table and a hashed comparison on a small one. Planning costs well under a millisecond a batch.
+    On PostgreSQL the ids go as one array parameter (`= ANY`): an IN list of a batch's ids was a statement of a
+    thousand placeholders, compiled and parsed per batch. And the batch's transaction is planned for its own
+    parameters (`force_custom_plan`): the recorder's connection lives for days, psycopg prepares a statement after
+    its fifth run, and PostgreSQL then settled on a generic plan made while `task_runs` was small, a sequential
+    scan comparing every row with every id of the array (a parameter cannot be hashed), so a batch's lookup cost
+    grew with the whole history (0.6 s a batch at 14,000 runs). Planned with the array as a constant, it is an
+    index scan on a large table and a hashed comparison on a small one, for well under a millisecond of planning.
     """
-    session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    if _dialect(session) == "postgresql":
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        statement = select(TaskRun).where(TaskRun.task_id == any_(bindparam("ids", task_ids, type_=ARRAY(String(64)))))
+    else:
+        statement = select(TaskRun).where(TaskRun.task_id.in_(task_ids))
+    return {run.task_id: run for run in session.scalars(statement)}
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
