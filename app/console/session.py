@@ -102,7 +102,13 @@ def login_token_valid(request: Request, field: str, settings: Settings) -> bool:
         expected = _serializer(settings, "console-login").loads(request.cookies.get(LOGIN_COOKIE, ""), max_age=3600)
     except BadSignature:
         return False
-    return isinstance(expected, str) and hmac.compare_digest(expected, field)
+    return isinstance(expected, str) and _same(expected, field)
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time equality of a token the client sent with ours. As bytes: `hmac.compare_digest` raises
+    TypeError on a str with any non-ASCII character, and a form field or header (read as latin-1) can carry one."""
+    return hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def sign_in(key: str) -> Principal | None:
@@ -161,7 +167,7 @@ async def _check_csrf(request: Request, user: ConsoleUser) -> None:
         form = await request.form()
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    if not sent or not hmac.compare_digest(sent, user.csrf):
+    if not sent or not _same(sent, user.csrf):
         raise ConsoleForbidden("The form's security token is missing or wrong; reload the page and try again.")
 
 

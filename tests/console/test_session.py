@@ -68,6 +68,22 @@ def test_a_form_without_its_csrf_token_or_with_a_wrong_one_is_refused(api: Any) 
         assert "low" not in operations.paused_names(session=session)
 
 
+def test_a_token_with_non_ascii_characters_is_refused_not_a_server_error(api: Any) -> None:
+    # Given a sign-in form, a sign-in whose form token carries a non-ASCII character is refused as expired
+    form = api.get("/console/login")
+    assert form.status_code == 200
+    answer = api.post("/console/login", data={"api_key": "x", "login_token": "\u00e9"}, follow_redirects=False)
+    assert answer.status_code == 403, answer.text
+    assert "expired" in answer.text
+    # And given an admin's session, a form whose CSRF token (field or htmx header) is not ASCII
+    assert sign_in(api, make_key("admin")).status_code == 303
+    for extra in ({"data": {"reason": "forged", "csrf_token": "\u00e9" * 43}}, {"headers": {"X-CSRF-Token": b"\xe9"}}):
+        answer = api.post("/console/queues/low/pause", follow_redirects=False, **extra)
+        # Then it is refused like any wrong token (403), never a 500
+        assert answer.status_code == 403, answer.text
+        assert "security token" in answer.text
+
+
 def test_a_viewer_sees_the_pages_without_actions_and_its_hand_made_post_is_refused(api: Any) -> None:
     # Given a viewer's session and its valid CSRF token
     viewer = make_key("viewer")
