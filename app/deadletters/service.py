@@ -8,6 +8,7 @@ x-death, the headers a worker declared) and publishing a replay are the engine's
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,6 +100,20 @@ def redact(value: Any) -> Any:
     return value
 
 
+def storable(value: Any) -> Any:
+    """A copy of decoded message JSON that a JSON column holds: NaN and the infinities become the strings "NaN",
+    "Infinity" and "-Infinity". Python's json (Celery's decoder) reads those literals, PostgreSQL's json type refuses
+    them, and a letter the recorder cannot store stayed at the head of its queue: every later dead letter waited
+    behind it, unrecorded, while the recorder retried it forever. (The raw body, which a replay sends, is kept.)"""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
 def classify(
     *,
     amqp_reason: str | None,
@@ -166,8 +181,8 @@ def record(*, session: Session, arrival: Arrival) -> DeadLetter | None:
         error_class=error_class,
         error=error,
         traceback=arrival.traceback[-TRACEBACK_MAX_CHARS:] if arrival.traceback else None,
-        args=redact(args) if args is not None else None,
-        kwargs=redact(kwargs) if kwargs is not None else None,
+        args=storable(redact(args)) if args is not None else None,
+        kwargs=storable(redact(kwargs)) if kwargs is not None else None,
         queue=arrival.queue,
         exchange=arrival.exchange,
         routing_key=arrival.routing_key,
@@ -179,8 +194,8 @@ def record(*, session: Session, arrival: Arrival) -> DeadLetter | None:
         replays=arrival.replays,
         content_type=arrival.content_type,
         content_encoding=arrival.content_encoding,
-        properties=arrival.properties,
-        headers=arrival.headers,
+        properties=storable(arrival.properties),
+        headers=storable(arrival.headers),
         body=arrival.body,
         body_base64=arrival.body_base64,
     )
