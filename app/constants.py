@@ -62,7 +62,7 @@ REDIS_PREFIX = "courier:"
 REVOKED_KEY = REDIS_PREFIX + "revoked:{task_id}"
 #: `courier:task:<task_id>` → hash {name, tier, triggered_by, dispatched_at} (TTL: RESULT_EXPIRES_S).
 TASK_META_KEY = REDIS_PREFIX + "task:{task_id}"
-#: `courier:idem:<api_key_id>:<key>` → JSON {fingerprint, status, response} (TTL: IDEMPOTENCY_TTL_S).
+#: `courier:idem:<api key name, percent-encoded>:<key>` → JSON {fingerprint, status, response} (TTL: IDEMPOTENCY_TTL_S).
 IDEMPOTENCY_KEY = REDIS_PREFIX + "idem:{owner}:{key}"
 #: `courier:starts:<task_id>:<retries>` → how many times this attempt started (bounds worker-killing messages).
 STARTS_KEY = REDIS_PREFIX + "starts:{task_id}:{retries}"

@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from anyio import to_thread
@@ -30,6 +31,13 @@ PENDING_CLAIM_TTL_S = 60
 _STORE_DOWN = "The idempotency store (Redis) is unreachable; nothing was done."
 
 
+def _redis_key(owner: str, key: str) -> str:
+    """Where (owner, key) lives. The owner is percent-encoded: a key name may hold ':' (the separator), and owner
+    `svc` with key `prod:k` must never share a slot with owner `svc:prod` and key `k` (it would be answered with
+    the other caller's first answer, or refused 422). A name without ':', '%' or the like reads as before."""
+    return IDEMPOTENCY_KEY.format(owner=quote(owner, safe=""), key=key)
+
+
 def fingerprint(route: str, body: Any) -> str:
     """A stable digest of what was asked: the route and the canonical JSON of the body."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
@@ -43,7 +51,7 @@ def begin(*, owner: str, key: str, digest: str) -> dict[str, Any] | None:
         Unprocessable: the key was used with a different request.
         Conflict: the first request with this key is still in flight.
     """
-    redis_key = IDEMPOTENCY_KEY.format(owner=owner, key=key)
+    redis_key = _redis_key(owner, key)
     claim = json.dumps({"fingerprint": digest, "status": _PENDING})
     if get_redis().set(redis_key, claim, nx=True, ex=min(PENDING_CLAIM_TTL_S, get_settings().idempotency_ttl_s)):
         return None
@@ -61,12 +69,12 @@ def begin(*, owner: str, key: str, digest: str) -> dict[str, Any] | None:
 def complete(*, owner: str, key: str, digest: str, response: dict[str, Any]) -> None:
     """Store the answer to replay for later requests with the same key."""
     value = json.dumps({"fingerprint": digest, "status": "done", "response": response})
-    get_redis().set(IDEMPOTENCY_KEY.format(owner=owner, key=key), value, ex=get_settings().idempotency_ttl_s)
+    get_redis().set(_redis_key(owner, key), value, ex=get_settings().idempotency_ttl_s)
 
 
 def abandon(*, owner: str, key: str) -> None:
     """Release the claim after a failure, so the client may retry with the same key."""
-    get_redis().delete(IDEMPOTENCY_KEY.format(owner=owner, key=key))
+    get_redis().delete(_redis_key(owner, key))
 
 
 def _store_down(exc: redis.RedisError) -> Exception:

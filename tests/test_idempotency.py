@@ -51,6 +51,20 @@ def test_a_repeat_with_the_same_key_and_body_gets_the_first_answer_without_runni
     assert action.runs == 1
 
 
+def test_two_owners_never_share_a_key_even_when_a_name_holds_the_separator():
+    # Given owner `svc:prod` whose request with key `k` was served
+    action, key = Action(), uuid.uuid4().hex
+
+    async def call(owner: str, key: str) -> dict[str, Any]:
+        return await idempotency.once(owner=owner, key=key, route="test.once", body={}, action=action)
+
+    assert anyio.run(call, "svc:prod", key) == {"run": 1}
+    # When owner `svc` sends the same request with key `prod:k`, which joined with ':' reads the same
+    # Then its action runs on its own and it gets its own answer, not the other owner's
+    assert anyio.run(call, "svc", "prod:" + key) == {"run": 2}
+    assert action.runs == 2
+
+
 def test_without_a_key_the_action_runs_every_time():
     action = Action()
     assert [_once(action, key=None, body={}) for _ in range(2)] == [{"run": 1}, {"run": 2}]
