@@ -9,6 +9,10 @@ Likewise a number JSON cannot carry: Python's json (which FastAPI parses bodies 
 literals NaN, Infinity and -Infinity, and turns an out-of-range number (1e400) into infinity. In a free-form JSON
 field (a notification's `data`, an event's `data`) that value reached PostgreSQL's `json` type, which refuses it
 ("Token "NaN" is invalid"): a 500. It is refused (422 `non_finite_number`) wherever it appears in a body.
+
+And text that is not Unicode: JSON's escapes can spell half of a surrogate pair (`"\\ud800"`), which Python's json
+returns as a lone surrogate, a string no UTF-8 encoder accepts. In a free-form field it was stored, and echoed back
+in a task's result it made every read of that task a 500. It is refused (422 `invalid_text`) wherever it appears.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ NUL = "\x00"
 #: costs that parse, nothing more.
 _MAY_BE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE][+-]?[0-9]{3}|[0-9]{100}")
 
+#: The JSON escape of a surrogate code point (U+D800..U+DFFF): only a body holding one is parsed again (a valid pair
+#: parses to one character and passes).
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 class NonFiniteNumber(Unprocessable):
     """A number of the request's JSON body is NaN or infinite."""
@@ -39,6 +48,18 @@ class NonFiniteNumber(Unprocessable):
     def __init__(self) -> None:
         super().__init__(
             "Numbers must be finite: NaN, Infinity and numbers beyond a double's range are refused; found in the body.",
+            details={"in": "the body"},
+        )
+
+
+class LoneSurrogate(Unprocessable):
+    """A string of the request's JSON body holds half of a surrogate pair: not Unicode text."""
+
+    code = "invalid_text"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Text must be Unicode: a string of the body holds an unpaired surrogate escape (\\ud800-\\udfff).",
             details={"in": "the body"},
         )
 
@@ -66,6 +87,8 @@ async def reject_nul_characters(request: Request) -> None:
         raise NulCharacter("the body")
     if _MAY_BE_NON_FINITE.search(body) and _contains_non_finite(_loads(body)):
         raise NonFiniteNumber()
+    if _MAY_HOLD_SURROGATE.search(body) and _contains_surrogate(_loads(body)):
+        raise LoneSurrogate()
 
 
 def _loads(body: bytes) -> Any:
@@ -82,6 +105,16 @@ def _contains_non_finite(value: Any) -> bool:
         return any(_contains_non_finite(item) for item in value.values())
     if isinstance(value, list):
         return any(_contains_non_finite(item) for item in value)
+    return False
+
+
+def _contains_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_contains_surrogate(key) or _contains_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_surrogate(item) for item in value)
     return False
 
 
