@@ -4,11 +4,22 @@ PostgreSQL's text types cannot contain the NUL character (U+0000): a NUL in a qu
 or a string of a JSON body reached the driver and ended in a 500 ("PostgreSQL text fields cannot contain NUL
 (0x00) bytes"), found by the fuzz run (tests/api/test_fuzz.py). SQLite stores it, so refusing it is also what
 keeps both databases answering alike. Integers are bounded by their types instead (app/schema_types.py).
+
+Likewise a number JSON cannot carry: Python's json (which FastAPI parses bodies with) accepts the non-standard
+literals NaN, Infinity and -Infinity, and turns an out-of-range number (1e400) into infinity. In a free-form JSON
+field (a notification's `data`, an event's `data`) that value reached PostgreSQL's `json` type, which refuses it
+("Token "NaN" is invalid"): a 500. It is refused (422 `non_finite_number`) wherever it appears in a body.
+
+And text that is not Unicode: JSON's escapes can spell half of a surrogate pair (`"\\ud800"`), which Python's json
+returns as a lone surrogate, a string no UTF-8 encoder accepts. In a free-form field it was stored, and echoed back
+in a task's result it made every read of that task a 500. It is refused (422 `invalid_text`) wherever it appears.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from fastapi import Request
@@ -16,6 +27,41 @@ from fastapi import Request
 from app.errors import Unprocessable
 
 NUL = "\x00"
+
+#: Bytes a JSON body must hold for some number in it to parse as non-finite (a double ends near 1.8e308): a
+#: NaN/Infinity literal, an exponent of three digits, or a run of 100 digits (under 100 digits with an exponent of
+#: at most two, a number stays below 1e199). Only a body that matches is parsed again; a match inside a string
+#: costs that parse, nothing more.
+_MAY_BE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE][+-]?[0-9]{3}|[0-9]{100}")
+
+#: The JSON escape of a surrogate code point (U+D800..U+DFFF): only a body holding one is parsed again (a valid pair
+#: parses to one character and passes).
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class NonFiniteNumber(Unprocessable):
+    """A number of the request's JSON body is NaN or infinite."""
+
+    code = "non_finite_number"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Numbers must be finite: NaN, Infinity and numbers beyond a double's range are refused; found in the body.",
+            details={"in": "the body"},
+        )
+
+
+class LoneSurrogate(Unprocessable):
+    """A string of the request's JSON body holds half of a surrogate pair: not Unicode text."""
+
+    code = "invalid_text"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Text must be Unicode: a string of the body holds an unpaired surrogate escape (\\ud800-\\udfff).",
+            details={"in": "the body"},
+        )
 
 
 class NulCharacter(Unprocessable):
@@ -28,7 +74,8 @@ class NulCharacter(Unprocessable):
 
 
 async def reject_nul_characters(request: Request) -> None:
-    """Refuse (422) a request whose path, query or JSON body carries U+0000 anywhere in its text."""
+    """Refuse (422) a request whose path, query or JSON body carries U+0000 anywhere in its text, or whose JSON
+    body carries a non-finite number."""
     if NUL in request.url.path:
         raise NulCharacter("the path")
     if any(NUL in key or NUL in value for key, value in request.query_params.multi_items()):
@@ -38,6 +85,10 @@ async def reject_nul_characters(request: Request) -> None:
     # body is parsed again only when that escape appears at all.
     if b"\\u0000" in body and _contains_nul(_loads(body)):
         raise NulCharacter("the body")
+    if _MAY_BE_NON_FINITE.search(body) and _contains_non_finite(_loads(body)):
+        raise NonFiniteNumber()
+    if _MAY_HOLD_SURROGATE.search(body) and _contains_surrogate(_loads(body)):
+        raise LoneSurrogate()
 
 
 def _loads(body: bytes) -> Any:
@@ -45,6 +96,26 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None  # not JSON: the body parameter's own validation answers
+
+
+def _contains_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_contains_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_contains_non_finite(item) for item in value)
+    return False
+
+
+def _contains_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_contains_surrogate(key) or _contains_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_surrogate(item) for item in value)
+    return False
 
 
 def _contains_nul(value: Any) -> bool:

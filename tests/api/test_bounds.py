@@ -189,6 +189,42 @@ def test_text_with_a_nul_character_is_a_422_never_a_500(api: Any, admin_key: tup
         assert response.json()["error"]["code"] == "nul_character", response.text
 
 
+def test_a_non_finite_number_in_a_body_is_a_422_never_a_500(api: Any, client_key: tuple[str, str]) -> None:
+    # Given JSON numbers no JSON column can hold: the literals Python's json accepts, and numbers beyond a double
+    # (a notification's free-form `data` reached PostgreSQL's json type with them and answered 500)
+    for number in ("NaN", "Infinity", "-Infinity", "1e400", "-1.5E+309", "1" + "0" * 250 + "e99", "9" * 400 + ".0"):
+        body = '{"channel": "push", "recipient": "device-1", "body": "b", "data": {"n": [' + number + "]}}"
+        # When a client sends it
+        response = api.post(
+            "/api/v1/notifications", content=body, headers={**auth(client_key), "Content-Type": "application/json"}
+        )
+        # Then it is refused with the envelope, naming the cause, and nothing was created
+        assert response.status_code == 422, (number, response.text)
+        assert response.json()["error"]["code"] == "non_finite_number", response.text
+    # And a large finite number, or the same words inside a string, are not refused for it
+    for data in ('{"n": 1e300, "m": 1e-400}', '{"text": "NaN Infinity 1e400"}'):
+        body = '{"channel": "push", "recipient": "device-1", "body": "b", "data": ' + data + "}"
+        response = api.post(
+            "/api/v1/notifications", content=body, headers={**auth(client_key), "Content-Type": "application/json"}
+        )
+        assert response.status_code == 202, (data, response.text)
+
+
+def test_text_with_an_unpaired_surrogate_is_a_422_never_stored(api: Any, admin_key: tuple[str, str]) -> None:
+    # Given JSON strings that spell half of a surrogate pair (Python's json returns them as text no UTF-8 encoder
+    # takes: replayed into a task's result, every read of that task answered 500)
+    headers = {**auth(admin_key), "Content-Type": "application/json"}
+    for text in ("\\ud800", "a\\uDFFFb", "\\udc00\\ud83d"):
+        body = '{"type": "custom.thing", "data": {"k": ["' + text + '"]}}'
+        # When it is sent, Then it is refused with the envelope, naming the cause
+        response = api.post("/api/v1/integrations/events", content=body, headers=headers)
+        assert response.status_code == 422, (text, response.text)
+        assert response.json()["error"]["code"] == "invalid_text", response.text
+    # And a well-formed pair (an emoji) is ordinary text
+    body = '{"type": "custom.thing", "data": {"k": "\\ud83d\\ude00"}}'
+    assert api.post("/api/v1/integrations/events", content=body, headers=headers).status_code == 202
+
+
 def test_a_refused_change_whose_path_holds_a_nul_is_still_audited(api: Any, admin_key: tuple[str, str]) -> None:
     # Given a mutating call whose path holds a NUL (refused 422 before the route runs)
     response = api.post("/api/v1/integrations/webhooks/1/rotate-secret%00x", headers=auth(admin_key))

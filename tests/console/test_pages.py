@@ -55,7 +55,18 @@ def test_every_page_opens_and_only_an_admin_sees_actions(api: Any, letter_id: in
 def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api: Any, letter_id: int) -> None:
     assert sign_in(api, make_key("admin")).status_code == 303
     token = csrf_of(api)
-    for text, message in (("{oops", "not valid JSON"), ("[1]", "must be a JSON object")):
+    # (and values no record can hold: replayed, a {"sleep_s": Infinity} wedged the recorder on its next death and a
+    # {"echo": "\\ud800"} made every read of the task a 500)
+    unrecordable = "can be recorded"
+    for text, message in (
+        ("{oops", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"sleep_s": Infinity}', unrecordable),
+        ('{"sleep_s": 1e400}', unrecordable),
+        ('{"n": [NaN]}', unrecordable),
+        ('{"echo": "\\ud800"}', unrecordable),
+        ('{"echo": "a\\u0000b"}', unrecordable),
+    ):
         answer = api.post(
             f"/console/dead-letters/{letter_id}/replay", data={"csrf_token": token, "why": "w", "kwargs": text}
         )
