@@ -64,6 +64,10 @@ class ReportCreate(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_kind(self) -> ReportCreate:
+        if self.day is not None and self.day >= date.max:
+            # The day's report reads [day, day + 1): the last representable date has no end, and the worker's
+            # report failed on it (OverflowError) after the 202.
+            raise ValueError(f"day must be before {date.max.isoformat()}")
         if self.kind is ReportKind.gdpr and self.user_id is None:
             raise ValueError("a gdpr report needs user_id")
         if self.kind is ReportKind.sox:

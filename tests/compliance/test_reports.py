@@ -117,6 +117,9 @@ def test_report_requests_are_validated(api, admin_key, client_key):
         ).status_code
         == 422
     )
+    # a day whose end no date can hold (its report failed in the worker, OverflowError, after a 202)
+    answer = api.post("/api/v1/audit/reports", json={"kind": "daily", "day": "9999-12-31"}, headers=auth(admin_key))
+    assert answer.status_code == 422 and "day must be before" in answer.text, answer.text
     assert api.post("/api/v1/audit/reports", json={"kind": "daily"}, headers=auth(client_key)).status_code == 403
     assert api.get("/api/v1/audit/reports/987654", headers=auth(admin_key)).status_code == 404
 
