@@ -108,6 +108,8 @@ def _plan(
         priority = declared.priority if declared.priority is not None else default_priority(tier)
     if not 0 <= priority <= TIER_MAX_PRIORITY[tier]:
         raise Unprocessable(f"priority must be between 0 and {TIER_MAX_PRIORITY[tier]} on tier {tier.value}.")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    _check_time_limits(name, options)
     task_id = str(uuid.uuid4())
     # The meta is written before the publish so the recorder can attribute the run as soon as it starts.
     meta = {
@@ -118,9 +120,28 @@ def _plan(
         # The HTTP request that dispatched it (also a message header, which the task's log lines read).
         "request_id": request_id.get() or "",
     }
-    return _Planned(
-        name, task_id, tier, priority, kwargs, {k: v for k, v in (options or {}).items() if v is not None}, meta
-    )
+    return _Planned(name, task_id, tier, priority, kwargs, options, meta)
+
+
+def _check_time_limits(name: str, options: dict[str, Any]) -> None:
+    """Refuse a call whose time limits would not be enforced as given: the hard one must exceed the soft one.
+
+    A call's limit replaces only its own kind; the other is the task's. Celery's prefork pool arms a task's hard
+    timer only once its soft one has fired, so a hard limit at or under the soft one (`time_limit` 2 against the
+    task's soft 120, or `soft_time_limit` 3600 against its hard 150) let the task run on to the soft limit:
+    a probe asked to stop after 2 s ran 8 s and succeeded. Settings refuse the same for the global defaults.
+    """
+    if "time_limit" not in options and "soft_time_limit" not in options:
+        return
+    policy = POLICIES[name].resolve(get_settings())
+    soft = options.get("soft_time_limit", policy.soft_time_limit_s)
+    hard = options.get("time_limit", policy.time_limit_s)
+    if hard <= soft:
+        raise Unprocessable(
+            f"The hard time limit ({hard:g} s) must exceed the soft one ({soft:g} s); a limit not given is the "
+            f"task's own ({name}: soft {policy.soft_time_limit_s:g} s, hard {policy.time_limit_s:g} s).",
+            details={"soft_time_limit_s": soft, "time_limit_s": hard},
+        )
 
 
 def dispatch(

@@ -15,6 +15,7 @@ from app.constants import Tier
 from app.engine import publish
 from app.engine.celery_app import celery_app
 from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
+from app.errors import Unprocessable
 from tests.support.services import REDIS_HOST, queue_depth, redis_client, redis_db
 
 
@@ -120,3 +121,31 @@ def test_the_message_has_celerys_headers_without_saferepr_or_a_host_lookup_per_m
     assert {k: ours[k] for k in celerys if k != "kwargsrepr"} == {k: v for k, v in celerys.items() if k != "kwargsrepr"}
     assert len(ours["kwargsrepr"]) == 1024 and ours["kwargsrepr"].startswith("{'echo': 'xxx")
     assert ours["argsrepr"] == celerys["argsrepr"] == "()"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"time_limit": 2},  # under ping's own soft limit (120 s)
+        {"soft_time_limit": 3600},  # over ping's own hard limit (150 s)
+        {"soft_time_limit": 5, "time_limit": 5},
+        {"soft_time_limit": 3600, "time_limit": 0.5},
+    ],
+)
+def test_a_hard_time_limit_not_above_the_soft_one_is_refused_and_nothing_is_published(empty_queues, options):
+    # Given limits the prefork pool would not enforce as given (it arms the hard timer only once the soft one fired,
+    # so ping with time_limit 2 ran its 8 s sleep to SUCCESS)
+    # When a dispatch asks for them
+    with pytest.raises(Unprocessable) as refused:
+        publish.dispatch("system.ping", kwargs={"sleep_s": 8}, triggered_by="tester", tier=Tier.low, options=options)
+    # Then it is refused, naming both limits, and nothing reached the queue
+    assert "must exceed the soft one" in refused.value.message
+    assert queue_depth("low")["ready"] == 0
+
+
+def test_a_hard_time_limit_above_the_soft_one_is_dispatched(empty_queues):
+    # Given limits in order, one given and the other the task's (ping: soft 120 s, hard 150 s), or both given
+    for options in ({"soft_time_limit": 1, "time_limit": 2}, {"time_limit": 600}, {"soft_time_limit": 30}):
+        # When a dispatch asks for them, Then it is published
+        publish.dispatch("system.ping", kwargs={}, triggered_by="tester", tier=Tier.low, options=options)
+    assert queue_depth("low")["ready"] == 3
