@@ -124,11 +124,20 @@ class Recorder:
     @staticmethod
     def _meta(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
         """Tier, triggering key and dispatch time of each started run: from the journal entry, which carries the
-        publisher's message headers, else (a message published without them) from Redis in one round trip."""
+        publisher's message headers, else (a message published without them) from Redis in one round trip, as for
+        a run revoked before it started (also its name)."""
         meta: dict[str, dict[str, str]] = {}
         missing: set[str] = set()
         for event in events:
-            if event.get("type") != "task-started" or not event.get("uuid"):
+            if not event.get("uuid"):
+                continue
+            if event.get("type") == "task-revoked":
+                # A run that never started (revoked, or its message expired) has no start entry to carry the
+                # publisher's meta: without this lookup its row had no name, tier or triggering key, so no
+                # filter found it and its client could no longer read it once the meta expired from Redis.
+                missing.add(str(event["uuid"]))
+                continue
+            if event.get("type") != "task-started":
                 continue
             if "triggered_by" in event and "dispatched_at" in event and event.get("tier"):
                 meta[str(event["uuid"])] = {k: str(event[k]) for k in ("tier", "triggered_by", "dispatched_at")}
@@ -140,7 +149,8 @@ class Recorder:
         pipe = get_redis().pipeline(transaction=False)
         for task_id in ordered:
             pipe.hgetall(TASK_META_KEY.format(task_id=task_id))
-        meta.update({task_id: values for task_id, values in zip(ordered, pipe.execute(), strict=True) if values})
+        found = {task_id: values for task_id, values in zip(ordered, pipe.execute(), strict=True) if values}
+        meta.update({task_id: values for task_id, values in found.items() if task_id not in meta})
         return meta
 
     def run(self) -> None:

@@ -210,29 +210,48 @@ def _upsert_statement(dialect: str) -> Any:
 
 
 def _add_finished(
-    session: Session, task_id: str, name: str | None, state: TaskState, error: str | None, now: datetime
+    session: Session,
+    task_id: str,
+    name: str | None,
+    state: TaskState,
+    error: str | None,
+    now: datetime,
+    meta: Mapping[str, str] | None = None,
 ) -> None:
-    """A run the history has not seen yet, recorded as already finished in `state` (no attempt of it ran here)."""
+    """A run the history has not seen yet, recorded as already finished in `state` (no attempt of it ran here);
+    `meta` is what its publisher wrote (tier, triggered_by, dispatched_at), so the run stays attributed."""
+    meta = meta or {}
+    dispatched_at = meta.get("dispatched_at")
     session.add(
         TaskRun(
             task_id=task_id,
-            name=name or "",
+            name=name or meta.get("name") or "",
+            tier=meta.get("tier") or None,
+            triggered_by=meta.get("triggered_by") or None,
             state=state.value,
             attempts=0,
             error=error[:2000] if error else None,
+            created_at=datetime.fromtimestamp(float(dispatched_at), UTC) if dispatched_at else now,
             finished_at=now,
             event_at=now,
         )
     )
 
 
-def mark_revoked(*, session: Session, task_id: str, name: str | None, revoked_by: str | None) -> None:
-    """Record a revocation in the history (state REVOKED wins over any later event)."""
+def mark_revoked(
+    *,
+    session: Session,
+    task_id: str,
+    name: str | None,
+    revoked_by: str | None,
+    meta: Mapping[str, str] | None = None,
+) -> None:
+    """Record a revocation in the history (state REVOKED wins over any later event); `meta`: the publisher's."""
     now = utcnow()
     run = session.get(TaskRun, task_id)
     if run is None:
         _add_finished(
-            session, task_id, name, TaskState.REVOKED, f"revoked by {revoked_by}" if revoked_by else None, now
+            session, task_id, name, TaskState.REVOKED, f"revoked by {revoked_by}" if revoked_by else None, now, meta
         )
     elif run.state not in TERMINAL_STATES:
         run.state = TaskState.REVOKED

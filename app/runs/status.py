@@ -124,5 +124,5 @@ def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, 
     if run is not None and run.state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED):
         return RevokeRead(task_id=task_id, revoked=False, terminate=terminate, state=run.state)
     revocations.record(session=session, task_id=task_id, revoked_by=revoked_by, terminate=terminate, reason=reason)
-    runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by)
+    runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by, meta=meta)
     return RevokeRead(task_id=task_id, revoked=True, terminate=terminate, state=TaskState.REVOKED)

@@ -183,3 +183,31 @@ def test_the_recorder_runs_behind_the_workers_at_a_lower_cpu_priority(recorder):
     # Linux caps niceness at 19: a suite run under `nice -n 10` sees the recorder at min(19, 10 + the setting).
     pid, wanted = recorder.process.pid, min(19, own + get_settings().history_recorder_nice)
     join(lambda: os.getpriority(os.PRIO_PROCESS, pid) == wanted, what="the recorder to lower its priority")
+
+
+def _history_row(api: Any, key: tuple[str, str], task_id: str, state: str) -> dict[str, Any] | None:
+    runs = api.get("/api/v1/tasks/runs", params={"limit": 200}, headers=auth(key)).json()["items"]
+    return next((r for r in runs if r["task_id"] == task_id and r["state"] == state), None)
+
+
+def test_a_run_that_never_started_is_recorded_with_its_name_tier_and_caller(
+    api, admin_key, start_worker, recorder, empty_queues
+):
+    # Given a task revoked before any worker took it, and one whose message expired before it could start
+    revoked = dispatch(api, admin_key, tier="low", echo="revoked before it ran")
+    answer = api.post(f"/api/v1/tasks/task/{revoked}/revoke", json={}, headers=auth(admin_key))
+    assert answer.status_code == 200 and answer.json()["revoked"], answer.text
+    expired = dispatch(api, admin_key, tier="medium", expires_s=0.001)
+    time.sleep(0.1)
+    start_worker("medium", concurrency=1)
+    # When the history records them (no start entry: the expiry reaches the journal as a revocation)
+    for task_id, state, tier in ((revoked, "REVOKED", "low"), (expired, "DEAD_LETTERED", "medium")):
+        run = join(lambda t=task_id, s=state: _history_row(api, admin_key, t, s), what=f"{task_id} in the history")
+        # Then its row says what ran, where and for whom, so the history's filters and its caller still find it
+        # once the publisher's meta has left Redis
+        assert (run["name"], run["tier"], run["triggered_by"]) == ("system.ping", tier, admin_key[0]), run
+        redis_client().delete(f"courier:task:{task_id}")
+        found = api.get(
+            "/api/v1/tasks/runs", params={"name": "system.ping", "triggered_by": admin_key[0]}, headers=auth(admin_key)
+        ).json()["items"]
+        assert task_id in {r["task_id"] for r in found}
