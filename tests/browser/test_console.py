@@ -285,3 +285,24 @@ def test_signing_out_ends_the_session(offline_page: OfflinePage, live_api: str) 
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert "/console/login?next=/console/dead-letters" in page.url
     assert offline_page.blocked == []
+
+
+def test_at_a_phones_width_the_pages_do_not_scroll_sideways_and_a_wide_table_scrolls_inside_itself(
+    offline_page: OfflinePage, live_api: str
+) -> None:
+    page = offline_page.page
+    # Given an admin signed in on a 375 px wide screen
+    page.set_viewport_size({"width": 375, "height": 800})
+    sign_in(page, live_api, make_key("admin"))
+    for path in ("/console/", "/console/dead-letters", "/console/runs", "/console/audit", "/console/queues"):
+        # When a page is open
+        page.goto(f"{live_api}{path}")
+        expect(page.locator("main h1")).to_be_visible()
+        # Then the page itself is no wider than the screen (its header and forms stay in view)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, (path, width)
+    # And the queues table, wider than the screen, scrolls inside itself to its actions
+    table = page.locator("table:has(#queue-low)")
+    assert table.evaluate("t => t.scrollWidth > t.clientWidth")
+    page.get_by_label("Reason to pause low").focus()
+    expect(page.get_by_label("Reason to pause low")).to_be_in_viewport()
