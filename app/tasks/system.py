@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: How the probe can be asked to fail, to rehearse each dead-letter path on a live stack.
 FAIL_MODES = ("none", "permanent", "transient", "crash", "hang")
+#: Seconds per sleep of a hanging probe (it sleeps again and again until its hard time limit kills it).
+HANG_STEP_S = 60.0
 
 
 @courier_task("system.ping")
@@ -28,8 +30,9 @@ def ping(
 ) -> dict[str, Any]:
     """Answer `pong` after `sleep_s` seconds, or fail as asked: a permanent error, a transient one (retried
     with backoff, then dead-lettered), a crash of the pool process running it (worker lost), or a hang that
-    ignores the soft time limit (only the hard one stops it). With `steps`, the sleep is cut into that many
-    steps, each reported as PROGRESS {current, total}, to rehearse live progress."""
+    ignores the soft time limit and never returns, whatever `sleep_s` (only the hard one stops it). With
+    `steps`, the sleep is cut into that many steps, each reported as PROGRESS {current, total}, to rehearse
+    live progress."""
     started = time.time()
     for step in range(1, max(0, steps) + 1):
         _sleep(sleep_s / steps, ignore_soft_limit=fail == "hang")
@@ -37,6 +40,10 @@ def ping(
         logger.info("ping step %d/%d done.", step, steps)
     if steps <= 0:
         _sleep(sleep_s, ignore_soft_limit=fail == "hang")
+    if fail == "hang" and not self.request.is_eager:  # (eager mode enforces no time limit: it would never end)
+        logger.warning("ping %s hangs, as asked, until its hard time limit stops it.", self.request.id)
+        while True:
+            _sleep(HANG_STEP_S, ignore_soft_limit=True)
     if fail == "permanent":
         raise PermanentError(f"ping {self.request.id} was asked to fail")
     if fail == "transient":

@@ -265,3 +265,14 @@ def test_secrets_in_arguments_never_reach_the_recorded_dead_letter(api, admin_ke
         row = conn.execute(text("SELECT * FROM dead_letters WHERE task_id = :t"), {"t": task_id}).mappings().one()
     stored = json.dumps({k: str(v) for k, v in row.items()})
     assert "hunter2" not in stored and "sk_live_123" not in stored
+
+
+def test_a_hanging_probe_hangs_until_its_hard_limit_even_without_a_sleep(api, admin_key, start_worker, recorder):
+    # Given a worker, and a probe asked to hang with no sleep of its own, as the README's rehearsal reads
+    worker = start_worker("high", concurrency=1)
+    # When it is dispatched with a 1 s soft and 2 s hard limit
+    task_id = dispatch(api, admin_key, tier="high", fail="hang", soft_time_limit_s=1, time_limit_s=2)
+    # Then it does not answer pong: the hard limit kills it and it is dead-lettered as a timeout
+    letter = one_letter(api, admin_key, task_id)
+    assert (letter["reason"], letter["error_class"]) == ("timeout", "TimeLimitExceeded")
+    assert worker.process.poll() is None
