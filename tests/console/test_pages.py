@@ -161,3 +161,32 @@ def test_an_admin_revokes_a_waiting_run_with_a_reason_and_the_audit_trail_says_w
         assert run is not None and run.state == "REVOKED"
         entries = audit_service.list_for_target(session=session, target=f"task:{task_id}")
         assert [(e.action, e.actor, e.reason) for e in entries] == [("task.revoke", admin[0], "sent twice by mistake")]
+
+
+def test_a_purge_by_filter_and_a_queue_purge_say_how_many_they_dropped(api: Any) -> None:
+    import re
+    import uuid
+
+    # Given two pending letters of a task of their own, and an admin's session
+    task_name = f"purge.{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        for _ in range(2):
+            assert store.record(session=session, arrival=arrival(error="boom", task_name=task_name)) is not None
+    assert sign_in(api, make_key("admin")).status_code == 303
+    token = csrf_of(api)
+    # When the admin purges them by filter, and then purges the empty `low` queue through its confirm step
+    letters = api.post(
+        "/console/dead-letters/bulk/purge", data={"csrf_token": token, "task_name": task_name, "why": "noise"}
+    )
+    confirm = api.post("/console/queues/low/purge", data={"csrf_token": token, "reason": "drain"})
+    assert confirm.status_code == 409
+    confirm_token = re.search(r'name="confirm_token" value="([^"]+)"', confirm.text)
+    assert confirm_token is not None
+    queue = api.post(
+        "/console/queues/low/purge",
+        data={"csrf_token": token, "reason": "drain", "confirm_token": confirm_token.group(1)},
+    )
+    # Then each page they land on says what was dropped, and a forged count names no queue
+    assert letters.status_code == 200 and "Discarded 2 dead letters." in letters.text
+    assert queue.status_code == 200 and "Purged 0 ready messages of low." in queue.text
+    assert 'class="flash"' not in api.get("/console/queues?purged=5&queue=<b>x</b>").text

@@ -48,8 +48,16 @@ def list_dead_letters(request: Request, session: SessionDep, user: UserDep) -> H
             "page_size": filters.PAGE_SIZE,
             "reasons": [r.value for r in Reason],
             "statuses": [s.value for s in Status],
+            "flash": _discarded_note(params.get("purged")),
         },
     )
+
+
+def _discarded_note(count: str | None) -> str | None:
+    """What a bulk purge did, from the redirect's `?purged=N`; None without one."""
+    if not count or not count.isdigit():
+        return None
+    return f"Discarded {int(count)} dead letter{'' if int(count) == 1 else 's'}."
 
 
 def _letter_context(session: Any, letter: DeadLetter) -> dict[str, Any]:

@@ -41,8 +41,16 @@ def show_queues(request: Request, session: SessionDep, user: UserDep) -> HTMLRes
             "pausable": operations.PAUSABLE,
             "purgeable": operations.PURGEABLE,
             "workers": operations.workers(),
+            "flash": _purged_note(request.query_params.get("purged"), request.query_params.get("queue")),
         },
     )
+
+
+def _purged_note(count: str | None, queue: str | None) -> str | None:
+    """What a confirmed purge did, from the redirect's `?purged=N&queue=Q`; None without (or with a forged) one."""
+    if not count or not count.isdigit() or queue not in operations.PURGEABLE:
+        return None
+    return f"Purged {int(count)} ready message{'' if int(count) == 1 else 's'} of {queue}."
 
 
 @router.get("/queues/active", response_class=HTMLResponse)
