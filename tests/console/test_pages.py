@@ -150,3 +150,16 @@ def test_an_admin_revokes_a_waiting_run_with_a_reason_and_the_audit_trail_says_w
         assert run is not None and run.state == "REVOKED"
         entries = audit_service.list_for_target(session=session, target=f"task:{task_id}")
         assert [(e.action, e.actor, e.reason) for e in entries] == [("task.revoke", admin[0], "sent twice by mistake")]
+
+
+def test_every_labelled_section_of_every_page_is_named_by_a_heading_of_its_own(api: Any, letter_id: int) -> None:
+    import re
+
+    # Given an admin's session
+    assert sign_in(api, make_key("admin")).status_code == 303
+    for path in ("/console/", "/console/dead-letters", f"/console/dead-letters/{letter_id}", "/console/queues"):
+        # When a page is read
+        page = api.get(path).text
+        # Then each aria-labelledby names a heading on it, never the section itself (a landmark named by its text)
+        for labelled_by in re.findall(r'aria-labelledby="([^"]+)"', page):
+            assert re.search(rf'<h[1-6][^>]* id="{labelled_by}"', page), (path, labelled_by)
