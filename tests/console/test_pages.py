@@ -190,3 +190,16 @@ def test_a_purge_by_filter_and_a_queue_purge_say_how_many_they_dropped(api: Any)
     assert letters.status_code == 200 and "Discarded 2 dead letters." in letters.text
     assert queue.status_code == 200 and "Purged 0 ready messages of low." in queue.text
     assert 'class="flash"' not in api.get("/console/queues?purged=5&queue=<b>x</b>").text
+
+
+def test_every_labelled_section_of_every_page_is_named_by_a_heading_of_its_own(api: Any, letter_id: int) -> None:
+    import re
+
+    # Given an admin's session
+    assert sign_in(api, make_key("admin")).status_code == 303
+    for path in ("/console/", "/console/dead-letters", f"/console/dead-letters/{letter_id}", "/console/queues"):
+        # When a page is read
+        page = api.get(path).text
+        # Then each aria-labelledby names a heading on it, never the section itself (a landmark named by its text)
+        for labelled_by in re.findall(r'aria-labelledby="([^"]+)"', page):
+            assert re.search(rf'<h[1-6][^>]* id="{labelled_by}"', page), (path, labelled_by)
