@@ -27,7 +27,8 @@ def _is_htmx(request: Request) -> bool:
 async def _sign_in_required(request: Request, exc: Exception) -> Response:
     login = f"{PREFIX}/login"
     if request.method == "GET" and not _is_htmx(request):
-        return see_other(f"{login}?next={quote(request.url.path, safe='/')}")
+        wanted = f"{request.url.path}?{request.url.query}" if request.url.query else request.url.path
+        return see_other(f"{login}?next={quote(wanted, safe='/')}")
     response = render(request, "error.html", {"title": "Signed out", "message": "Sign in again."}, status_code=401)
     response.headers["HX-Redirect"] = login
     return response

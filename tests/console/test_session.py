@@ -137,3 +137,20 @@ def test_on_the_rest_api_a_viewer_key_reads_what_an_admin_reads_and_changes_noth
     assert api.post("/api/v1/tasks/ping", json={}, headers=auth(viewer)).status_code == 403
     assert api.post("/api/v1/tasks/queues/low/pause", json={}, headers=auth(viewer)).status_code == 403
     assert api.post("/api/v1/tasks/dead-letters/purge", json={"why": "x"}, headers=auth(viewer)).status_code == 403
+
+
+def test_a_filtered_page_opened_without_a_session_is_shown_with_its_filters_after_sign_in(api: Any) -> None:
+    import re
+    from html import unescape
+
+    # Given a link to a filtered list, opened without a session
+    wanted = "/console/dead-letters?task_name=billing.charge&reason=failed"
+    answer = api.get(wanted, follow_redirects=False)
+    assert answer.status_code == 303
+    # When the sign-in form it leads to is sent with an admin key
+    form = api.get(answer.headers["location"])
+    carried = re.search(r'name="next" value="([^"]*)"', form.text)
+    assert carried is not None
+    signed_in = sign_in(api, make_key("admin"), next_url=unescape(carried.group(1)))
+    # Then the browser goes back to the list with its filters, not to the bare list
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == wanted
