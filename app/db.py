@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -27,6 +28,33 @@ NAMING_CONVENTION = {
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
+
+
+def sql_text(text: str, limit: int | None = None) -> str:
+    """`text` as any SQL text column holds it: a NUL becomes the escape `\\x00` and an unpaired surrogate `\\udXXX`
+    (PostgreSQL's text refuses the one, no UTF-8 encoder takes the other), cut to `limit` characters when given
+    (PostgreSQL refuses a longer value for a String(limit) column; SQLite would keep it). For text that arrives with
+    a message from outside (a task's error, a header): one such value refused its whole batch, and the recorder
+    retried that batch forever, recording nothing after it."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")
+    return text[:limit] if limit is not None else text
+
+
+def sql_json(value: Any) -> Any:
+    """A copy of decoded JSON that a JSON column holds: NaN and the infinities become the strings "NaN", "Infinity"
+    and "-Infinity" (Python's json reads those literals, PostgreSQL's json type refuses them), and every text,
+    keys included, goes through `sql_text`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return sql_text(value)
+    if isinstance(value, Mapping):
+        return {sql_text(str(k)): sql_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [sql_json(v) for v in value]
+    return value
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -117,9 +117,15 @@ class Recorder:
                 deadletters.record(session=session, arrival=arrival)
         except Exception:  # never let one odd stored result wedge the recorder: record the letter without it
             logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
-            with session.begin_nested():
-                arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta={})
-                deadletters.record(session=session, arrival=arrival)
+            try:
+                with session.begin_nested():
+                    arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta={})
+                    deadletters.record(session=session, arrival=arrival)
+            except Exception:  # nor one odd message: keep its raw body (a database outage fails this too, and the
+                # recorder retries the whole batch once the database is back)
+                logger.exception("Recording dead letter of task %s failed again; recording its raw body only.", task_id)
+                with session.begin_nested():
+                    deadletters.record(session=session, arrival=dead_letters.bare_arrival(incoming))
 
     @staticmethod
     def _meta(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

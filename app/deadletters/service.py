@@ -8,7 +8,6 @@ x-death, the headers a worker declared) and publishing a replay are the engine's
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.access.schemas import Principal
 from app.audit import service as audit_service
-from app.db import utcnow
+from app.db import sql_json, sql_text, utcnow
 from app.deadletters.exceptions import DeadLetterNotFound, NotReplayable
 from app.deadletters.models import DeadLetter, Reason, Status
 from app.events import service as events
@@ -100,18 +99,9 @@ def redact(value: Any) -> Any:
     return value
 
 
-def storable(value: Any) -> Any:
-    """A copy of decoded message JSON that a JSON column holds: NaN and the infinities become the strings "NaN",
-    "Infinity" and "-Infinity". Python's json (Celery's decoder) reads those literals, PostgreSQL's json type refuses
-    them, and a letter the recorder cannot store stayed at the head of its queue: every later dead letter waited
-    behind it, unrecorded, while the recorder retried it forever. (The raw body, which a replay sends, is kept.)"""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Mapping):
-        return {k: storable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [storable(v) for v in value]
-    return value
+def _column(value: str | None, column: Any) -> str | None:
+    """`value` as the String column `column` holds it (`sql_text`, cut to the column's length)."""
+    return sql_text(value, column.type.length) if value is not None else None
 
 
 def classify(
@@ -173,29 +163,31 @@ def record(*, session: Session, arrival: Arrival) -> DeadLetter | None:
     if declared is not None:  # the worker said why: its result backend may not know (it was the one down)
         reason, error_class, error = declared
     args, kwargs = decoded if decoded is not None else (None, None)
+    # Everything from the message is made storable: it came from outside, and one value PostgreSQL refused (a NUL,
+    # NaN, a task name past its column) kept the letter at the head of its queue, every later one stuck behind it.
     letter = DeadLetter(
         fingerprint=arrival.fingerprint,
-        task_id=task_id,
-        task_name=name,
+        task_id=_column(task_id, DeadLetter.task_id),
+        task_name=_column(name, DeadLetter.task_name),
         reason=reason,
-        error_class=error_class,
-        error=error,
-        traceback=arrival.traceback[-TRACEBACK_MAX_CHARS:] if arrival.traceback else None,
-        args=storable(redact(args)) if args is not None else None,
-        kwargs=storable(redact(kwargs)) if kwargs is not None else None,
-        queue=arrival.queue,
-        exchange=arrival.exchange,
-        routing_key=arrival.routing_key,
+        error_class=_column(error_class, DeadLetter.error_class),
+        error=sql_text(error) if error is not None else None,
+        traceback=sql_text(arrival.traceback[-TRACEBACK_MAX_CHARS:]) if arrival.traceback else None,
+        args=sql_json(redact(args)) if args is not None else None,
+        kwargs=sql_json(redact(kwargs)) if kwargs is not None else None,
+        queue=_column(arrival.queue, DeadLetter.queue),
+        exchange=_column(arrival.exchange, DeadLetter.exchange),
+        routing_key=_column(arrival.routing_key, DeadLetter.routing_key),
         retries=arrival.retries,
         death_count=arrival.death_count,
         # x-death keeps the time of the first death per (queue, reason); this recording is the latest one.
         first_death_at=arrival.first_death_at,
         last_death_at=utcnow(),
         replays=arrival.replays,
-        content_type=arrival.content_type,
-        content_encoding=arrival.content_encoding,
-        properties=storable(arrival.properties),
-        headers=storable(arrival.headers),
+        content_type=_column(arrival.content_type, DeadLetter.content_type),
+        content_encoding=_column(arrival.content_encoding, DeadLetter.content_encoding),
+        properties=sql_json(arrival.properties),
+        headers=sql_json(arrival.headers),
         body=arrival.body,
         body_base64=arrival.body_base64,
     )
@@ -203,8 +195,8 @@ def record(*, session: Session, arrival: Arrival) -> DeadLetter | None:
     if task_id:
         runs_service.mark_dead_lettered(
             session=session,
-            task_id=task_id,
-            name=name,
+            task_id=letter.task_id or task_id,
+            name=letter.task_name,
             error=f"{reason.value}: {letter.error}" if letter.error else reason.value,
         )
     session.flush()

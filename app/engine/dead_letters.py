@@ -139,10 +139,10 @@ def arrival(incoming: Incoming, *, registered: Mapping[str, Any], meta: Mapping[
         queue=death.get("queue"),
         exchange=death.get("exchange"),
         routing_key=str(routing_keys[0]) if routing_keys else None,
-        retries=int(headers.get("retries") or 0),
-        death_count=int(death.get("count") or 1),
+        retries=_count(headers.get("retries"), 0),
+        death_count=_count(death.get("count"), 1),
         first_death_at=_as_datetime(death.get("time")),
-        replays=int(headers.get(REPLAYS_HEADER) or 0),
+        replays=_count(headers.get(REPLAYS_HEADER), 0),
         content_type=incoming.content_type,
         content_encoding=incoming.content_encoding,
         properties=jsonable(incoming.properties),
@@ -150,6 +150,49 @@ def arrival(incoming: Incoming, *, registered: Mapping[str, Any], meta: Mapping[
         body=body,
         body_base64=body_base64,
     )
+
+
+def bare_arrival(incoming: Incoming) -> store.Arrival:
+    """The last resort for a message whose decoded letter could not be stored: a malformed letter with its raw body
+    (base64, for a replay), its task id and name when they are text, and nothing else it carried. Without it, such
+    a message stayed at the head of the archive queue, and the recorder retried it forever, recording no letter
+    after it."""
+    headers = incoming.headers
+    seen = b"bare|" + incoming.body + repr(sorted(repr(item) for item in headers.items())).encode()
+    return store.Arrival(
+        fingerprint=hashlib.sha256(seen).hexdigest(),
+        task_id=str(headers["id"]) if isinstance(headers.get("id"), str | int) else None,
+        task_name=str(headers["task"]) if isinstance(headers.get("task"), str) else None,
+        decoded=None,
+        amqp_reason=None,
+        declared=None,
+        known_task=False,
+        failure=None,
+        traceback=None,
+        queue=None,
+        exchange=None,
+        routing_key=None,
+        retries=0,
+        death_count=1,
+        first_death_at=None,
+        replays=0,
+        content_type=incoming.content_type,
+        content_encoding=incoming.content_encoding,
+        properties={},
+        headers={},
+        body=base64.b64encode(incoming.body).decode(),
+        body_base64=True,
+    )
+
+
+def _count(value: Any, default: int) -> int:
+    """A count from a header a producer wrote (an AMQP header can hold anything): `default` unless it is a whole
+    number an SQL integer column takes."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return count if 0 <= count < 2**31 else default
 
 
 def _death(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,9 +255,12 @@ def _stored_body(incoming: Incoming, decoded: tuple[list[Any], dict[str, Any]] |
         full[0], full[1] = store.redact(full[0]), store.redact(full[1])
         return json.dumps(full), False
     try:
-        return incoming.body.decode("utf-8"), False
+        text = incoming.body.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(incoming.body).decode(), True
+    if "\x00" in text:  # valid UTF-8, but no SQL text column holds a NUL: kept byte for byte as base64 too
+        return base64.b64encode(incoming.body).decode(), True
+    return text, False
 
 
 def replay(

@@ -15,11 +15,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
 from app.constants import TERMINAL_STATES, TaskState
-from app.db import utcnow
+from app.db import sql_text, utcnow
 from app.runs.models import TaskAttempt, TaskRun
 
 #: Longest error text kept per run (the full traceback lives in the dead-letter record).
 ERROR_MAX_CHARS = 2000
+#: What the run's columns hold (a task id, a task or worker name): the journal's values arrive from any producer.
+TASK_ID_MAX_CHARS = TaskRun.task_id.type.length
+NAME_MAX_CHARS = TaskRun.name.type.length
 
 _EVENT_STATES = {
     "task-received": TaskState.RECEIVED,
@@ -53,12 +56,12 @@ def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
     row["updated_at"] = utcnow()
     if kind in ("task-received", "task-started") and event.get("name"):
         # The journal's start entry carries what Celery's task-received did: the name and the attempt.
-        row["name"] = event["name"]
+        row["name"] = sql_text(str(event["name"]), NAME_MAX_CHARS)
         row["attempts"] = max(row["attempts"] or 0, int(event.get("retries") or 0) + 1)
     if kind == "task-received":
         row["received_at"] = at
     if event.get("hostname"):
-        row["worker"] = event["hostname"]
+        row["worker"] = sql_text(str(event["hostname"]), NAME_MAX_CHARS)
     if kind == "task-started":
         row["started_at"] = at
     if kind in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
@@ -67,7 +70,7 @@ def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
         row["runtime_s"] = event.get("runtime")
         row["error"] = None
     if kind in ("task-failed", "task-retried") and event.get("exception"):
-        row["error"] = str(event["exception"])[:ERROR_MAX_CHARS]
+        row["error"] = sql_text(str(event["exception"]), ERROR_MAX_CHARS)
     last = row.get("event_at")
     if row["state"] == TaskState.REVOKED.value or (last is not None and at < last):
         return
@@ -82,7 +85,9 @@ def record_events(
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         if event.get("uuid") and event.get("type", "") in _EVENT_STATES:
-            by_task.setdefault(str(event["uuid"]), []).append(event)
+            # (an id from outside, cut to its column: a longer one refused the whole batch, and the recorder
+            # retried it forever)
+            by_task.setdefault(sql_text(str(event["uuid"]), TASK_ID_MAX_CHARS), []).append(event)
     if not by_task:
         return 0
     attempt_rows: list[dict[str, Any]] = []
@@ -114,9 +119,9 @@ def _attempt(task_id: str, attempt: int, event: Mapping[str, Any]) -> dict[str, 
         "task_id": task_id,
         "attempt": max(attempt, 1),
         "outcome": "retried" if event.get("type") == "task-retried" else "failed",
-        "error": str(event.get("exception") or "")[:ERROR_MAX_CHARS] or None,
-        "traceback": str(traceback)[-8000:] if traceback else None,
-        "worker": event.get("hostname"),
+        "error": sql_text(str(event.get("exception") or ""), ERROR_MAX_CHARS) or None,
+        "traceback": sql_text(str(traceback)[-8000:]) if traceback else None,
+        "worker": sql_text(str(event["hostname"]), NAME_MAX_CHARS) if event.get("hostname") else None,
         "at": datetime.fromtimestamp(float(event.get("timestamp") or 0), UTC),
     }
 

@@ -116,6 +116,13 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
         ("invalid json", b"{not json", {"task": "system.ping", "id": "garbage-json"}, "application/json"),
         ("task header without id", b"[[], {}, {}]", {"task": "system.ping"}, "application/json"),
         ("no headers at all", b"hello", None, "text/plain"),
+        # valid UTF-8 holding a NUL, which no SQL text column takes: the body is kept as base64
+        (
+            "a NUL in the body",
+            b'[[], {"a": "\x00"}, {}]',
+            {"task": "system.ping", "id": "nul-body"},
+            "application/json",
+        ),
         (
             "content type not accepted",
             b"\x80\x04\x95",

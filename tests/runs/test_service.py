@@ -162,3 +162,31 @@ def test_the_batch_lookup_is_planned_for_each_batch_never_from_a_cached_generic_
     assert plans, "the lookup was never prepared: this test no longer sees what it checks"
     assert [generic for generic, _ in plans] == [0] * len(plans)
     assert sum(custom for _, custom in plans) >= 5
+
+
+def test_a_batch_holding_text_no_sql_column_takes_is_recorded_whole_its_values_escaped_and_cut():
+    # Given a batch whose events came from a producer of its own: a task id and a worker name longer than their
+    # columns, an error and a traceback holding a NUL and an unpaired surrogate (PostgreSQL refused each of them,
+    # the whole batch with it, and the recorder retried that batch forever), beside an ordinary run
+    long_id, plain_id, now = "x" * 100, str(uuid.uuid4()), time.time()
+    odd = "ValueError('bad\x00byte \ud800')"
+    events = [
+        _event("task-received", long_id, now, name="n" * 300, retries=0),
+        {
+            **_event("task-retried", long_id, now + 1, exception=odd, traceback=f"Traceback:\n  {odd}"),
+            "hostname": "h" * 300,
+        },
+        _event("task-succeeded", plain_id, now + 1, runtime=0.1),
+    ]
+    # When it is recorded
+    with session_scope() as session:
+        assert service.record_events(session=session, events=events) == 2
+    # Then both runs are there, the odd text escaped and every value cut to its column
+    with session_scope() as session:
+        run = session.get(TaskRun, "x" * 64)
+        assert run is not None and run.state == TaskState.RETRY
+        assert run.name == "n" * 200 and run.worker == "h" * 200
+        assert run.error == "ValueError('bad\\x00byte \\ud800')"
+        (attempt,) = service.attempts(session=session, task_id="x" * 64)
+        assert attempt.error == run.error and "\\x00" in (attempt.traceback or "")
+        assert session.get(TaskRun, plain_id).state == TaskState.SUCCESS

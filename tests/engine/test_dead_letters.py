@@ -1,0 +1,62 @@
+"""Reading a dead-lettered message into a letter the store keeps (app/engine/dead_letters.py), whatever its producer
+put in it, against the session's PostgreSQL database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+from app.db import session_scope
+from app.deadletters import service as store
+from app.deadletters.models import Reason
+from app.engine import dead_letters
+from app.engine.celery_app import celery_app
+
+
+def _incoming(headers: dict, body: bytes = b"[[], {}, {}]") -> dead_letters.Incoming:
+    return dead_letters.Incoming(
+        body=body, content_type="application/json", content_encoding="utf-8", headers=headers, properties={}
+    )
+
+
+def test_counts_no_integer_column_takes_are_read_as_their_defaults_and_the_letter_is_stored():
+    # Given a message whose producer wrote counts that are not counts, or beyond an SQL integer (each made the
+    # letter unreadable or refused by PostgreSQL, and the recorder retried it forever)
+    headers = {"id": str(uuid.uuid4()), "task": "system.ping", "retries": "many", "courier-replays": 10**12}
+    headers["x-death"] = [{"count": 2**40, "queue": "medium", "reason": "rejected"}]
+    # When it is read and stored
+    arrival = dead_letters.arrival(_incoming(headers), registered=celery_app.tasks, meta={})
+    with session_scope() as session:
+        letter = store.record(session=session, arrival=arrival)
+        assert letter is not None
+        # Then its counts are the defaults
+        assert (letter.retries, letter.replays, letter.death_count) == (0, 0, 1)
+
+
+def test_a_message_read_bare_keeps_its_raw_body_and_text_ids_and_is_stored_as_malformed():
+    # Given a message whose headers hold what no column takes (the recorder's last resort, when its decoded letter
+    # could not be stored)
+    body = json.dumps([[], {"a": 1}, {}]).encode() + b"\xff\x00"
+    task_id = str(uuid.uuid4())
+    incoming = _incoming({"id": task_id, "task": "system.ping", "x-odd": {"deep": float("nan")}}, body)
+    # When it is read bare and stored, twice (the broker redelivered it)
+    with session_scope() as session:
+        first = store.record(session=session, arrival=dead_letters.bare_arrival(incoming))
+        again = store.record(session=session, arrival=dead_letters.bare_arrival(incoming))
+        # Then it is one malformed letter with its raw body, byte for byte, and its task's id and name
+        assert first is not None and again is None
+        assert first.reason == Reason.malformed and (first.task_id, first.task_name) == (task_id, "system.ping")
+        assert first.body_base64 and base64.b64decode(first.body or "") == body
+        assert first.headers == {}
+
+
+def test_a_body_holding_a_nul_is_kept_as_base64():
+    # Given valid UTF-8 holding a NUL, which no SQL text column takes
+    body = b'[[], {"a": "\x00"}, {}]'
+    # When it is read
+    arrival = dead_letters.arrival(
+        _incoming({"id": str(uuid.uuid4()), "task": "system.ping"}, body), registered={}, meta={}
+    )
+    # Then its body is kept byte for byte, as base64
+    assert arrival.body_base64 and base64.b64decode(arrival.body) == body
