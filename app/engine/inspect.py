@@ -8,11 +8,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import amqp.exceptions
 from fastapi.concurrency import run_in_threadpool
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -143,9 +146,21 @@ def queues(settings: Settings) -> list[QueueRead]:
     return found
 
 
+@contextmanager
+def _broker_call() -> Iterator[None]:
+    """Raise a broker connection dropped in the middle of a call (reset, closed, an AMQP connection error) as
+    BrokerUnreachable, the outage the API answers 503 for: kombu wraps only the errors of opening a connection,
+    and a pooled one the broker dropped fails on its next write."""
+    try:
+        yield
+    except (OSError, amqp.exceptions.ConnectionError) as exc:
+        raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from exc
+
+
 def active() -> list[ActiveTask]:
     """Tasks executing now, from a broadcast to live workers."""
-    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).active() or {}
+    with _broker_call():
+        replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).active() or {}
     return [
         ActiveTask(
             task_id=task["id"],
@@ -162,7 +177,8 @@ def active() -> list[ActiveTask]:
 
 def scheduled() -> ScheduledRead:
     """ETA/countdown tasks held by workers, and beat's periodic schedule."""
-    replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).scheduled() or {}
+    with _broker_call():
+        replies = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_S).scheduled() or {}
     held = [
         {
             "worker": worker,

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import httpx
 
 from tests.support.api import ApiProcess, auth
-from tests.support.processes import OwnRedis, free_port
+from tests.support.processes import OwnRedis, TcpProxy, free_port
+from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST
 from tests.support.session import join
 
 
@@ -71,3 +72,26 @@ def test_an_authenticated_call_while_the_database_is_down_is_503_not_500(
     assert response.json()["error"]["code"] == "unavailable"
     assert response.headers["retry-after"].isdigit()
     assert "The database is down:" in api.log()
+
+
+def test_active_and_scheduled_answer_503_when_the_broker_drops_their_pooled_connection(
+    api_process: Callable[..., ApiProcess], admin_key
+):
+    # Given an API whose broker is reached through a proxy the test can cut, and a first inspect that pools a
+    # connection to it
+    with TcpProxy(5672, AMQP_HOST) as proxy:
+        api = api_process({"CELERY_BROKER_URL": f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@127.0.0.1:{proxy.port}/{VHOST}"})
+        http = httpx.Client(base_url=api.base, headers=auth(admin_key), timeout=30)
+        assert http.get("/api/v1/tasks/active").status_code == 200
+        # When the broker goes away under that connection
+        proxy.cut()
+        # Then both inspections answer 503 with Retry-After and the JSON error, never a 500
+        for path in ("/api/v1/tasks/active", "/api/v1/tasks/scheduled", "/api/v1/tasks/active"):
+            response = http.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["error"]["code"] == "unavailable"
+            assert response.headers["retry-after"].isdigit()
+        # And once it is back they answer again
+        proxy.restore()
+        join(lambda: http.get("/api/v1/tasks/active").status_code == 200, what="the inspection to answer again")
+    assert "Unhandled error" not in api.log()
