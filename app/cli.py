@@ -340,12 +340,50 @@ def _print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None
     typer.echo(json.dumps(data, indent=2))
 
 
-def _fail(exc: Exception) -> NoReturn:
-    """Say what went wrong on stderr and exit 1 (no traceback for operators)."""
+def _describe(exc: Exception) -> str:
+    """One line for the operator: which service failed and how, without SQL, URLs or a traceback."""
+    import redis
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as BrokerUnreachable
+
     from app.errors import CourierError
 
-    _err(exc.message if isinstance(exc, CourierError) else f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, CourierError):
+        return exc.message
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"Redis is unreachable ({type(exc).__name__}: {exc}); check REDIS_URL and CELERY_RESULT_BACKEND."
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        cause = exc.orig if exc.orig is not None else exc
+        first = (str(cause).strip().splitlines() or [""])[0]
+        if getattr(cause, "sqlstate", None) == "42P01" or "no such table" in first:  # undefined table
+            return f"The database has no Courier schema ({first}); run `alembic upgrade head` or start_tasks.sh start."
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return f"The database is unreachable ({type(cause).__name__}: {first}); check DATABASE_URL."
+        return f"The database refused the query ({type(cause).__name__}: {first})."
+    if isinstance(exc, BrokerUnreachable):
+        return f"The message broker is unreachable ({exc}); check RABBITMQ_HOST and RABBITMQ_PORT."
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """Say what went wrong on stderr and exit 1 (no traceback for operators)."""
+    _err(_describe(exc))
     raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """Run the CLI; a command that meets a dead service or any other error says so in one line and exits 1."""
+    from app.logging import configure_logging
+
+    # Log lines of the commands (Courier's, Celery's, kombu's) go to stderr as text, credentials masked.
+    configure_logging("WARNING", fmt="text")
+    try:
+        cli()
+    except Exception as exc:  # a command that did not catch its own failure: still no traceback for operators
+        try:
+            _fail(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 def _overview_screen(window_s: int) -> Any:
@@ -658,8 +696,4 @@ def queues_purge(
 
 
 if __name__ == "__main__":
-    from app.logging import configure_logging
-
-    # Log lines of the commands (Courier's, Celery's, kombu's) go to stderr as text, credentials masked.
-    configure_logging("WARNING", fmt="text")
-    cli()
+    main()

@@ -8,6 +8,7 @@ import sys
 import uuid
 
 from tests.support.api import auth
+from tests.support.processes import free_port
 from tests.support.session import ROOT
 
 
@@ -63,3 +64,38 @@ def test_health_exits_one_when_no_worker_runs(own_redis):
     done = _cli("health", env={"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": server.url})
     assert done.returncode == 1
     assert "workers" in done.stdout and "down" in done.stdout
+
+
+def test_commands_meeting_a_dead_service_name_it_in_one_line_without_a_traceback():
+    # Given each of the services a command needs, in turn, on a port nothing listens on
+    dead = free_port()
+    no_broker = {"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{dead}//"}
+    no_db = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/x"}
+    cases = [
+        (no_broker, ("active",), "The message broker is unreachable"),
+        (no_broker, ("scheduled",), "The message broker is unreachable"),
+        (no_db, ("performance",), "The database is unreachable"),
+        (no_db, ("list-api-keys",), "The database is unreachable"),
+        (no_db, ("dead-letters", "list"), "The database is unreachable"),
+        (
+            {"REDIS_URL": f"redis://127.0.0.1:{dead}/0", "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{dead}/0"},
+            ("task", str(uuid.uuid4())),
+            "Redis is unreachable",
+        ),
+    ]
+    for env, command, said in cases:
+        # When an operator runs a command that needs it
+        done = _cli(*command, env=env)
+        # Then it exits 1 with one line naming the service, not a traceback
+        assert done.returncode == 1, (command, done.stderr)
+        assert said in done.stderr and "Traceback" not in done.stderr, (command, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, (command, done.stderr)
+
+
+def test_revoke_with_the_broker_down_is_durable_and_warns_in_one_line():
+    # Given a broker nobody answers on, When a task is revoked from the CLI
+    done = _cli("revoke", str(uuid.uuid4()), env={"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//"})
+    # Then the revocation is recorded, and the failed broadcast is one warning line, not a traceback
+    assert done.returncode == 0, done.stderr
+    assert "revoked" in done.stdout
+    assert "Broadcasting the revoke" in done.stderr and "Traceback" not in done.stderr

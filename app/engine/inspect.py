@@ -94,8 +94,14 @@ def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, 
         return found
     try:
         celery_app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
-    except Exception:  # the durable record already stops it; the broadcast only speeds up running workers
-        logger.warning("Broadcasting the revoke of %s failed; workers will still refuse it.", task_id, exc_info=True)
+    except Exception as exc:  # the durable record already stops it; the broadcast only speeds up running workers
+        # One line, not a traceback: the broker being down is an outage the operator already sees elsewhere.
+        logger.warning(
+            "Broadcasting the revoke of %s failed (%s: %s); workers will still refuse it.",
+            task_id,
+            type(exc).__name__,
+            exc,
+        )
     logger.info("Task %s revoked by %s (terminate=%s).", task_id, revoked_by, terminate)
     return found
 
