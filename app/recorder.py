@@ -18,7 +18,10 @@ import sys
 import time
 from typing import Any
 
+import amqp.exceptions
 import redis
+import sqlalchemy.exc
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.message import Message
 from kombu.messaging import Consumer
 from sqlalchemy.orm import Session
@@ -31,12 +34,21 @@ from app.deadletters import service as deadletters
 from app.engine import dead_letters
 from app.engine.celery_app import celery_app
 from app.engine.topology import dead_letter_archive_queue
-from app.logging import configure_logging
+from app.logging import StateChangeLog, configure_logging
 from app.rabbitmq import broker_connection, connect_any
 from app.redis_store import get_redis
 from app.runs import journal, service
 
 logger = logging.getLogger(__name__)
+
+#: Errors of a service that is down (refused, reset, timed out, read-only), logged as an outage, not a crash.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.InterfaceError,
+)
+BROKER_DOWN: tuple[type[Exception], ...] = (KombuOperationalError, amqp.exceptions.ConnectionError, OSError)
 
 #: The consumer's name in HISTORY_GROUP: fixed, so a restarted recorder takes over its own pending entries.
 CONSUMER = "recorder"
@@ -57,6 +69,12 @@ class Recorder:
         self.dead: list[Message] = []
         self.running = True
         self._last_beat = float("-inf")
+        consequence = "runs and dead letters wait, and are recorded when it is back"
+        self.outages = {
+            "redis": StateChangeLog(logger, "Redis", consequence=consequence),
+            "database": StateChangeLog(logger, "The database", consequence=consequence),
+            "broker": StateChangeLog(logger, "The message broker", consequence=consequence),
+        }
         celery_app.loader.import_default_modules()
 
     def on_dead_letter(self, message: Message) -> None:
@@ -87,6 +105,7 @@ class Recorder:
             written = service.record_events(session=session, events=self.buffer, meta=meta)
             for message in self.dead:
                 self._record_dead_letter(session, message)
+        self.outages["database"].succeeded()
         if self.entry_ids:
             pipe = get_redis().pipeline(transaction=False)
             pipe.xack(HISTORY_STREAM, HISTORY_GROUP, *self.entry_ids)
@@ -164,11 +183,25 @@ class Recorder:
         while self.running:
             try:
                 self._consume()
+            except (*REDIS_DOWN, *DATABASE_DOWN, *BROKER_DOWN) as exc:
+                # A service that is down: a line when it goes, one every OUTAGE_LOG_INTERVAL_S, one when it is back
+                # (once a whole round succeeds), not an ERROR with a traceback every 2 s for as long as it lasts.
+                self._outage(exc).failed(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+                self._retry_soon()
             except Exception:
-                logger.exception("The recorder lost a connection; retrying in 2 s.")
-                # Nothing was acknowledged: the broker redelivers the dead letters, the journal keeps the entries.
-                self.buffer, self.entry_ids, self.messages, self.dead = [], [], [], []
-                time.sleep(2)
+                logger.exception("The recorder failed; retrying in 2 s.")
+                self._retry_soon()
+
+    def _outage(self, exc: Exception) -> StateChangeLog:
+        """The outage log of the service that raised `exc`."""
+        if isinstance(exc, REDIS_DOWN):
+            return self.outages["redis"]
+        return self.outages["database" if isinstance(exc, DATABASE_DOWN) else "broker"]
+
+    def _retry_soon(self) -> None:
+        # Nothing was acknowledged: the broker redelivers the dead letters, the journal keeps the entries.
+        self.buffer, self.entry_ids, self.messages, self.dead = [], [], [], []
+        time.sleep(2)
 
     def _consume(self) -> None:
         interval = self.settings.history_flush_interval_s
@@ -178,7 +211,8 @@ class Recorder:
             channel.basic_qos(0, self.settings.history_batch_size * 2, False)
             dead = Consumer(channel, [dead_letter_archive_queue(self.settings)], on_message=self.on_dead_letter)
             with dead:
-                logger.info("The run-history recorder is reading %s and the dead-letter archive.", HISTORY_STREAM)
+                if not any(outage.down for outage in self.outages.values()):  # (else its return says so, once)
+                    logger.info("The run-history recorder is reading %s and the dead-letter archive.", HISTORY_STREAM)
                 # First what this consumer took before a crash or restart and never acknowledged.
                 while self.running and self.read_journal(pending=True, block_ms=None):
                     self._beat()
@@ -201,6 +235,9 @@ class Recorder:
                             self.flush()
                     self.flush()
                     conn.heartbeat_check()
+                    # A whole round read Redis and the broker (the database says so in `flush`, when it writes).
+                    self.outages["redis"].succeeded()
+                    self.outages["broker"].succeeded()
                     deadline = time.monotonic() + interval
                 self.flush()
 
