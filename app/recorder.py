@@ -134,14 +134,17 @@ class Recorder:
             with session.begin_nested():
                 arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta=backend_meta)
                 deadletters.record(session=session, arrival=arrival)
+        except DATABASE_DOWN:  # an outage, not this letter: the whole batch waits for the database (`run`)
+            raise
         except Exception:  # never let one odd stored result wedge the recorder: record the letter without it
             logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
             try:
                 with session.begin_nested():
                     arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta={})
                     deadletters.record(session=session, arrival=arrival)
-            except Exception:  # nor one odd message: keep its raw body (a database outage fails this too, and the
-                # recorder retries the whole batch once the database is back)
+            except DATABASE_DOWN:
+                raise
+            except Exception:  # nor one odd message: keep its raw body, as a malformed letter
                 logger.exception("Recording dead letter of task %s failed again; recording its raw body only.", task_id)
                 with session.begin_nested():
                     deadletters.record(session=session, arrival=dead_letters.bare_arrival(incoming))
