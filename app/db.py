@@ -11,10 +11,20 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event, exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from app.config import get_settings
+
+#: Errors that mean "the database is unreachable for now" (refused or dropped connections, a pool that timed out
+#: waiting for one, and PostgreSQL's operational errors: a restart, a failover, a deadlock or serialization failure),
+#: as opposed to a statement the database refuses (DataError, IntegrityError, ProgrammingError).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

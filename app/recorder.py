@@ -20,7 +20,6 @@ from typing import Any
 
 import amqp.exceptions
 import redis
-import sqlalchemy.exc
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.message import Message
 from kombu.messaging import Consumer
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 from app import redis_store, tasks
 from app.config import Settings, get_settings
 from app.constants import HISTORY_GROUP, HISTORY_STREAM, RECORDER_HEARTBEAT_KEY, TASK_META_KEY
+from app.db import OUTAGE_ERRORS as DATABASE_DOWN
 from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import dead_letters
@@ -43,11 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: Errors of a service that is down (refused, reset, timed out, read-only), logged as an outage, not a crash.
 REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.DisconnectionError,
-    sqlalchemy.exc.InterfaceError,
-)
 BROKER_DOWN: tuple[type[Exception], ...] = (KombuOperationalError, amqp.exceptions.ConnectionError, OSError)
 
 #: The consumer's name in HISTORY_GROUP: fixed, so a restarted recorder takes over its own pending entries.

@@ -13,6 +13,7 @@ from celery.exceptions import Ignore, Reject
 
 from app.config import get_settings
 from app.constants import Tier
+from app.db import OUTAGE_ERRORS as DATABASE_OUTAGE
 from app.engine import topology
 from app.engine.celery_app import TRACE_LOGGER, celery_app
 from app.engine.guarantees import outages
@@ -30,7 +31,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TransientError(Exception):
-    """A failure worth retrying (connection refused, timeout, 5xx/429, SMTP 4xx): backoff, then dead letter."""
+    """A failure worth retrying (connection refused, timeout, 5xx/429, SMTP 4xx): backoff, then dead letter. The
+    database's outage errors (app.db.OUTAGE_ERRORS) are retried the same way."""
 
 
 class PermanentError(Exception):
@@ -146,7 +148,9 @@ def courier_task(name: str, **options: Any) -> Callable[[F], F]:
         name=name,
         base=CourierTask,
         bind=True,
-        autoretry_for=(TransientError,),
+        # A database outage is transient too: a task meeting one was dead-lettered `failed` at once, on every tick
+        # of a periodic task while it lasted.
+        autoretry_for=(TransientError, *DATABASE_OUTAGE),
         max_retries=policy.max_retries,
         # Celery draws the jittered countdown with randrange, which needs whole seconds.
         retry_backoff=max(1, round(policy.retry_backoff_s)),
