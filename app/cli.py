@@ -553,6 +553,8 @@ def revoke(
         _print_json(found)
         return
     typer.echo(f"{task_id}: {'revoked' if found.revoked else 'not revoked'} (state {found.state})")
+    if found.note:
+        typer.echo(found.note)
 
 
 @cli.command()

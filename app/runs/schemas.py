@@ -101,6 +101,9 @@ class RevokeRead(BaseModel):
     revoked: bool
     terminate: bool
     state: str
+    #: Set when the revoke does less than a reader may think: the task was running, and without `terminate` it
+    #: runs to its end (only an attempt not yet started, such as a retry, is prevented).
+    note: str | None = None
 
 
 class QueueRead(BaseModel):

@@ -72,10 +72,13 @@ def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
     if kind in ("task-failed", "task-retried") and event.get("exception"):
         row["error"] = sql_text(str(event["exception"]), ERROR_MAX_CHARS)
     last = row.get("event_at")
-    if row["state"] == TaskState.REVOKED.value or (last is not None and at < last):
+    # A success after a revoke is a run the revoke did not stop (it was running, or had just finished when the
+    # history had not heard of it yet): the outcome is the truth. Anything else leaves a revoked run revoked.
+    outran_revoke = kind == "task-succeeded" and row["state"] == TaskState.REVOKED.value
+    if not outran_revoke and (row["state"] == TaskState.REVOKED.value or (last is not None and at < last)):
         return
     row["state"] = state.value
-    row["event_at"] = at
+    row["event_at"] = at if last is None else max(at, last)
 
 
 def record_events(
@@ -251,7 +254,8 @@ def mark_revoked(
     revoked_by: str | None,
     meta: Mapping[str, str] | None = None,
 ) -> None:
-    """Record a revocation in the history (state REVOKED wins over any later event); `meta`: the publisher's."""
+    """Record a revocation in the history (state REVOKED wins over any later event but a success: a run the revoke
+    did not stop); `meta`: the publisher's."""
     now = utcnow()
     run = session.get(TaskRun, task_id)
     if run is None:

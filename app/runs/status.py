@@ -124,5 +124,16 @@ def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, 
     if run is not None and run.state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED):
         return RevokeRead(task_id=task_id, revoked=False, terminate=terminate, state=run.state)
     revocations.record(session=session, task_id=task_id, revoked_by=revoked_by, terminate=terminate, reason=reason)
+    if run is not None and run.state == TaskState.STARTED and not terminate:
+        # Celery stops a running attempt only when told to terminate it: this one runs to its end, and the history
+        # keeps following it (it said REVOKED at once, then stayed REVOKED with the result of a run that succeeded).
+        return RevokeRead(task_id=task_id, revoked=True, terminate=False, state=run.state, note=RUNS_ON)
     runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by, meta=meta)
     return RevokeRead(task_id=task_id, revoked=True, terminate=terminate, state=TaskState.REVOKED)
+
+
+#: What a revoke without terminate tells about a running task.
+RUNS_ON = (
+    "The task is running: without terminate it runs to its end. The revoke only keeps any later attempt (a retry) "
+    "from starting; revoke it with terminate to stop it now."
+)

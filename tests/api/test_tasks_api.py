@@ -155,4 +155,39 @@ def test_revoking_a_finished_task_changes_nothing(api, admin_key, worker):
     join(recorded, what="the run to be recorded")
     response = api.post(f"/api/v1/tasks/task/{task_id}/revoke", json={"terminate": False}, headers=auth(admin_key))
     assert response.status_code == 200
-    assert response.json() == {"task_id": task_id, "revoked": False, "terminate": False, "state": "SUCCESS"}
+    assert response.json() == {
+        "task_id": task_id,
+        "revoked": False,
+        "terminate": False,
+        "state": "SUCCESS",
+        "note": None,
+    }
+
+
+def test_revoking_a_running_task_without_terminate_says_it_runs_on_and_its_history_shows_it_succeed(
+    api, admin_key, worker
+):
+    # Given a task the history shows running
+    task_id = api.post("/api/v1/tasks/ping", json={"sleep_s": 4, "tier": "low"}, headers=auth(admin_key)).json()[
+        "task_id"
+    ]
+
+    def run_state() -> str | None:
+        runs = api.get("/api/v1/tasks/runs", params={"limit": 500}, headers=auth(admin_key)).json()["items"]
+        return next((r["state"] for r in runs if r["task_id"] == task_id), None)
+
+    join(lambda: run_state() == "STARTED", what="the run to be recorded as started")
+    # When an admin revokes it without terminate
+    response = api.post(f"/api/v1/tasks/task/{task_id}/revoke", json={"terminate": False}, headers=auth(admin_key))
+    # Then the answer says the revocation is recorded but the task runs on (it said REVOKED, and stayed so)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["revoked"] is True and answer["state"] == "STARTED"
+    assert "runs to its end" in answer["note"]
+    # And the task ends as it really did, in its status and in the history
+    join(
+        lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
+        timeout=30,
+        what="the task to succeed",
+    )
+    join(lambda: run_state() == "SUCCESS", timeout=30, what="the history to show the success")

@@ -56,6 +56,31 @@ def test_a_revoked_run_stays_revoked_whatever_events_follow():
         assert session.get(TaskRun, task_id).state == TaskState.REVOKED
 
 
+def test_a_success_after_a_revoke_is_the_runs_outcome_whenever_it_happened():
+    # Given two runs revoked before the history heard of their end: one ended after the revoke (it was running,
+    # and nothing stopped it), one just before it
+    now = time.time()
+    later, earlier = str(uuid.uuid4()), str(uuid.uuid4())
+    with session_scope() as session:
+        for task_id in (later, earlier):
+            service.mark_revoked(session=session, task_id=task_id, name="system.ping", revoked_by="admin")
+    # When their success is recorded
+    with session_scope() as session:
+        service.record_events(
+            session=session,
+            events=[
+                _event("task-succeeded", later, now + 5, runtime=6.0),
+                _event("task-succeeded", earlier, now - 1, runtime=0.2),
+            ],
+        )
+    # Then each run is SUCCESS, finished when it really finished
+    with session_scope() as session:
+        for task_id, at in ((later, now + 5), (earlier, now - 1)):
+            run = session.get(TaskRun, task_id)
+            assert run.state == TaskState.SUCCESS and run.error is None
+            assert abs(run.finished_at.timestamp() - at) < 0.01
+
+
 def test_retries_count_attempts_and_keep_the_last_error():
     task_id = str(uuid.uuid4())
     now = time.time()

@@ -22,6 +22,7 @@ from app.engine import inspect
 from app.errors import NotFound
 from app.runs import service as runs_service
 from app.runs.schemas import TaskId, TaskRead
+from app.runs.status import RUNS_ON
 
 router = APIRouter()
 
@@ -80,9 +81,18 @@ def show_run(task_id: TaskId, request: Request, session: SessionDep, user: UserD
             "attempts": runs_service.attempts(session=session, task_id=task_id),
             "letter": deadletters.latest_for_task(session=session, task_id=task_id),
             "terminal": found.state in TERMINAL_STATES,
-            "flash": f"Dead letter {replayed} was replayed; this page follows the run live." if replayed else None,
+            "flash": _flash(replayed, request.query_params.get("revoked")),
         },
     )
+
+
+def _flash(replayed: str | None, revoked: str | None) -> str | None:
+    """What the action that led here did, from its redirect's query (`?replayed=ID`, `?revoked=running`)."""
+    if replayed:
+        return f"Dead letter {replayed} was replayed; this page follows the run live."
+    if revoked == "running":
+        return f"Revocation recorded. {RUNS_ON}"
+    return None
 
 
 def _visible(task_id: str) -> TaskRead:
@@ -122,4 +132,4 @@ def revoke_run(
         reason=why,
         details={"terminate": terminate, "revoked": done.revoked, "state": str(done.state)},
     )
-    return see_other(f"{PREFIX}/runs/{task_id}")
+    return see_other(f"{PREFIX}/runs/{task_id}" + ("?revoked=running" if done.note else ""))
