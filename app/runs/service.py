@@ -158,7 +158,8 @@ def _known_runs(session: Session, task_ids: list[str]) -> dict[str, TaskRun]:
 
 
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
-    """INSERT … ON CONFLICT DO UPDATE, never overwriting a REVOKED row (the admin's word is final).
+    """INSERT … ON CONFLICT DO UPDATE, never overwriting a REVOKED row but with a success (the admin's word is
+    final, unless the run outran it).
 
     On PostgreSQL the batch is copied (binary COPY) into a temporary staging table, then upserted from it in one
     statement: executed once per row, the upsert was most of the recorder's CPU per run, and a statement apiece
@@ -212,9 +213,9 @@ def _upsert_statement(dialect: str) -> Any:
     else:
         stmt = sqlite.insert(table)
     updatable = {c: getattr(stmt.excluded, c) for c in _COLUMNS if c not in ("task_id", "created_at")}
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.task_id], set_=updatable, where=table.c.state != TaskState.REVOKED.value
-    )
+    # (but a success: a run the revoke did not stop, `apply_event`)
+    kept = (table.c.state != TaskState.REVOKED.value) | (stmt.excluded.state == TaskState.SUCCESS.value)
+    return stmt.on_conflict_do_update(index_elements=[table.c.task_id], set_=updatable, where=kept)
 
 
 def _add_finished(
