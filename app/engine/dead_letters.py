@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -106,13 +107,35 @@ def failure(result: Any, task: Any) -> store.Failure | None:
     any (its autoretry_for says whether the error was a retryable one)."""
     if not isinstance(result, BaseException):
         return None
-    retry_for = getattr(task, "autoretry_for", ()) or ()
+    retry_for = tuple(getattr(task, "autoretry_for", ()) or ())
+    cls, message = _unrebuilt(result) or (type(result), str(result))
     return store.Failure(
-        classes=tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in type(result).__mro__),
-        text=f"{type(result).__name__}: {result}",
-        error_class=str(getattr(result, "error_class", None) or type(result).__name__),
-        retryable=bool(retry_for) and isinstance(result, tuple(retry_for)),
+        classes=tuple(f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__),
+        text=f"{cls.__name__}: {message}",
+        error_class=str(getattr(result, "error_class", None) or cls.__name__),
+        retryable=bool(retry_for) and issubclass(cls, retry_for),
     )
+
+
+#: How Celery's `exception_to_python` stands in for an error it cannot rebuild from its stored arguments (one whose
+#: constructor takes others, such as SQLAlchemy's): `Exception("<class 'module.Name'>(arguments)")`.
+_UNREBUILT = re.compile(r"<class '([\w.]+)'>\((.*)\)", re.S)
+
+
+def _unrebuilt(result: BaseException) -> tuple[type[BaseException], str] | None:
+    """The class and arguments of an error Celery stored but could not rebuild, else None. Without it such a
+    letter read `Exception` (grouped and filtered as such), and a retryable one (a database outage) was
+    classified `failed` instead of `retries_exhausted`."""
+    if type(result) is not Exception or len(result.args) != 1 or not isinstance(result.args[0], str):
+        return None
+    found = _UNREBUILT.fullmatch(result.args[0])
+    if found is None:
+        return None
+    module, _, name = found.group(1).rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        return None
+    return cls, found.group(2)
 
 
 def arrival(incoming: Incoming, *, registered: Mapping[str, Any], meta: Mapping[str, Any]) -> store.Arrival:

@@ -60,3 +60,29 @@ def test_a_body_holding_a_nul_is_kept_as_base64():
     )
     # Then its body is kept byte for byte, as base64
     assert arrival.body_base64 and base64.b64decode(arrival.body) == body
+
+
+def test_an_error_celery_cannot_rebuild_keeps_its_class_and_a_retryable_one_reads_retryable():
+    celery_app.loader.import_default_modules()  # the task modules, as the recorder loads them
+    # Given a task's stored failure that Celery's result backend cannot rebuild from its arguments (SQLAlchemy's
+    # errors take a statement, parameters and the driver's error): a database outage that outlasted the retries
+    stored = {
+        "exc_type": "OperationalError",
+        "exc_module": "sqlalchemy.exc",
+        "exc_message": ["(psycopg.OperationalError) connection refused"],
+    }
+    result = celery_app.backend.exception_to_python(stored)
+    # When it is read for the dead-letter store
+    failure = dead_letters.failure(result, celery_app.tasks["notifications.send_sms"])
+    # Then it names the error's own class, whose retries the task had
+    assert failure is not None
+    assert failure.error_class == "OperationalError" and failure.classes[0] == "sqlalchemy.exc.OperationalError"
+    assert failure.text.startswith("OperationalError: ") and "connection refused" in failure.text
+    assert failure.retryable
+    # And an error Celery rebuilds reads as before
+    plain = dead_letters.failure(ValueError("bad input"), celery_app.tasks["notifications.send_sms"])
+    assert plain is not None and (plain.error_class, plain.text, plain.retryable) == (
+        "ValueError",
+        "ValueError: bad input",
+        False,
+    )
