@@ -38,7 +38,7 @@ def test_revoke_from_the_cli_is_what_the_api_then_reports(api, admin_key, empty_
     # When the operator revokes it
     revoked = cli_json("revoke", task_id, "--reason", "cli test")
     # Then the CLI says so, and the API agrees
-    assert revoked == {"task_id": task_id, "revoked": True, "terminate": False, "state": "REVOKED"}
+    assert revoked == {"task_id": task_id, "revoked": True, "terminate": False, "state": "REVOKED", "note": None}
     assert api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["revoked"] is True
 
 
