@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.console.routes import filters
 from app.console.session import AdminUserDep, UserDep
-from app.console.web import PREFIX, SessionDep, render, see_other
+from app.console.web import PREFIX, SessionDep, query, render, see_other
 from app.constants import TERMINAL_STATES
 from app.deadletters import service as deadletters
 from app.engine import dead_letters, inspect
@@ -79,7 +79,7 @@ async def start_bulk_replay(request: Request, session: SessionDep, user: AdminUs
         described=_described(criteria),
     )
     if done.task_id is None:
-        return see_other(f"{PREFIX}/dead-letters?{filters.query(filters.form_values(form, filters.LETTER_FIELDS))}")
+        return see_other(f"{PREFIX}/dead-letters?{query(filters.form_values(form, filters.LETTER_FIELDS))}")
     return see_other(f"{PREFIX}/dead-letters/bulk/{done.task_id}?matched={done.matched}")
 
 
@@ -90,7 +90,7 @@ async def purge_dead_letters(request: Request, session: SessionDep, user: AdminU
     criteria = filters.letter_filter(form, status_default="pending")
     discarded = deadletters.purge(session=session, filters=criteria, actor=user.principal, reason=why)
     values = filters.form_values(form, filters.LETTER_FIELDS)
-    return see_other(f"{PREFIX}/dead-letters?{filters.query(values, status='discarded', purged=discarded)}")
+    return see_other(f"{PREFIX}/dead-letters?{query(values, status='discarded', purged=discarded)}")
 
 
 def _progress(session: Any, task_id: str) -> dict[str, Any]:
