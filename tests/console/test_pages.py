@@ -75,6 +75,26 @@ def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api:
         assert store.get(session=session, letter_id=letter_id).status == "pending"
 
 
+def test_a_bulk_replay_at_a_rate_out_of_range_is_refused_with_a_message_and_replays_nothing(
+    api: Any, letter_id: int
+) -> None:
+    # Given an admin's session and a pending letter of the probe task
+    assert sign_in(api, make_key("admin")).status_code == 303
+    token = csrf_of(api)
+    for rate in ("-5", "0", "0.05", "100.5", "1e9", "nan", "inf", "fast"):
+        # When the admin starts a bulk replay of its task at that rate
+        answer = api.post(
+            "/console/dead-letters/bulk/replay",
+            data={"csrf_token": token, "why": "w", "task_name": "system.ping", "rate_per_s": rate},
+            follow_redirects=False,
+        )
+        # Then the form is refused with the range, rather than run at a rate the admin did not type
+        assert answer.status_code == 422, (rate, answer.text[:500])
+        assert "The rate must be a number from 0.1 to 100 letters per second." in answer.text, rate
+    with session_scope() as session:
+        assert store.get(session=session, letter_id=letter_id).status == "pending"
+
+
 def test_discard_needs_a_reason_and_records_it(api: Any, letter_id: int) -> None:
     admin = make_key("admin")
     assert sign_in(api, admin).status_code == 303
