@@ -180,13 +180,19 @@ def topology_migrate() -> None:
 
 @topology_cli.command("verify")
 def topology_verify() -> None:
-    """Exit 1 and list the problems: dead-letter wiring, and in quorum mode queue types and replicas."""
+    """Say what was checked and exit 0, or exit 1 and list the problems: dead-letter wiring, and in quorum mode
+    queue types and replicas."""
     from app.engine import topology
 
-    problems = topology.verify(get_settings())
-    for problem in problems:
-        _err(f"- {problem}")
-    raise typer.Exit(1 if problems else 0)
+    settings = get_settings()
+    problems = topology.verify(settings)
+    if problems:
+        _err(
+            f"Topology on vhost {settings.broker_vhost!r} does not match what Courier declares "
+            f"({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+        )
+        raise typer.Exit(1)
+    _err(topology.verified(settings))
 
 
 @cli.command()

@@ -259,7 +259,8 @@ class Settings(BaseSettings):
     #: Rate limits that protect users: password-reset requests per address, MFA challenges per user (per hour).
     password_reset_per_hour: int = Field(default=5, ge=1)
     mfa_challenges_per_hour: int = Field(default=5, ge=1)
-    #: Pages the emailed links open; the one-time token is added as #token=... (a fragment, never sent to a server)
+    #: Pages of the client application that the emailed links open; Courier does not serve them, the deployer must
+    #: (the defaults, on the API's host, answer 404). The one-time token is added as #token=... (a fragment).
     password_reset_url: str = "http://localhost:8000/reset-password"
     email_verification_url: str = "http://localhost:8000/verify-email"
     #: Comma-separated addresses that receive every security alert (besides the user concerned).

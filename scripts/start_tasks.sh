@@ -586,10 +586,10 @@ print_summary() {
     cat <<EOF
 
 Courier is up.
-  Console              $(api_base_url)/console  (sign in with an admin or viewer key: python -m app.cli create-api-key --name NAME --role viewer)
+  Console              $(api_base_url)/console  (sign in with an admin or viewer key: .venv/bin/python -m app.cli create-api-key --name NAME --role viewer)
   API docs             $(api_base_url)/docs
   Health               $(api_base_url)/api/v1/tasks/health  (liveness: /api/v1/tasks/health/live)
-  Metrics              $(api_base_url)/metrics  (Prometheus; operator view: python -m app.cli status --watch 2)
+  Metrics              $(api_base_url)/metrics  (Prometheus; operator view: .venv/bin/python -m app.cli status --watch 2)
   Flower               http://$flower_host:$FLOWER_PORT  (user $FLOWER_USER)
   RabbitMQ management  $MANAGEMENT_URL  (vhost ${RABBITMQ_VHOST:-courier})
   Logs                 $LOG_DIR/<service>.log  (./scripts/start_tasks.sh logs [service])

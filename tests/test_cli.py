@@ -52,9 +52,29 @@ def test_create_api_key_refuses_a_duplicate_name_and_an_unknown_role():
     assert wrong.returncode == 2 and "Unknown role" in wrong.stderr
 
 
-def test_topology_verify_exits_zero_on_the_declared_topology():
+def test_topology_verify_says_what_it_checked_on_the_declared_topology():
+    from app.config import get_settings
+
+    # When the session's declared topology is verified
     done = _cli("topology", "verify")
+    # Then it exits 0 and says so, naming the vhost and what it looked at
     assert done.returncode == 0, done.stderr
+    vhost = get_settings().broker_vhost
+    assert f"Topology on vhost {vhost!r} is as declared" in done.stderr, done.stderr
+    assert "'courier.dlx' bound to 'dead_letter' and 'dead_letter.archive'" in done.stderr
+    assert "the 3 work queues (high, medium, low)" in done.stderr
+
+
+def test_topology_verify_exits_one_naming_the_vhost_and_each_problem_on_a_bare_vhost():
+    # Given a vhost Courier never declared anything on
+    vhost = f"courier_bare_{uuid.uuid4().hex[:8]}"
+    broker = os.environ["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/" + vhost
+    # When it is verified
+    done = _cli("topology", "verify", env={"CELERY_BROKER_URL": broker})
+    # Then it exits 1, says the vhost does not match and lists what is missing
+    assert done.returncode == 1
+    assert f"Topology on vhost {vhost!r} does not match what Courier declares" in done.stderr, done.stderr
+    assert "- dead-letter exchange 'courier.dlx' does not exist" in done.stderr
 
 
 def test_health_exits_one_when_no_worker_runs(own_redis):

@@ -93,6 +93,20 @@ def test_the_scripts_are_shellcheck_clean() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_the_summary_and_the_readmes_console_section_give_the_key_command_from_the_venv() -> None:
+    import re
+
+    # Given the `start` summary and the README's Console section, which tell an operator how to get a key
+    summary = re.search(r"print_summary\(\) \{.*?\n\}", SCRIPT.read_text(), re.DOTALL)
+    console = re.search(r"### Console\n.*?\n#", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert summary is not None and console is not None
+    for text in (summary.group(0), console.group(0)):
+        # Then every CLI command they give runs from .venv, as the quick start's do (a bare `python` is not the
+        # venv's unless it was activated)
+        commands = re.findall(r"[^\s(`:]*python -m app\.cli create-api-key", text)
+        assert commands and set(commands) == {".venv/bin/python -m app.cli create-api-key"}, commands
+
+
 def test_an_unknown_command_exits_2_with_the_usage_on_stderr(var_dir: Path) -> None:
     # Given a command the script does not know
     # When it is run

@@ -78,9 +78,16 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
 
 
+def query(values: Mapping[str, Any], **changes: Any) -> str:
+    """A query string of the non-empty values, with `changes` applied (links to a group, to the next page); a list
+    becomes a repeated field (`state=FAILURE&state=DEAD_LETTERED`)."""
+    merged = {**values, **changes}
+    return urlencode({k: v for k, v in merged.items() if v not in (None, "", [])}, doseq=True)
+
+
 _environment.filters.update(when=_when, ago=_ago, pretty=_pretty, urlquote=lambda v: quote(str(v), safe=""))
 _environment.globals.update(
-    query=lambda values, **changes: urlencode({k: v for k, v in {**values, **changes}.items() if v not in (None, "")}),
+    query=query,
     prefix=PREFIX,
     static=STATIC_URL,
     htmx_js=web_assets.HTMX.url("htmx.min.js"),

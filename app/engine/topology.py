@@ -300,6 +300,20 @@ def verify(settings: Settings) -> list[str]:
     return problems
 
 
+def verified(settings: Settings) -> str:
+    """What `verify` checked, in a sentence, for the operator it found nothing wrong for."""
+    tiers = [t.value for t in Tier]
+    checked = (
+        f"exchange {DEAD_LETTER_EXCHANGE!r} bound to {DEAD_LETTER_QUEUE!r} and {DEAD_LETTER_ARCHIVE_QUEUE!r}, "
+        f"{DEAD_LETTER_QUEUE!r}'s TTL and length limit, and the {len(tiers)} work queues ({', '.join(tiers)}) "
+        f"dead-lettering into {DEAD_LETTER_EXCHANGE!r}"
+    )
+    if settings.queue_type is QueueType.quorum:
+        checked += f"; {len(queues(settings))} queues' type, arguments and replicas (at-least-once dead-lettering)"
+    kind = settings.queue_type.value
+    return f"Topology on vhost {settings.broker_vhost!r} is as declared ({kind} queues): {checked}."
+
+
 def replica_problems(settings: Settings, live_queues: dict[str, dict[str, Any]], node_count: int) -> list[str]:
     """Quorum queues with fewer replicas than QUEUE_REPLICAS asks for (at most the cluster's nodes), or too few
     online to take messages (no majority). A replica whose node is down still counts as a replica: the queue

@@ -80,5 +80,7 @@ class OverviewRead(BaseModel):
     paused: list[PauseRead]
     dead_letters_pending: int
     window_s: int
+    #: Where the window starts: `counts` are of the runs created since then.
+    since: datetime
     counts: dict[str, int]
     per_minute: float

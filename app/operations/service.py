@@ -31,6 +31,9 @@ from app.runs.schemas import QueueRead, WorkerRead
 
 logger = logging.getLogger(__name__)
 
+#: The states the overview counts as finished, and as failed (its "finished / min" and "failed / min" figures).
+FINISHED_STATES = (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED)
+FAILED_STATES = (TaskState.FAILURE, TaskState.DEAD_LETTERED)
 #: Tiers that can be paused.
 PAUSABLE = tuple(t.value for t in Tier)
 #: Queues that can be purged: the tiers and the dead-letter queue (its records stay in SQL).
@@ -225,9 +228,13 @@ def performance(*, session: Session, window_s: int) -> PerformanceRead:
 
 def overview(*, session: Session, broker: Broker, window_s: int = 300) -> OverviewRead:
     """Queues, workers, paused tiers, pending dead letters and the counts of the last `window_s` seconds."""
-    counts = runs_service.counts_by_state(session=session, since=utcnow() - timedelta(seconds=window_s))
-    done = sum(counts.get(s, 0) for s in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED))
+    # From a whole second, so that a runs list filtered `since` this instant (a form's field holds no
+    # microseconds) shows exactly the runs counted here.
+    since = (utcnow() - timedelta(seconds=window_s)).replace(microsecond=0)
+    counts = runs_service.counts_by_state(session=session, since=since)
+    done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     return OverviewRead(
+        since=since,
         queues=broker.queues(),
         workers=workers(),
         paused=[PauseRead.model_validate(p) for p in paused(session=session)],

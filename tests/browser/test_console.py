@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Playwright, expect
 
 from tests.support.api import auth, make_key
-from tests.support.browser import OfflinePage
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, OfflinePage
 from tests.support.console import arrival
 from tests.support.session import join
 
@@ -285,6 +285,27 @@ def test_signing_out_ends_the_session(offline_page: OfflinePage, live_api: str) 
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert "/console/login?next=/console/dead-letters" in page.url
     assert offline_page.blocked == []
+
+
+def test_the_first_load_of_a_console_page_logs_no_error(playwright_driver: Playwright, live_api: str) -> None:
+    # Given a browser of its own, which has never asked this origin for an icon (Chromium remembers a missing
+    # one for the rest of its life), and a page that is not routed: while Playwright routes requests Chromium
+    # asks for no icon at all, so `offline_page` could not see the /favicon.ico 404 this test is about
+    chromium = playwright_driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        page = chromium.new_context(service_workers="block").new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        # When it opens the sign-in page, then signs in and lands on the overview
+        page.goto(f"{live_api}/console/login")
+        page.wait_for_load_state("networkidle")
+        sign_in(page, live_api, make_key("viewer"))
+        page.wait_for_load_state("networkidle")
+    finally:
+        chromium.close()
+    # Then its console holds no error: the icon is in the page, not a request that fails
+    assert errors == []
 
 
 def test_at_a_phones_width_the_pages_do_not_scroll_sideways_and_a_wide_table_scrolls_inside_itself(

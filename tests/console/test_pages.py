@@ -75,6 +75,26 @@ def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api:
         assert store.get(session=session, letter_id=letter_id).status == "pending"
 
 
+def test_a_bulk_replay_at_a_rate_out_of_range_is_refused_with_a_message_and_replays_nothing(
+    api: Any, letter_id: int
+) -> None:
+    # Given an admin's session and a pending letter of the probe task
+    assert sign_in(api, make_key("admin")).status_code == 303
+    token = csrf_of(api)
+    for rate in ("-5", "0", "0.05", "100.5", "1e9", "nan", "inf", "fast"):
+        # When the admin starts a bulk replay of its task at that rate
+        answer = api.post(
+            "/console/dead-letters/bulk/replay",
+            data={"csrf_token": token, "why": "w", "task_name": "system.ping", "rate_per_s": rate},
+            follow_redirects=False,
+        )
+        # Then the form is refused with the range, rather than run at a rate the admin did not type
+        assert answer.status_code == 422, (rate, answer.text[:500])
+        assert "The rate must be a number from 0.1 to 100 letters per second." in answer.text, rate
+    with session_scope() as session:
+        assert store.get(session=session, letter_id=letter_id).status == "pending"
+
+
 def test_discard_needs_a_reason_and_records_it(api: Any, letter_id: int) -> None:
     admin = make_key("admin")
     assert sign_in(api, admin).status_code == 303
@@ -131,6 +151,53 @@ def test_the_runs_list_pages_by_keyset_without_losing_or_repeating_a_run(api: An
     assert len(seen) == 57 and len(set(seen)) == 57
     assert seen[:3] == [f"{caller}-00", f"{caller}-01", f"{caller}-02"]
     assert "51–57 of 57" in page.text
+
+
+@pytest.mark.parametrize("figure", ["finished", "failed"])
+def test_each_rate_tile_of_the_overview_opens_the_runs_it_counted(api: Any, figure: str) -> None:
+    import re
+    import uuid
+    from datetime import timedelta
+    from html import unescape
+
+    from app.db import utcnow
+    from app.runs.models import TaskRun
+
+    # Given recent runs in every finished state and one still running, and runs that ended before the window
+    tag = f"tile-{uuid.uuid4().hex[:6]}"
+    now = utcnow()
+    with session_scope() as session:
+        for i, (state, age_s) in enumerate(
+            [("SUCCESS", 5), ("SUCCESS", 30), ("FAILURE", 40), ("FAILURE", 60), ("DEAD_LETTERED", 90), ("STARTED", 10)]
+            + [("SUCCESS", 900), ("FAILURE", 900), ("DEAD_LETTERED", 900)]
+        ):
+            created = now - timedelta(seconds=age_s)
+            session.add(
+                TaskRun(
+                    task_id=f"{tag}-{i}",
+                    name="system.ping",
+                    state=state,
+                    triggered_by=tag,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+    assert sign_in(api, make_key("viewer")).status_code == 303
+    # When the viewer follows the tile's link from the overview
+    overview = api.get("/console/")
+    tile = re.search(
+        rf'<a class="tile[^"]*" href="([^"]+)"><span class="big">([\d.]+)</span> {figure} / min '
+        r"<small>\(last (\d+) min\)</small>",
+        overview.text,
+    )
+    assert tile is not None, overview.text
+    href, per_minute, minutes = unescape(tile.group(1)), float(tile.group(2)), int(tile.group(3))
+    runs = api.get(href)
+    # Then the list holds exactly the runs the tile counted
+    assert runs.status_code == 200
+    total = re.search(r"<h2>(\d+) runs?</h2>", runs.text)
+    assert total is not None, runs.text
+    assert round(per_minute * minutes) == int(total.group(1)) > 0
 
 
 def test_an_admin_revokes_a_waiting_run_with_a_reason_and_the_audit_trail_says_who_and_why(api: Any) -> None:

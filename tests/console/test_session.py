@@ -154,3 +154,27 @@ def test_a_filtered_page_opened_without_a_session_is_shown_with_its_filters_afte
     signed_in = sign_in(api, make_key("admin"), next_url=unescape(carried.group(1)))
     # Then the browser goes back to the list with its filters, not to the bare list
     assert signed_in.status_code == 303 and signed_in.headers["location"] == wanted
+
+
+def test_the_sign_in_page_names_a_key_command_that_runs_without_an_activated_venv(api: Any) -> None:
+    import os
+    import re
+    import shlex
+    import subprocess
+    import uuid
+    from html import unescape
+
+    from tests.support.session import ROOT
+
+    # Given the command the sign-in page offers, for a new viewer
+    page = api.get("/console/login")
+    command = re.search(r"<code>([^<]*create-api-key[^<]*)</code>", page.text)
+    assert command is not None, page.text
+    args = shlex.split(unescape(command.group(1)).replace("NAME", f"hint-{uuid.uuid4().hex[:6]}"))
+    # When it is run as typed from the checkout, in a shell whose PATH holds no venv
+    environment = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    done = subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    # Then it makes a key that signs in
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key.startswith("ck_") and sign_in(api, (args[args.index("--name") + 1], key)).status_code == 303

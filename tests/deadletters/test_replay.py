@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -112,6 +113,20 @@ def test_bulk_replay_counts_on_a_dry_run_then_replays_every_match_at_a_bounded_r
     assert result == {"total": 3, "replayed": 3, "skipped": 0}
     for task_id in ids:
         _letter_of(api, admin_key, task_id, status="replayed")
+
+
+def test_a_bulk_replay_at_a_rate_out_of_range_is_a_422(api, admin_key):
+    # Given rates outside (0, 1000] letters per second, and NaN (which Python's json reads)
+    criteria = json.dumps({"task_name": f"none.{uuid.uuid4().hex[:8]}", "why": "drill"})
+    for rate, names in (("-5", "rate_per_s"), ("0", "rate_per_s"), ("1e9", "rate_per_s"), ("NaN", "non_finite")):
+        # When an admin asks for a bulk replay at that rate
+        answer = api.post(
+            "/api/v1/tasks/dead-letters/replay",
+            content=criteria[:-1] + f', "rate_per_s": {rate}}}',
+            headers={**auth(admin_key), "Content-Type": "application/json"},
+        )
+        # Then it is refused, naming the field (or the number no JSON column holds)
+        assert answer.status_code == 422 and names in answer.text, (rate, answer.text)
 
 
 def test_the_sql_record_survives_a_purge_of_the_rabbitmq_dead_letter_queue(api, admin_key, start_worker, recorder):

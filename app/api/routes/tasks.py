@@ -110,7 +110,9 @@ def list_runs(
     offset: Offset = 0,
 ) -> RunPage:
     """The durable run history, newest first, filterable by state, name, time and caller."""
-    filters = runs_service.RunFilter(state=state, name=name, since=since, until=until, triggered_by=triggered_by)
+    filters = runs_service.RunFilter(
+        states=(state,) if state else (), name=name, since=since, until=until, triggered_by=triggered_by
+    )
     items, total = runs_service.list_runs(session=session, filters=filters, limit=limit, offset=offset)
     return RunPage(items=[RunRead.model_validate(r) for r in items], total=total, limit=limit, offset=offset)
 

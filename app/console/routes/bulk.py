@@ -3,6 +3,7 @@ while the paced task runs; purge (discard) with a reason, after the count."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -11,20 +12,39 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.console.routes import filters
 from app.console.session import AdminUserDep, UserDep
-from app.console.web import PREFIX, SessionDep, render, see_other
+from app.console.web import PREFIX, SessionDep, query, render, see_other
 from app.constants import TERMINAL_STATES
 from app.deadletters import service as deadletters
 from app.engine import dead_letters, inspect
+from app.errors import Unprocessable
 
 router = APIRouter()
 
 Why = Annotated[str, Form(min_length=1, max_length=500)]
-#: Letters per second a bulk replay publishes by default (the REST API's default; the form allows 0.1 to 100).
+#: Letters per second a bulk replay publishes by default (the REST API's default).
 DEFAULT_RATE = 20.0
+#: The letters per second the form accepts; anything else is refused with a 422 page.
+MIN_RATE = 0.1
+MAX_RATE = 100.0
 
 
 def _described(criteria: deadletters.DeadLetterFilter) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in asdict(criteria).items() if v}
+
+
+def _rate(form: Any) -> float:
+    """The form's letters per second (the default when empty); a value out of range is refused, never clamped, so
+    the admin does not start a replay at a pace other than the one typed."""
+    text = str(form.get("rate_per_s") or "").strip()
+    if not text:
+        return DEFAULT_RATE
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not MIN_RATE <= rate <= MAX_RATE:  # NaN fails this too
+        raise Unprocessable(f"The rate must be a number from {MIN_RATE:g} to {MAX_RATE:g} letters per second.")
+    return rate
 
 
 def _confirm_page(request: Request, session: Any, action: str) -> HTMLResponse:
@@ -44,7 +64,15 @@ def _confirm_page(request: Request, session: Any, action: str) -> HTMLResponse:
     return render(
         request,
         "bulk.html",
-        {"active": "dead-letters", "action": action, "matched": matched, "values": values, "rate": DEFAULT_RATE},
+        {
+            "active": "dead-letters",
+            "action": action,
+            "matched": matched,
+            "values": values,
+            "rate": DEFAULT_RATE,
+            "min_rate": MIN_RATE,
+            "max_rate": MAX_RATE,
+        },
     )
 
 
@@ -65,10 +93,7 @@ async def start_bulk_replay(request: Request, session: SessionDep, user: AdminUs
     """Replay every pending letter that matches through the paced task (audited with the filter), then follow it."""
     form = await request.form()
     criteria = filters.letter_filter(form, status_default="pending")
-    try:
-        rate = min(100.0, max(0.1, float(str(form.get("rate_per_s") or DEFAULT_RATE))))
-    except ValueError:
-        rate = DEFAULT_RATE
+    rate = _rate(form)
     done = dead_letters.replay_matching(
         session=session,
         filters=criteria,
@@ -79,7 +104,7 @@ async def start_bulk_replay(request: Request, session: SessionDep, user: AdminUs
         described=_described(criteria),
     )
     if done.task_id is None:
-        return see_other(f"{PREFIX}/dead-letters?{filters.query(filters.form_values(form, filters.LETTER_FIELDS))}")
+        return see_other(f"{PREFIX}/dead-letters?{query(filters.form_values(form, filters.LETTER_FIELDS))}")
     return see_other(f"{PREFIX}/dead-letters/bulk/{done.task_id}?matched={done.matched}")
 
 
@@ -90,7 +115,7 @@ async def purge_dead_letters(request: Request, session: SessionDep, user: AdminU
     criteria = filters.letter_filter(form, status_default="pending")
     discarded = deadletters.purge(session=session, filters=criteria, actor=user.principal, reason=why)
     values = filters.form_values(form, filters.LETTER_FIELDS)
-    return see_other(f"{PREFIX}/dead-letters?{filters.query(values, status='discarded', purged=discarded)}")
+    return see_other(f"{PREFIX}/dead-letters?{query(values, status='discarded', purged=discarded)}")
 
 
 def _progress(session: Any, task_id: str) -> dict[str, Any]:

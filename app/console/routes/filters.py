@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+
+from starlette.datastructures import ImmutableMultiDict
 
 from app.constants import TaskState
 from app.deadletters.models import Reason, Status
@@ -18,6 +19,8 @@ PAGE_SIZE = 50
 #: The dead-letter filter's fields, in the order the form shows them.
 LETTER_FIELDS = ("task_name", "reason", "error_class", "queue", "status", "since", "until", "task_id")
 RUN_FIELDS = ("state", "name", "triggered_by", "since", "until")
+#: Fields a query string may repeat (`state=FAILURE&state=DEAD_LETTERED`: any of them), shown back as lists.
+REPEATED_FIELDS = ("state",)
 
 
 def _text(params: Mapping[str, Any], name: str, max_length: int = 200) -> str | None:
@@ -50,6 +53,17 @@ def _choice(params: Mapping[str, Any], name: str, kind: Any) -> Any:
         raise Unprocessable(f"The filter {name!r} has no value {value!r}.") from None
 
 
+def _all(params: Mapping[str, Any], name: str) -> list[str]:
+    """Every value of a repeated field (a query string's or a form's), the empty ones left out."""
+    values = params.getlist(name) if isinstance(params, ImmutableMultiDict) else [params.get(name)]
+    return [v for v in values if isinstance(v, str) and v.strip()]
+
+
+def _choices(params: Mapping[str, Any], name: str, kind: Any) -> tuple[Any, ...]:
+    """A repeated choice: every value, each checked as `_choice` checks one."""
+    return tuple(_choice({name: value}, name, kind) for value in _all(params, name))
+
+
 def letter_filter(params: Mapping[str, Any], *, status_default: str = "pending") -> DeadLetterFilter:
     """Dead-letter filters; `status` is pending unless the form says another, or `any`."""
     status_text = params.get("status", status_default)
@@ -67,9 +81,9 @@ def letter_filter(params: Mapping[str, Any], *, status_default: str = "pending")
 
 
 def run_filter(params: Mapping[str, Any]) -> RunFilter:
-    """Run-history filters."""
+    """Run-history filters; `state` may repeat (runs in any of those states)."""
     return RunFilter(
-        state=_choice(params, "state", TaskState),
+        states=_choices(params, "state", TaskState),
         name=_text(params, "name"),
         since=_time(params, "since"),
         until=_time(params, "until"),
@@ -94,15 +108,9 @@ def run_after(params: Mapping[str, Any]) -> tuple[datetime, str] | None:
     return moment, task_id
 
 
-def form_values(params: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
-    """The filter fields as the form shows them back (empty for any)."""
-    return {name: str(params.get(name) or "") for name in fields}
-
-
-def query(values: Mapping[str, Any], **changes: Any) -> str:
-    """A query string of the non-empty values, with `changes` applied (links to a group, to the next page)."""
-    merged = {**values, **changes}
-    return urlencode({k: v for k, v in merged.items() if v not in (None, "")})
+def form_values(params: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The filter fields as the form shows them back (empty for any; a list for a repeated field)."""
+    return {name: _all(params, name) if name in REPEATED_FIELDS else str(params.get(name) or "") for name in fields}
 
 
 def offset(params: Mapping[str, Any]) -> int:

@@ -9,8 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from app.config import get_settings
 from app.console.session import UserDep
-from app.console.web import SECURITY_HEADERS, SessionDep, render
-from app.constants import TaskState
+from app.console.web import SECURITY_HEADERS, SessionDep, query, render
 from app.engine.inspect import Broker
 from app.errors import ServiceUnavailable
 from app.operations import service as operations
@@ -38,7 +37,10 @@ def _figures(session: Any) -> dict[str, Any]:
             "paused": {},
             "pausable": operations.PAUSABLE,
         }
-    failed = sum(found.counts.get(s, 0) for s in (TaskState.FAILURE, TaskState.DEAD_LETTERED))
+    failed = sum(found.counts.get(s, 0) for s in operations.FAILED_STATES)
+    # Each rate's tile opens the runs it counted: those states, created since the window's start (UTC, as the
+    # runs form's field takes it).
+    since = found.since.replace(tzinfo=None).isoformat()
     queues: list[QueueRead] = [q for q in found.queues if not q.name.startswith("delay.")]
     return {
         "unavailable": None,
@@ -51,6 +53,8 @@ def _figures(session: Any) -> dict[str, Any]:
         "finished_per_minute": found.per_minute,
         "failed_per_minute": round(failed / (RATE_WINDOW_S / 60), 2),
         "window_min": RATE_WINDOW_S // 60,
+        "finished_query": query({"state": list(operations.FINISHED_STATES), "since": since}),
+        "failed_query": query({"state": list(operations.FAILED_STATES), "since": since}),
     }
 
 
