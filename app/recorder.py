@@ -274,7 +274,15 @@ def is_alive(max_idle_s: float = 30.0) -> bool:
 def main() -> None:
     """Entry point of `python -m app.recorder` (`--check`: exit 0 if a recorder is alive, for healthchecks)."""
     if sys.argv[1:] == ["--check"]:
-        sys.exit(0 if is_alive() else 1)
+        alive = is_alive()
+        # (a healthcheck's command: its output is what an operator reads in `docker inspect`, not a log)
+        sys.stdout.write(
+            "A recorder is reading the run-history journal.\n"
+            if alive
+            else "No recorder has read the run-history journal in the last 30 s (or Redis is unreachable): is "
+            "`python -m app.recorder` running?\n"
+        )
+        sys.exit(0 if alive else 1)
     settings = get_settings()
     configure_logging(settings.log_level)
     try:  # a Redis that persists nothing: refused in production, a loud warning elsewhere (README)

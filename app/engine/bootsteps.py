@@ -95,6 +95,9 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                     # Redis answers: the end of an outage the worker met on its tasks' path is logged here too
                     # (on Celery's own pools, with ENGINE_SPEED_PATCHES=off, nothing else in this process hears).
                     outages.redis_outage.succeeded()
+                except outages.OUTAGE_ERRORS as exc:  # an outage: a line when it starts, then one a while, not a
+                    # traceback every beat
+                    outages.redis_outage.failed(f"the heartbeat of {worker.hostname} was not written: {exc!r}")
                 except Exception:
                     logger.warning("Could not write the heartbeat of %s.", worker.hostname, exc_info=True)
                 if self._stop.wait(interval):

@@ -8,6 +8,7 @@ kills and restarts that server; the session's Redis, the API and the recorder ar
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -67,6 +68,7 @@ def test_a_redis_outage_at_the_start_check_is_retried_and_the_task_runs_once_red
     task_id = dispatch(api, admin_key, tier="high")
     join(lambda: "Redis is down:" in worker.log() and "ConnectionError" in worker.log(), timeout=30,
          what="the failed check")  # fmt: skip
+    time.sleep(2.5)  # (and the worker's heartbeat, every second here, fails a few times)
     # And Redis comes back
     own_redis.start()
     # Then the task is tried again, runs, and its result is stored; it was never dead-lettered
@@ -75,6 +77,7 @@ def test_a_redis_outage_at_the_start_check_is_retried_and_the_task_runs_once_red
     # And the worker logged the outage as it began and as it ended, not once per attempt put back
     join(lambda: "Redis is back after" in worker.log(), timeout=10, what="the outage's end in the worker log")
     assert worker.log().count("Redis is down:") == 1
+    assert "Could not write the heartbeat" not in worker.log()  # (it was a warning and a traceback per beat)
 
 
 def test_a_result_that_cannot_be_stored_is_run_again_once_redis_is_back(

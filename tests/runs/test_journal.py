@@ -5,6 +5,7 @@ it into SQL, acknowledging only after its commit."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import redis
 
 from app.constants import HISTORY_GROUP, HISTORY_STREAM
 from tests.support.api import auth, dispatch
+from tests.support.processes import free_port
 from tests.support.services import redis_client
 from tests.support.session import join
 
@@ -153,10 +155,16 @@ def test_the_healthcheck_sees_a_running_recorder_and_not_a_stopped_one(recorder)
     import subprocess
     import sys
 
-    def check() -> int:
-        return subprocess.run([sys.executable, "-m", "app.recorder", "--check"], check=False).returncode
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "app.recorder", "--check"]
+        return subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, **env})
 
-    assert join(lambda: check() == 0, what="the running recorder to be seen")
+    assert join(lambda: check().returncode == 0, what="the running recorder to be seen")
+    assert check().stdout == "A recorder is reading the run-history journal.\n"
+    # (a check that finds none says so, in a line an operator reads in the healthcheck's log)
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    none = check(REDIS_URL=unreachable, CELERY_RESULT_BACKEND=unreachable)
+    assert none.returncode == 1 and none.stdout.startswith("No recorder has read the run-history journal")
     from app import recorder as module
 
     # A running recorder beats every 0.5 s; the fixture may have just restarted it, hence the wait for the first.
