@@ -18,6 +18,7 @@ from app.db import session_scope
 from app.engine import topology
 from app.engine.guarantees import outages
 from app.engine.pauses import SkipPausedQueues
+from app.logging import StateChangeLog
 from app.redis_store import get_redis
 from app.runs import revocations
 
@@ -70,6 +71,10 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Its own outage log: the task path's (outages.redis_outage) says what an outage does to tasks.
+        self.outage = StateChangeLog(
+            logger, "Redis, for the heartbeat,", consequence="this worker shows as missing until it is back"
+        )
 
     def start(self, worker: Any) -> None:
         settings = get_settings()
@@ -95,9 +100,10 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                     # Redis answers: the end of an outage the worker met on its tasks' path is logged here too
                     # (on Celery's own pools, with ENGINE_SPEED_PATCHES=off, nothing else in this process hears).
                     outages.redis_outage.succeeded()
+                    self.outage.succeeded()
                 except outages.OUTAGE_ERRORS as exc:  # an outage: a line when it starts, then one a while, not a
-                    # traceback every beat
-                    outages.redis_outage.failed(f"the heartbeat of {worker.hostname} was not written: {exc!r}")
+                    # warning with a traceback every beat (every 5 s per worker)
+                    self.outage.failed(repr(exc))
                 except Exception:
                     logger.warning("Could not write the heartbeat of %s.", worker.hostname, exc_info=True)
                 if self._stop.wait(interval):
@@ -110,6 +116,8 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stop.set()
         try:
             get_redis().delete(WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname))
+        except outages.OUTAGE_ERRORS as exc:  # (it expires on its own)
+            logger.warning("Could not clear the heartbeat of %s: Redis is unreachable (%r).", worker.hostname, exc)
         except Exception:
             logger.warning("Could not clear the heartbeat of %s.", worker.hostname, exc_info=True)
 
