@@ -274,3 +274,22 @@ def test_every_labelled_section_of_every_page_is_named_by_a_heading_of_its_own(a
         # Then each aria-labelledby names a heading on it, never the section itself (a landmark named by its text)
         for labelled_by in re.findall(r'aria-labelledby="([^"]+)"', page):
             assert re.search(rf'<h[1-6][^>]* id="{labelled_by}"', page), (path, labelled_by)
+
+
+def test_revoking_a_running_run_without_terminate_says_it_runs_on_and_leaves_it_running(api: Any) -> None:
+    import uuid
+
+    from app.runs.models import TaskRun
+
+    # Given a run the history shows running, and an admin on its page
+    task_id = f"running-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        session.add(TaskRun(task_id=task_id, name="system.ping", state="STARTED"))
+    assert sign_in(api, make_key("admin")).status_code == 303
+    # When the admin revokes it without ticking terminate
+    page = api.post(f"/console/runs/{task_id}/revoke", data={"csrf_token": csrf_of(api), "why": "not needed"})
+    # Then the page says the revocation is recorded but the task runs to its end, and the run is still running
+    assert page.status_code == 200 and str(page.url).endswith(f"/console/runs/{task_id}?revoked=running")
+    assert "Revocation recorded." in page.text and "runs to its end" in page.text
+    with session_scope() as session:
+        assert session.get(TaskRun, task_id).state == "STARTED"
