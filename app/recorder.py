@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import amqp.exceptions
@@ -125,24 +126,28 @@ class Recorder:
             headers=headers,
             properties={k: v for k, v in (message.properties or {}).items() if k != "application_headers"},
         )
-        try:
-            with session.begin_nested():
-                arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta=backend_meta)
-                deadletters.record(session=session, arrival=arrival)
-        except DATABASE_DOWN:  # an outage, not this letter: the whole batch waits for the database (`run`)
-            raise
-        except Exception:  # never let one odd stored result wedge the recorder: record the letter without it
-            logger.exception("Recording dead letter of task %s failed; recording it without its result.", task_id)
+        # Never let one letter wedge the recorder: an odd stored result is left out, then an odd message is kept
+        # as its raw body only (a malformed letter). A database outage is not the letter's: the batch waits (`run`).
+        readings: tuple[Callable[[], deadletters.Arrival], ...] = (
+            lambda: dead_letters.arrival(incoming, registered=celery_app.tasks, meta=backend_meta),
+            lambda: dead_letters.arrival(incoming, registered=celery_app.tasks, meta={}),
+            lambda: dead_letters.bare_arrival(incoming),
+        )
+        for attempt, reading in enumerate(readings, 1):
             try:
                 with session.begin_nested():
-                    arrival = dead_letters.arrival(incoming, registered=celery_app.tasks, meta={})
-                    deadletters.record(session=session, arrival=arrival)
+                    deadletters.record(session=session, arrival=reading())
+                return
             except DATABASE_DOWN:
                 raise
-            except Exception:  # nor one odd message: keep its raw body, as a malformed letter
-                logger.exception("Recording dead letter of task %s failed again; recording its raw body only.", task_id)
-                with session.begin_nested():
-                    deadletters.record(session=session, arrival=dead_letters.bare_arrival(incoming))
+            except Exception:
+                if attempt == len(readings):
+                    raise
+                logger.exception(
+                    "Recording dead letter of task %s failed; recording it %s.",
+                    task_id,
+                    "without its result" if attempt == 1 else "as its raw body only",
+                )
 
     @staticmethod
     def _meta(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

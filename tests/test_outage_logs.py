@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 
 from tests.support.api import ApiProcess, auth
-from tests.support.processes import OwnRedis, TcpProxy
+from tests.support.processes import OwnRedis, TcpProxy, log_records
 from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, mgmt
 from tests.support.session import ROOT, VAR_DIR, join
 
@@ -23,18 +22,6 @@ from tests.support.session import ROOT, VAR_DIR, join
 OUTAGE_WORDS = ("broker", "publish", "connection", "future", "confirm")
 #: How long the Redis outage of the beat test lasts: past the result store's retry policy (5 s).
 OUTAGE_S = 7.0
-
-
-def records(text: str) -> list[dict[str, Any]]:
-    """The JSON log records of a process's output (banners and other plain lines skipped)."""
-    found = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return found
 
 
 def test_a_state_change_log_says_down_still_down_and_back_once_each(caplog):
@@ -161,7 +148,7 @@ def test_a_broker_outage_logs_its_start_and_end_once_not_one_line_per_refused_re
             api.stop()
     # Then the outage took a handful of lines: one "down", one "back", no line per request
     log = api.log()
-    during = records("\n".join(log.splitlines()[before:]))
+    during = log_records("\n".join(log.splitlines()[before:]))
     noisy = [r for r in during if r["level"] in ("WARNING", "ERROR", "CRITICAL")]
     assert len(noisy) <= 3, "\n".join(json.dumps(r) for r in noisy[:10])
     assert any("is down" in r["message"] for r in noisy)
@@ -205,4 +192,4 @@ def test_beat_survives_a_redis_outage_without_a_retry_limit_and_keeps_publishing
     # And it never declared itself in need of a restart
     text = log_path.read_text()
     assert "Retry limit exceeded" not in text
-    assert not [r for r in records(text) if r["level"] == "CRITICAL"]
+    assert not [r for r in log_records(text) if r["level"] == "CRITICAL"]

@@ -3,30 +3,16 @@ of state (down, still down every OUTAGE_LOG_INTERVAL_S, back), not as an ERROR w
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from typing import Any
 
-from tests.support.processes import OwnRedis
+from tests.support.processes import OwnRedis, log_records
 from tests.support.session import ROOT, join
 
 #: How long the Redis outage lasts: several of the recorder's 2 s retries.
 OUTAGE_S = 7.0
-
-
-def _records(text: str) -> list[dict[str, Any]]:
-    """The JSON log records of the recorder's output (plain lines skipped)."""
-    found = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return found
 
 
 def test_a_redis_outage_is_logged_once_down_and_once_back_without_tracebacks(tmp_path):
@@ -40,7 +26,7 @@ def test_a_redis_outage_is_logged_once_down_and_once_back_without_tracebacks(tmp
             )
         try:
             join(lambda: "is reading" in log_path.read_text(), what="the recorder to start reading")
-            before = len(_records(log_path.read_text()))
+            before = len(log_records(log_path.read_text()))
             # When Redis dies for several of its retries, then comes back
             own.kill()
             time.sleep(OUTAGE_S)  # (the outage itself)
@@ -51,7 +37,7 @@ def test_a_redis_outage_is_logged_once_down_and_once_back_without_tracebacks(tmp
         finally:
             recorder.terminate()
             recorder.wait(20)
-    during = _records(log_path.read_text())[before:]
+    during = log_records(log_path.read_text())[before:]
     # And the outage took one line going down and one coming back: no ERROR, no traceback per retry
     assert [r["message"] for r in during if r["message"].startswith("Redis is down")], during
     assert len([r for r in during if r["level"] in ("WARNING", "ERROR")]) == 1, during

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -98,31 +99,22 @@ def _loads(body: bytes) -> Any:
         return None  # not JSON: the body parameter's own validation answers
 
 
-def _contains_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
+def _holds(value: Any, leaf: Callable[[Any], bool]) -> bool:
+    """Whether `leaf` is true of any key, string or number anywhere in decoded JSON `value`."""
     if isinstance(value, dict):
-        return any(_contains_non_finite(item) for item in value.values())
+        return any(leaf(key) or _holds(item, leaf) for key, item in value.items())
     if isinstance(value, list):
-        return any(_contains_non_finite(item) for item in value)
-    return False
+        return any(_holds(item, leaf) for item in value)
+    return leaf(value)
+
+
+def _contains_non_finite(value: Any) -> bool:
+    return _holds(value, lambda leaf: isinstance(leaf, float) and not math.isfinite(leaf))
 
 
 def _contains_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_contains_surrogate(key) or _contains_surrogate(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_surrogate(item) for item in value)
-    return False
+    return _holds(value, lambda leaf: isinstance(leaf, str) and _SURROGATE.search(leaf) is not None)
 
 
 def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return NUL in value
-    if isinstance(value, dict):
-        return any(NUL in key or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+    return _holds(value, lambda leaf: isinstance(leaf, str) and NUL in leaf)

@@ -13,6 +13,7 @@ tests/conftest.py offers `own_redis` as a fixture (a factory that cleans up afte
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,18 @@ from tests.support.session import ROOT, VAR_DIR, join
 
 #: How much of a process's log a failure message quotes.
 LOG_TAIL = 3000
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON log records of a process's output (banners and other plain lines skipped)."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
 
 
 def free_port() -> int:
