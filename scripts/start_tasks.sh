@@ -30,7 +30,8 @@ Usage: ./scripts/start_tasks.sh COMMAND
 Commands:
   start           provision the broker and the database, then start the API, workers, beat, recorder and Flower
   stop            stop what `start` started (RabbitMQ, Redis and PostgreSQL keep running)
-  restart         stop, then start
+  restart         provision and migrate, then replace every process one service at a time; the API keeps
+                  answering (its processes are replaced one by one) unless its settings changed
   status          one line per service; exits 1 when any is down
   logs [service]  follow the last 100 lines of one service's log, or of all of them
   health          broker, result backend, database and workers, plus the HTTP health endpoint; exits 1 when any is down
@@ -457,7 +458,12 @@ service_command() {
     local service="$1" bin="$VENV/bin"
     local worker_opts=(--concurrency "$CELERY_WORKER_CONCURRENCY" --loglevel "$CELERY_LOG_LEVEL")
     case "$service" in
-        api) SERVICE_CMD=("$bin/uvicorn" app.main:app --host "$API_HOST" --port "$API_PORT" --workers "${API_WORKERS:-2}") ;;
+        api)
+            # --timeout-worker-healthcheck: how long a replacement process may take to start serving in a rolling
+            # restart (uvicorn's 5 s default is shorter than the API's warm-up on a busy 2-core machine).
+            SERVICE_CMD=("$bin/uvicorn" app.main:app --host "$API_HOST" --port "$API_PORT" --workers "${API_WORKERS:-2}"
+                --timeout-worker-healthcheck "$API_WAIT_S")
+            ;;
         worker-*)
             local tier="${service#worker-}"
             SERVICE_CMD=("$bin/celery" -A app.tasks worker -Q "$tier" -n "$(worker_name "$tier")" "${worker_opts[@]}")
@@ -538,7 +544,99 @@ start_service() {
         ((waited++ >= 50)) && die "$service did not start (no pid file after 5 s); see $logfile"
         sleep 0.1
     done
+    [[ "$service" == api ]] && api_fingerprint >"$(fingerprint_file)"
     log "Started $service (pid $(<"$pidfile")); log: $logfile"
+}
+
+# --- Native: the API's rolling restart ---------------------------------------------------------------------
+#
+# uvicorn's supervisor replaces its processes one at a time on SIGHUP: each replacement serves before the
+# process it replaces is told to finish its requests and exit, on the same listening socket. The replacements
+# are spawned with the supervisor's environment, which holds the settings it was started with, so a rolling
+# restart is only right while those are unchanged: the API's command line and every setting of .env.example,
+# recorded (as hashes, never values) when the API starts.
+
+fingerprint_file() { printf '%s/api.settings' "$RUN_DIR"; }
+
+settings_names() { sed -n 's/^#\{0,1\} \{0,1\}\([A-Z][A-Z0-9_]*\)=.*/\1/p' "$ROOT_DIR/.env.example" | sort -u; }
+
+# One "NAME <sha256 of its value>" line per setting (or "NAME unset"), and one for the API's command line.
+api_fingerprint() {
+    local name
+    service_command api
+    printf 'command-line %s\n' "$(printf '%s\0' "${SERVICE_CMD[@]}" | sha256sum | cut -c1-64)"
+    while read -r name; do
+        if [[ -v "$name" ]]; then
+            printf '%s %s\n' "$name" "$(printf '%s' "${!name}" | sha256sum | cut -c1-64)"
+        else
+            printf '%s unset\n' "$name"
+        fi
+    done < <(settings_names)
+}
+
+# The names whose value differs from what the running API was started with (all of them when unrecorded).
+changed_api_settings() {
+    local file
+    file="$(fingerprint_file)"
+    if [[ ! -f "$file" ]]; then
+        printf 'its settings (not recorded at its start)\n'
+        return
+    fi
+    # (diff exits 1 when they differ, which is the case looked for)
+    { diff <(sort "$file") <(api_fingerprint | sort) || true; } | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' | sort -u
+}
+
+# The uvicorn processes serving requests under the supervisor `pid` (its spawned children).
+api_processes() {
+    local child
+    for child in $(pgrep -P "$1" || true); do
+        tr '\0' ' ' <"/proc/$child/cmdline" 2>/dev/null | grep -q 'multiprocessing.spawn' && printf '%s\n' "$child"
+    done
+    return 0
+}
+
+# Replace the API's processes one by one (SIGHUP to uvicorn's supervisor); fail when they were not all replaced.
+reload_api() {
+    local pid="$1" logfile started=$SECONDS wanted="${API_WORKERS:-2}" old=() now=() child left
+    logfile="$(log_file api)"
+    mapfile -t old < <(api_processes "$pid")
+    printf '\n--- %s rolling restart of api\n' "$(date -u +%FT%TZ)" >>"$logfile"
+    log "Replacing the API's processes one at a time (pid $pid keeps the port)"
+    kill -HUP "$pid"
+    while ((SECONDS - started < API_WAIT_S + STOP_WAIT_S)); do
+        sleep 0.5
+        kill -0 "$pid" 2>/dev/null || die "The API's supervisor (pid $pid) exited during the restart; see $logfile"
+        left=0
+        for child in "${old[@]}"; do kill -0 "$child" 2>/dev/null && left=$((left + 1)); done
+        mapfile -t now < <(api_processes "$pid")
+        if ((left == 0 && ${#now[@]} == wanted)); then
+            api_fingerprint >"$(fingerprint_file)"
+            log "Replaced the API's processes (${old[*]} -> ${now[*]})"
+            return 0
+        fi
+        if sed -n '/rolling restart of api$/,$p' "$logfile" | grep -q 'aborting the restart'; then
+            break
+        fi
+    done
+    printf 'error: the API was not fully replaced: a new process did not start serving (%s still serve). Last log lines:\n' \
+        "$left of its ${#old[@]} old processes" >&2
+    tail -n 30 "$logfile" >&2 || true
+    return 1
+}
+
+# Restart one service: the API rolling when it runs with today's settings, anything else stopped and started.
+restart_service() {
+    local service="$1" pid changed
+    if [[ "$service" == api ]] && pid="$(running_pid api)"; then
+        changed="$(changed_api_settings | paste -sd, | sed 's/,/, /g')"
+        if [[ -z "$changed" ]]; then
+            reload_api "$pid"
+            return
+        fi
+        warn "The API's settings changed since it started ($changed): restarting it whole, so it stops answering for a few seconds."
+    fi
+    stop_services "$service"
+    start_service "$service"
 }
 
 health_code() {
@@ -607,24 +705,45 @@ native_start() {
     print_summary
 }
 
-# Stop every service that has a pid file: SIGTERM to the main process (celery's warm shutdown lets the
-# running tasks finish and stops its own pool), then SIGKILL to the whole process group after STOP_WAIT_S.
+# Stop every service that has a pid file.
 native_stop() {
-    local file service pid waited=0 alive
-    local -A pids=()
+    local file services=()
     shopt -s nullglob
-    for file in "$RUN_DIR"/*.pid; do
-        service="$(basename "$file" .pid)"
+    for file in "$RUN_DIR"/*.pid; do services+=("$(basename "$file" .pid)"); done
+    shopt -u nullglob
+    ((${#services[@]} == 0)) || stop_services "${services[@]}"
+    log "Stopped. RabbitMQ, Redis and PostgreSQL were left running."
+}
+
+# Replace every process without stopping the whole stack: provision and migrate first (the running processes
+# keep working meanwhile), then one service after another, so at most one of them is down at a time.
+native_restart() {
+    local service
+    prestart
+    while read -r service; do
+        restart_service "$service" || exit 1
+    done < <(services)
+    log "Waiting for $(api_base_url)/api/v1/tasks/health"
+    wait_until_healthy || exit 1
+    print_summary
+}
+
+# Stop the named services that have a pid file: SIGTERM to the main process (celery's warm shutdown lets the
+# running tasks finish and stops its own pool), then SIGKILL to the whole process group after STOP_WAIT_S.
+stop_services() {
+    local service pid waited=0 alive
+    local -A pids=()
+    for service in "$@"; do
+        [[ -f "$(pid_file "$service")" ]] || continue
         if pid="$(running_pid "$service")"; then
             kill -TERM "$pid" 2>/dev/null || true
             pids[$service]="$pid"
             log "Stopping $service (pid $pid)"
         else
             log "$service was not running; removing its stale pid file"
-            rm -f "$file"
+            rm -f "$(pid_file "$service")"
         fi
     done
-    shopt -u nullglob
     while ((${#pids[@]} > 0)); do
         alive=()
         for service in "${!pids[@]}"; do
@@ -656,7 +775,6 @@ native_stop() {
         sleep 0.5
         waited=$((waited + 1))
     done
-    log "Stopped. RabbitMQ, Redis and PostgreSQL were left running."
 }
 
 native_status() {
@@ -714,7 +832,7 @@ run_native() {
     case "$command" in
         start) native_start ;;
         stop) native_stop ;;
-        restart) native_stop && native_start ;;
+        restart) native_restart ;;
         status) native_status ;;
         logs) native_logs "$@" ;;
         health) native_health ;;

@@ -273,3 +273,90 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def _api_pids(supervisor: int) -> set[int]:
+    """The uvicorn processes serving under `supervisor` (its spawned children)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children if "multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_text()}
+
+
+class _Traffic:
+    """Requests against the API from a thread, each on a new connection, until stopped: the answers it got."""
+
+    def __init__(self, base: str, key: tuple[str, str]) -> None:
+        self.base, self.key = base, key
+        self.answers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        from tests.support.api import auth
+
+        while not self._stop.is_set():
+            try:
+                with httpx.Client(base_url=self.base, timeout=10) as client:
+                    code = client.post("/api/v1/tasks/ping", json={"tier": "low"}, headers=auth(self.key)).status_code
+                self.answers.append(str(code))
+            except httpx.HTTPError as exc:
+                self.answers.append(type(exc).__name__)
+            time.sleep(0.02)
+
+    def __enter__(self) -> _Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.mark.skipif(not VENV_PYTHON.exists(), reason=".venv is not created yet")
+def test_restart_replaces_the_apis_processes_one_by_one_so_no_request_fails_unless_its_settings_changed(
+    tmp_path: Path, admin_key: tuple[str, str]
+) -> None:
+    # Given the API started as `start` starts it (two uvicorn processes), on this session's broker and database
+    port = free_port()
+    env = {"VAR_DIR": str(tmp_path), "API_PORT": str(port), "API_HOST": "127.0.0.1", "API_WORKERS": "2"}
+    base = f"http://127.0.0.1:{port}"
+    started = _sourced('mkdir -p "$RUN_DIR" "$LOG_DIR"; start_service api', **env)
+    assert started.returncode == 0, started.stderr
+    pid_file = tmp_path / "run" / "api.pid"
+    try:
+        supervisor = int(pid_file.read_text())
+        join(lambda: len(_api_pids(supervisor)) == 2 and _live(base), timeout=90, what="the API to serve")
+        before = _api_pids(supervisor)
+        # When it is restarted while a client keeps dispatching tasks
+        with _Traffic(base, admin_key) as traffic:
+            time.sleep(0.5)
+            rolling = _sourced("restart_service api", **env)
+            time.sleep(0.5)
+        # Then its processes were replaced one by one under the same supervisor, which kept the port
+        assert rolling.returncode == 0, rolling.stderr
+        assert "Replacing the API's processes one at a time" in rolling.stderr
+        assert int(pid_file.read_text()) == supervisor
+        after = _api_pids(supervisor)
+        assert len(after) == 2 and not after & before
+        # And every request made meanwhile was answered 202: none refused, none failed
+        assert len(traffic.answers) > 10
+        assert set(traffic.answers) == {"202"}, traffic.answers
+        # When a setting changed since the API started
+        whole = _sourced("restart_service api", **env, API_KEY_CACHE_S="7")
+        # Then restart says which one, and restarts the API whole (a new supervisor reads the new settings)
+        assert whole.returncode == 0, whole.stderr
+        assert "The API's settings changed since it started (API_KEY_CACHE_S)" in whole.stderr
+        assert int(pid_file.read_text()) != supervisor
+        join(lambda: _live(base), timeout=90, what="the API to serve again")
+    finally:
+        _sourced("stop_services api", **env)
+
+
+def _live(base: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{base}/api/v1/tasks/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
