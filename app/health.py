@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import redis
-from sqlalchemy import text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
 
 from app import redis_store
 from app.config import Settings, get_settings
@@ -95,12 +99,41 @@ def check_redis(settings: Settings | None = None) -> ComponentHealth:
     return _timed(probe)
 
 
-def check_database() -> ComponentHealth:
-    """SELECT 1 on the SQL database."""
+#: The migrations this code ships (alembic.ini's script_location).
+MIGRATIONS = Path(__file__).resolve().parent.parent / "alembic"
 
-    def probe() -> None:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+
+@functools.cache
+def shipped_migrations() -> tuple[str | None, frozenset[str]]:
+    """(the head revision, every revision) of the migrations shipped with this code; (None, none) without them."""
+    if not (MIGRATIONS / "versions").is_dir():
+        return None, frozenset()
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    return scripts.get_current_head(), frozenset(script.revision for script in scripts.walk_revisions())
+
+
+def schema_health(current: str | None) -> ComponentHealth:
+    """The database's health by its schema revision: down when it has no Courier schema or one older than this
+    code's (its queries would fail); up, saying so, when it is newer (a deploy has migrated it ahead of this
+    process, which `start_tasks.sh restart` does before it replaces the processes)."""
+    head, known = shipped_migrations()
+    if head is None or current == head:
+        return ComponentHealth(status="up")
+    if current is None:
+        return ComponentHealth(status="down", detail="no Courier schema: run `alembic upgrade head`")
+    if current in known:
+        return ComponentHealth(
+            status="down", detail=f"schema at {current}, this code needs {head}: run `alembic upgrade head`"
+        )
+    return ComponentHealth(status="up", detail=f"schema at {current}, newer than this code's {head}")
+
+
+def check_database(engine: Engine | None = None) -> ComponentHealth:
+    """The SQL database answers (`engine`'s, by default the process's), with the schema this code needs."""
+
+    def probe() -> ComponentHealth:
+        with (engine or get_engine()).connect() as conn:
+            return schema_health(MigrationContext.configure(conn).get_current_revision())
 
     return _timed(probe)
 
