@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -395,7 +395,6 @@ def main() -> None:
 def _overview_screen(window_s: int) -> Any:
     """The status screen: queues, workers, paused tiers and recent counts, as rich renderables."""
     from rich.console import Group
-    from rich.table import Table
 
     from app.db import session_scope
     from app.engine.inspect import Broker
@@ -404,18 +403,57 @@ def _overview_screen(window_s: int) -> Any:
     with session_scope() as session:
         found = service.overview(session=session, broker=Broker(get_settings()), window_s=window_s)
     paused = {p.queue for p in found.paused}
-    queues = Table(title="Queues", title_justify="left")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(found.counts.items())) or "none"
+    summary = (
+        f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. "
+        f"Dead letters pending: {'[red]' if found.dead_letters_pending else ''}{found.dead_letters_pending}"
+        f"{'[/]' if found.dead_letters_pending else ''}."
+    )
+    return found, Group(_queues_table(found.queues, paused), _workers_table(found.workers), summary)
+
+
+def _outage_screen(exc: Exception) -> Any:
+    """The status screen while a service is down: what failed in one red line, then the queues (RabbitMQ's
+    management API) and the workers (their heartbeats in Redis) if they still answer, each part on its own."""
+    from rich.console import Group
+
+    from app.engine.inspect import Broker
+    from app.operations import service
+
+    parts: list[Any] = [f"[red]{_describe(exc)}[/]"]
+    shown: tuple[tuple[str, Callable[[], Any]], ...] = (
+        ("queues", lambda: _queues_table(Broker(get_settings()).queues(), set())),
+        ("workers", lambda: _workers_table(service.workers())),
+    )
+    for what, part in shown:
+        try:
+            parts.append(part())
+        except Exception as part_exc:
+            parts.append(f"[red]No {what}: {_describe(part_exc)}[/]")
+    return Group(*parts)
+
+
+def _queues_table(queues: Iterable[Any], paused: set[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Queues", title_justify="left")
     for column in ("queue", "ready", "unacked", "consumers", "state"):
-        queues.add_column(column, justify="right" if column in ("ready", "unacked", "consumers") else "left")
-    for q in found.queues:
+        table.add_column(column, justify="right" if column in ("ready", "unacked", "consumers") else "left")
+    for q in queues:
         state = "[yellow]paused[/]" if q.name in paused else ""
         ready = f"[red]{q.ready}[/]" if q.name == "dead_letter" and q.ready else str(q.ready)
-        queues.add_row(q.name, ready, str(q.unacked), str(q.consumers), state)
-    workers = Table(title=f"Workers ({len(found.workers)})", title_justify="left")
+        table.add_row(q.name, ready, str(q.unacked), str(q.consumers), state)
+    return table
+
+
+def _workers_table(workers: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"Workers ({len(workers)})", title_justify="left")
     for column in ("hostname", "queues", "concurrency", "pool", "heartbeat", "uptime"):
-        workers.add_column(column)
-    for w in found.workers:
-        workers.add_row(
+        table.add_column(column)
+    for w in workers:
+        table.add_row(
             w.hostname,
             ",".join(w.queues),
             str(w.concurrency or "-"),
@@ -423,13 +461,7 @@ def _overview_screen(window_s: int) -> Any:
             f"{w.heartbeat_age_s:.1f} s ago",
             f"{w.uptime_s:.0f} s" if w.uptime_s is not None else "-",
         )
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(found.counts.items())) or "none"
-    summary = (
-        f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. "
-        f"Dead letters pending: {'[red]' if found.dead_letters_pending else ''}{found.dead_letters_pending}"
-        f"{'[/]' if found.dead_letters_pending else ''}."
-    )
-    return found, Group(queues, workers, summary)
+    return table
 
 
 @cli.command()
@@ -438,28 +470,36 @@ def status(
     watch: Annotated[float, typer.Option(help="Refresh every N seconds until Ctrl-C (0 = once).", min=0)] = 0,
     window_s: Annotated[int, typer.Option(help="Window of the recent counts, in seconds.", min=60)] = 300,
 ) -> None:
-    """Queues, workers, paused tiers, rates and dead letters on one screen (--watch refreshes it)."""
+    """Queues, workers, paused tiers, rates and dead letters on one screen (--watch refreshes it). While a service
+    is down it says which, shows what still answers, and exits 1."""
     from rich.console import Console
     from rich.live import Live
 
-    try:
-        found, screen = _overview_screen(window_s)
-    except Exception as exc:
-        _fail(exc)
+    def screen() -> Any:
+        try:
+            return _overview_screen(window_s)[1]
+        except Exception as exc:  # a broker, Redis or database outage: what still answers, around it
+            return _outage_screen(exc)
+
     if as_json:
+        try:
+            found = _overview_screen(window_s)[0]
+        except Exception as exc:
+            _fail(exc)
         _print_json(found)
         return
     if not watch:
-        Console().print(screen)
+        try:
+            Console().print(_overview_screen(window_s)[1])
+        except Exception as exc:
+            Console().print(_outage_screen(exc))
+            raise typer.Exit(1) from None
         return
-    with Live(screen, refresh_per_second=4, screen=False) as live:
+    with Live(screen(), refresh_per_second=4, screen=False) as live:
         try:
             while True:
                 time.sleep(watch)
-                try:
-                    live.update(_overview_screen(window_s)[1])
-                except Exception as exc:  # keep watching through a broker or database blip
-                    live.update(f"[red]{type(exc).__name__}: {exc}[/] (retrying every {watch} s)")
+                live.update(screen())
         except KeyboardInterrupt:
             pass
 

@@ -112,6 +112,24 @@ def test_commands_meeting_a_dead_service_name_it_in_one_line_without_a_traceback
         assert len(done.stderr.strip().splitlines()) == 1, (command, done.stderr)
 
 
+def test_status_during_an_outage_names_it_shows_what_still_answers_and_exits_1(worker):
+    # Given a worker running (its heartbeat in this session's Redis), and a dead port
+    dead = free_port()
+    # When an operator asks for the status screen with the database unreachable
+    done = _cli("status", env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/x", "COLUMNS": "200"})
+    # Then it names the database in one line, still shows the queues and the running worker, and exits 1
+    assert done.returncode == 1, done.stderr
+    assert "The database is unreachable" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert "Queues" in done.stdout and "medium" in done.stdout
+    assert worker.hostname in done.stdout
+    # When Redis is unreachable too
+    redis_dead = {"REDIS_URL": f"redis://127.0.0.1:{dead}/0", "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{dead}/0"}
+    done = _cli("status", env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead}/x", **redis_dead})
+    # Then the workers' part says so, and the queues still show
+    assert done.returncode == 1, done.stderr
+    assert "No workers: Redis is unreachable" in done.stdout and "Queues" in done.stdout
+
+
 def test_revoke_with_the_broker_down_is_durable_and_warns_in_one_line():
     # Given a broker nobody answers on, When a task is revoked from the CLI
     done = _cli("revoke", str(uuid.uuid4()), env={"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//"})
