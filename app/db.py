@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,31 @@ def sql_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [sql_json(v) for v in value]
     return value
+
+
+#: What `unstorable` finds, by the code the API answers it with (422).
+NUL_CHARACTER, NON_FINITE_NUMBER, INVALID_TEXT = "nul_character", "non_finite_number", "invalid_text"
+
+
+def unstorable(value: Any) -> str | None:
+    """The first thing in decoded JSON `value` (any key, string or number, at any depth) that no SQL column holds
+    as it is: a NUL (`nul_character`), NaN or an infinity (`non_finite_number`), an unpaired surrogate
+    (`invalid_text`, no UTF-8 encoder takes it); None when there is none. Input from outside is refused with it
+    (the API's body guard, the console's replay form), where `sql_text`/`sql_json` escape what arrives in a message."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return NUL_CHARACTER
+        return INVALID_TEXT if not value.isascii() and _SURROGATE.search(value) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else NON_FINITE_NUMBER
+    if isinstance(value, Mapping):
+        return next((found for k, v in value.items() if (found := unstorable(k) or unstorable(v))), None)
+    if isinstance(value, list | tuple):
+        return next((found for v in value if (found := unstorable(v))), None)
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -18,13 +18,12 @@ in a task's result it made every read of that task a 500. It is refused (422 `in
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
 
+from app.db import INVALID_TEXT, NON_FINITE_NUMBER, NUL_CHARACTER, unstorable
 from app.errors import Unprocessable
 
 NUL = "\x00"
@@ -38,13 +37,12 @@ _MAY_BE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE][+-]?[0-9]{3}|[0-9]{100}")
 #: The JSON escape of a surrogate code point (U+D800..U+DFFF): only a body holding one is parsed again (a valid pair
 #: parses to one character and passes).
 _MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class NonFiniteNumber(Unprocessable):
     """A number of the request's JSON body is NaN or infinite."""
 
-    code = "non_finite_number"
+    code = NON_FINITE_NUMBER
 
     def __init__(self) -> None:
         super().__init__(
@@ -56,7 +54,7 @@ class NonFiniteNumber(Unprocessable):
 class LoneSurrogate(Unprocessable):
     """A string of the request's JSON body holds half of a surrogate pair: not Unicode text."""
 
-    code = "invalid_text"
+    code = INVALID_TEXT
 
     def __init__(self) -> None:
         super().__init__(
@@ -68,7 +66,7 @@ class LoneSurrogate(Unprocessable):
 class NulCharacter(Unprocessable):
     """A string of the request contains U+0000."""
 
-    code = "nul_character"
+    code = NUL_CHARACTER
 
     def __init__(self, where: str) -> None:
         super().__init__(f"Text may not contain the NUL character (U+0000); found in {where}.", details={"in": where})
@@ -82,14 +80,17 @@ async def reject_nul_characters(request: Request) -> None:
     if any(NUL in key or NUL in value for key, value in request.query_params.multi_items()):
         raise NulCharacter("the query")
     body = await request.body()  # (already read by FastAPI for the body parameter: cached, no second read)
-    # A JSON string can carry NUL only as the escape \u0000 (a raw control character is invalid JSON), so the
-    # body is parsed again only when that escape appears at all.
-    if b"\\u0000" in body and _contains_nul(_loads(body)):
-        raise NulCharacter("the body")
-    if _MAY_BE_NON_FINITE.search(body) and _contains_non_finite(_loads(body)):
-        raise NonFiniteNumber()
-    if _MAY_HOLD_SURROGATE.search(body) and _contains_surrogate(_loads(body)):
-        raise LoneSurrogate()
+    # A JSON string can carry NUL only as the escape \u0000 (a raw control character is invalid JSON), a lone
+    # surrogate only as an escape, a non-finite number only as a literal or a long number: the body is parsed again
+    # only when one of those appears at all.
+    if b"\\u0000" in body or _MAY_BE_NON_FINITE.search(body) or _MAY_HOLD_SURROGATE.search(body):
+        found = unstorable(_loads(body))
+        if found == NUL_CHARACTER:
+            raise NulCharacter("the body")
+        if found == NON_FINITE_NUMBER:
+            raise NonFiniteNumber()
+        if found == INVALID_TEXT:
+            raise LoneSurrogate()
 
 
 def _loads(body: bytes) -> Any:
@@ -97,24 +98,3 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None  # not JSON: the body parameter's own validation answers
-
-
-def _holds(value: Any, leaf: Callable[[Any], bool]) -> bool:
-    """Whether `leaf` is true of any key, string or number anywhere in decoded JSON `value`."""
-    if isinstance(value, dict):
-        return any(leaf(key) or _holds(item, leaf) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_holds(item, leaf) for item in value)
-    return leaf(value)
-
-
-def _contains_non_finite(value: Any) -> bool:
-    return _holds(value, lambda leaf: isinstance(leaf, float) and not math.isfinite(leaf))
-
-
-def _contains_surrogate(value: Any) -> bool:
-    return _holds(value, lambda leaf: isinstance(leaf, str) and _SURROGATE.search(leaf) is not None)
-
-
-def _contains_nul(value: Any) -> bool:
-    return _holds(value, lambda leaf: isinstance(leaf, str) and NUL in leaf)

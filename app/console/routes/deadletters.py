@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -12,6 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from app.console.routes import filters
 from app.console.session import AdminUserDep, UserDep
 from app.console.web import PREFIX, SessionDep, render, see_other
+from app.db import unstorable
 from app.deadletters import service as deadletters
 from app.deadletters.exceptions import NotReplayable
 from app.deadletters.models import DeadLetter, Reason, Status
@@ -102,7 +102,7 @@ def parse_kwargs(text: str) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise ValueError('The keyword arguments must be a JSON object ({"name": value, ...}).')
-    if not _sendable(value):
+    if unstorable(value):
         # The REST API refuses the same (app/api/guards.py): NaN/Infinity no JSON column stores, text no UTF-8
         # encoder takes (an unpaired surrogate escape), or a NUL no SQL text holds.
         raise ValueError(
@@ -110,18 +110,6 @@ def parse_kwargs(text: str) -> dict[str, Any]:
             "escape (\\ud800-\\udfff) or a NUL character; none of them can be recorded."
         )
     return value
-
-
-def _sendable(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, str):
-        return "\x00" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
-    if isinstance(value, dict):
-        return all(_sendable(key) and _sendable(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_sendable(item) for item in value)
-    return True
 
 
 @router.post("/dead-letters/{letter_id}/replay", response_model=None)
