@@ -11,7 +11,7 @@ import pytest
 
 from app.config import get_settings
 from app.engine import topology
-from tests.support.api import auth, dispatch, letters, one_letter
+from tests.support.api import auth, dispatch, finished, letters, one_letter
 from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, heartbeat, queue_depth, redis_client
 from tests.support.session import join
 
@@ -158,6 +158,32 @@ def test_a_malformed_message_from_an_outside_client_is_dead_lettered_and_the_wor
     join(
         lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
         what="a normal task after the garbage",
+    )
+
+
+@pytest.mark.parametrize("timelimit", [[None], "x", [1, 2, 3], ["a", "b"], [-1, 5]])
+def test_a_timelimit_header_the_pool_cannot_use_is_dead_lettered_and_never_stops_the_worker(
+    api, admin_key, start_worker, recorder, timelimit
+):
+    # Given a worker whose only pool process is busy, so the next message waits for it in the event loop
+    worker = start_worker("high", concurrency=1)
+    busy = dispatch(api, admin_key, tier="high", sleep_s=2)
+    join(lambda: redis_client().get(f"courier:starts:{busy}:0") == "1", what="the busy task to start")
+    # When pika publishes a task whose `timelimit` is not [hard, soft] seconds (Celery unpacked it only when
+    # handing the task to the pool: there, in the event loop, the error stopped the worker, "Unrecoverable error",
+    # and every restart took the message again)
+    task_id = str(uuid.uuid4())
+    headers = {"task": "system.ping", "id": task_id, "retries": 0, "timelimit": timelimit}
+    _publish_raw(b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]', headers=headers)
+    # Then it is one more malformed dead letter, and the worker lives on and runs tasks
+    assert one_letter(api, admin_key, task_id)["reason"] == "malformed"
+    assert api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "DEAD_LETTERED"
+    join(lambda: finished(api, admin_key, busy), what="the busy task to finish")
+    assert worker.process.poll() is None, worker.log()[-3000:]
+    after = dispatch(api, admin_key, tier="high", echo="after")
+    join(
+        lambda: api.get(f"/api/v1/tasks/task/{after}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
+        what="a normal task after the bad timelimit",
     )
 
 
