@@ -187,6 +187,27 @@ def test_a_timelimit_header_the_pool_cannot_use_is_dead_lettered_and_never_stops
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"x": 1}, [], {}]', b"[[], [1], {}]", b'["abc", {}, {}]', b'[[], {}, "x"]'],
+    ids=["args an object", "kwargs a list", "args a string", "embed a string"],
+)
+def test_a_body_whose_args_kwargs_or_embed_have_the_wrong_type_is_dead_lettered_not_acked(
+    api, admin_key, start_worker, recorder, body
+):
+    # Given a worker
+    worker = start_worker("high", concurrency=1)
+    # When pika publishes a task whose body is a list of three with the wrong types (Celery's tracer met kwargs
+    # that are not a mapping before it had a request to fail, returned it as a success, and the message was acked:
+    # no result, no dead letter, nothing)
+    task_id = str(uuid.uuid4())
+    _publish_raw(body, headers={"task": "system.ping", "id": task_id, "retries": 0})
+    # Then it is a malformed dead letter, and the worker goes on
+    assert one_letter(api, admin_key, task_id)["reason"] == "malformed"
+    assert api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "DEAD_LETTERED"
+    assert worker.process.poll() is None, worker.log()[-3000:]
+
+
 def test_a_task_that_crashes_its_pool_process_is_retried_a_bounded_number_of_times_then_dead_lettered(
     api, admin_key, start_worker, recorder
 ):

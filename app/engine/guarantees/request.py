@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
@@ -51,9 +52,14 @@ class CourierRequest(Request):  # type: ignore[misc]
         """Celery's, refusing a `timelimit` header it cannot use (InvalidTaskError: the consumer rejects the message,
         so it is dead-lettered as malformed). Celery takes any truthy value and unpacks it only when the task is
         handed to the pool: `[None]`, `"x"` or `[1, 2, 3]` raised there, and when the pool was full that was in
-        the event loop, which stopped the worker ("Unrecoverable error"); every restart took the message again."""
+        the event loop, which stopped the worker ("Unrecoverable error"); every restart took the message again.
+
+        A body whose args are not a list, or whose kwargs or embed are not objects, is refused the same way: Celery's
+        tracer meets `kwargs` that are not a mapping before it has a request to fail, and returns it as a success,
+        so the message was acked and lost, with no result and no dead letter."""
         super().__init__(*args, **kwargs)
         self.time_limits = _time_limits(self._request_dict.get("timelimit"))
+        _check_body(self._args, self._kwargs, self._body if self._decoded else self._message.payload)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         """Hard limit: Celery records the failure, then would ack; we dead-letter instead."""
@@ -169,3 +175,13 @@ def _limit(value: Any) -> bool:
     if value is None:
         return True
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_body(args: Any, kwargs: Any, payload: Any) -> None:
+    """InvalidTaskError unless the body is `[args (a list), kwargs (an object), embed (an object or null)]`."""
+    embed = payload[2] if isinstance(payload, list | tuple) and len(payload) > 2 else None
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, Mapping) or not isinstance(embed, Mapping | None):
+        raise InvalidTaskError(
+            "invalid body: expected [args (a list), kwargs (an object), embed (an object or null)], got "
+            f"[{type(args).__name__}, {type(kwargs).__name__}, {type(embed).__name__}]"
+        )
