@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 
 import pika
 import pytest
@@ -121,6 +122,20 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
             "a NUL in the body",
             b'[[], {"a": "\x00"}, {}]',
             {"task": "system.ping", "id": "nul-body"},
+            "application/json",
+        ),
+        # a `compression` header naming no codec, or one the body is not in: kombu cannot even build the message
+        # (the recorder's consumer raised on it, got it again, and recorded nothing more, forever)
+        (
+            "a compression header naming no codec",
+            zlib.compress(b"[[], {}, {}]"),
+            {"task": "system.ping", "id": "bogus-compression", "compression": "application/x-bogus"},
+            "application/json",
+        ),
+        (
+            "a body that does not decompress",
+            b"not gzip at all",
+            {"task": "system.ping", "id": "not-gzip", "compression": "application/x-gzip"},
             "application/json",
         ),
         (
