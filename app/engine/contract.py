@@ -74,8 +74,8 @@ OVERRIDES: tuple[Override, ...] = (
         "guarantees",
         "a hard time limit or an expired message is rejected to the dead-letter exchange, not acked; a Redis outage "
         "on the worker's path is retried with backoff, then dead-lettered `infra_unavailable`; a `timelimit` header "
-        "that is not [hard, soft] seconds, or a body whose args, kwargs or embed have the wrong type, is refused as the "
-        "message arrives (dead letter `malformed`)",
+        "that is not [hard, soft] seconds, or a body whose args, kwargs or embed have the wrong type, is refused as "
+        "the message arrives (dead letter `malformed`)",
         "stock Celery acks both: the message is lost; an outage would fail the task; a bad `timelimit` raises when "
         "the task is handed to the pool, from the event loop when the pool was full, which stops the worker; kwargs "
         "that are not a mapping are traced as a success and the message acked",

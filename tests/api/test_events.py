@@ -37,7 +37,9 @@ def test_a_client_cannot_follow_another_callers_task(api, worker, client_key, ad
     assert read_events(api, admin_key, task_id)[-1][0] == "end"
 
 
-def test_one_key_holds_at_most_its_share_of_streams_open_and_others_still_get_theirs(api_process, client_key, admin_key):
+def test_one_key_holds_at_most_its_share_of_streams_open_and_others_still_get_theirs(
+    api_process, client_key, admin_key
+):
     # Given an API process allowing 3 streams per key, and a task of this client's that runs for a while
     process = api_process({"EVENTS_MAX_STREAMS_PER_KEY": "3"})
     task_id = publish.dispatch("system.ping", kwargs={"sleep_s": 20}, triggered_by=client_key[0]).task_id
