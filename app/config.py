@@ -365,6 +365,9 @@ class Settings(BaseSettings):
     events_poll_interval_s: Seconds = 0.5
     #: Longest a live-progress stream stays open before the client must reconnect.
     events_max_duration_s: Seconds = 3600.0
+    #: Live-progress streams one API key may hold open at once, per API process; one more is refused (429). Each
+    #: stream polls the database: a few hundred from one client took every pooled connection, and then PostgreSQL's.
+    events_max_streams_per_key: int = Field(default=10, ge=1, le=10_000)
 
     @field_validator("celery_broker_url", "celery_result_backend", "redis_url", "rabbitmq_management_url")
     @classmethod

@@ -82,6 +82,17 @@ class Forbidden(CourierError):
     code = "forbidden"
 
 
+class TooManyRequests(CourierError):
+    """The caller holds too many of something at once; retry after `retry_after` seconds."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 5, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class ServiceUnavailable(CourierError):
     """A dependency (broker, Redis) is down; nothing was accepted. Retry after a pause."""
 

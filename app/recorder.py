@@ -78,6 +78,14 @@ class Recorder:
         self.dead.append(message)
         self.messages.append(message)
 
+    def on_undecodable_letter(self, message: Message, exc: Exception) -> None:
+        """A dead letter kombu could not even build (a `compression` header naming no codec it has, or a body that
+        does not decompress): kept with its body as it came. Without this, kombu raised out of the recorder's
+        consumer, the letter was redelivered to it, and the recorder retried it every 2 s forever, recording
+        nothing after it."""
+        logger.warning("Recording a dead letter whose body kombu could not decompress as it came: %r.", exc)
+        self.on_dead_letter(message)
+
     def read_journal(self, pending: bool, block_ms: int | None) -> int:
         """Take up to a batch of journal entries (this consumer's unacknowledged ones when `pending`)."""
         room = max(1, self.settings.history_batch_size - len(self.buffer))
@@ -212,7 +220,12 @@ class Recorder:
         with broker_connection(self.settings, heartbeat=30) as conn:
             channel = connect_any(conn, self.settings).channel()
             channel.basic_qos(0, self.settings.history_batch_size * 2, False)
-            dead = Consumer(channel, [dead_letter_archive_queue(self.settings)], on_message=self.on_dead_letter)
+            dead = Consumer(
+                channel,
+                [dead_letter_archive_queue(self.settings)],
+                on_message=self.on_dead_letter,
+                on_decode_error=self.on_undecodable_letter,
+            )
             with dead:
                 if not any(outage.down for outage in self.outages.values()):  # (else its return says so, once)
                     logger.info("The run-history recorder is reading %s and the dead-letter archive.", HISTORY_STREAM)

@@ -73,10 +73,20 @@ OVERRIDES: tuple[Override, ...] = (
         "app.engine.guarantees.request:CourierRequest",
         "guarantees",
         "a hard time limit or an expired message is rejected to the dead-letter exchange, not acked; a Redis outage "
-        "on the worker's path is retried with backoff, then dead-lettered `infra_unavailable`",
-        "stock Celery acks both: the message is lost; an outage would fail the task",
+        "on the worker's path is retried with backoff, then dead-lettered `infra_unavailable`; a `timelimit` header "
+        "that is not [hard, soft] seconds, or a body whose args, kwargs or embed have the wrong type, is refused as "
+        "the message arrives (dead letter `malformed`)",
+        "stock Celery acks both: the message is lost; an outage would fail the task; a bad `timelimit` raises when "
+        "the task is handed to the pool, from the event loop when the pool was full, which stops the worker; kwargs "
+        "that are not a mapping are traced as a success and the message acked",
         (
             _s("celery", "celery.worker.request:Request", "class"),
+            _s("celery", "celery.worker.request:Request.__init__", "callable", "message", "headers"),
+            _s("celery", "celery.worker.request:Request", "instance", source="_request_dict"),
+            _s("celery", "celery.worker.request:Request", "instance", source="_kwargs"),
+            _s("celery", "celery.worker.request:Request", "instance", source="_decoded"),
+            _s("celery", "celery.worker.request:Request.time_limits", "attribute"),
+            _s("celery", "celery.exceptions:InvalidTaskError", "class"),
             _s("celery", "celery.worker.request:Request.on_timeout", "callable", "soft", "timeout"),
             _s(
                 "celery",

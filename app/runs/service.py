@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,12 @@ ERROR_MAX_CHARS = 2000
 #: What the run's columns hold (a task id, a task or worker name): the journal's values arrive from any producer.
 TASK_ID_MAX_CHARS = TaskRun.task_id.type.length
 NAME_MAX_CHARS = TaskRun.name.type.length
+TIER_MAX_CHARS = TaskRun.tier.type.length
+TRIGGERED_BY_MAX_CHARS = TaskRun.triggered_by.type.length
+#: Largest count an SQL integer column takes.
+_INT_MAX = 2**31 - 1
+#: Latest moment a Python datetime holds (9999-12-31).
+_TIMESTAMP_MAX = 253402300799.0
 
 _EVENT_STATES = {
     "task-received": TaskState.RECEIVED,
@@ -52,12 +59,12 @@ def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
     state = _EVENT_STATES.get(kind)
     if state is None:
         return
-    at = datetime.fromtimestamp(float(event.get("timestamp") or 0), UTC)
+    at = datetime.fromtimestamp(_timestamp(event.get("timestamp")), UTC)
     row["updated_at"] = utcnow()
     if kind in ("task-received", "task-started") and event.get("name"):
         # The journal's start entry carries what Celery's task-received did: the name and the attempt.
         row["name"] = sql_text(str(event["name"]), NAME_MAX_CHARS)
-        row["attempts"] = max(row["attempts"] or 0, int(event.get("retries") or 0) + 1)
+        row["attempts"] = max(row["attempts"] or 0, min(_count(event.get("retries")) + 1, _INT_MAX))
     if kind == "task-received":
         row["received_at"] = at
     if event.get("hostname"):
@@ -67,7 +74,7 @@ def apply_event(row: dict[str, Any], event: Mapping[str, Any]) -> None:
     if kind in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
         row["finished_at"] = at
     if kind == "task-succeeded":
-        row["runtime_s"] = event.get("runtime")
+        row["runtime_s"] = _number(event.get("runtime"))
         row["error"] = None
     if kind in ("task-failed", "task-retried") and event.get("exception"):
         row["error"] = sql_text(str(event["exception"]), ERROR_MAX_CHARS)
@@ -98,22 +105,54 @@ def record_events(
     rows = []
     for task_id, task_events in by_task.items():
         row = _row_dict(existing.get(task_id), task_id)
-        for event in sorted(task_events, key=lambda e: float(e.get("timestamp") or 0)):
+        for event in sorted(task_events, key=lambda e: _timestamp(e.get("timestamp"))):
             apply_event(row, event)
             if event.get("type") in ("task-retried", "task-failed"):
                 attempt_rows.append(_attempt(task_id, row["attempts"], event))
         extra = (meta or {}).get(task_id) or {}
         if task_id not in existing:
-            first = min(float(e.get("timestamp") or 0) for e in task_events)
-            row["created_at"] = datetime.fromtimestamp(float(extra.get("dispatched_at") or first), UTC)
-        row["tier"] = row["tier"] or extra.get("tier")
-        row["triggered_by"] = row["triggered_by"] or extra.get("triggered_by")
-        row["name"] = row["name"] or extra.get("name") or ""
+            first = min(_timestamp(e.get("timestamp")) for e in task_events)
+            row["created_at"] = datetime.fromtimestamp(_timestamp(extra.get("dispatched_at"), first), UTC)
+        # (the meta comes from the message's headers, which any producer writes: a count, time or text no column
+        # takes refused the whole batch, and the recorder retried it forever, recording nothing after it)
+        row["tier"] = row["tier"] or _text(extra.get("tier"), TIER_MAX_CHARS)
+        row["triggered_by"] = row["triggered_by"] or _text(extra.get("triggered_by"), TRIGGERED_BY_MAX_CHARS)
+        row["name"] = row["name"] or _text(extra.get("name"), NAME_MAX_CHARS) or ""
         rows.append(row)
     _upsert(session, rows)
     if attempt_rows:
         session.execute(insert(TaskAttempt), attempt_rows)
     return len(rows)
+
+
+def _count(value: Any) -> int:
+    """A retry count from a journal entry (the message's `retries` header, which any producer writes): 0 unless
+    it is a whole number an SQL integer column takes."""
+    try:
+        count = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return count if 0 <= count <= _INT_MAX else 0
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _timestamp(value: Any, default: float = 0.0) -> float:
+    """A Unix time a datetime holds, else `default` (a header may say anything: "garbage", 1e308, -1)."""
+    number = _number(value)
+    return number if number is not None and 0 <= number <= _TIMESTAMP_MAX else default
+
+
+def _text(value: Any, limit: int) -> str | None:
+    """Text from a header as its column holds it, or None."""
+    return sql_text(str(value), limit) if value is not None and value != "" else None
 
 
 def _attempt(task_id: str, attempt: int, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +164,7 @@ def _attempt(task_id: str, attempt: int, event: Mapping[str, Any]) -> dict[str, 
         "error": sql_text(str(event.get("exception") or ""), ERROR_MAX_CHARS) or None,
         "traceback": sql_text(str(traceback)[-8000:]) if traceback else None,
         "worker": sql_text(str(event["hostname"]), NAME_MAX_CHARS) if event.get("hostname") else None,
-        "at": datetime.fromtimestamp(float(event.get("timestamp") or 0), UTC),
+        "at": datetime.fromtimestamp(_timestamp(event.get("timestamp")), UTC),
     }
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import httpx
+
 from app.engine import publish
 from tests.support.api import auth, read_events
+from tests.support.session import join
 
 
 def test_a_task_reporting_progress_streams_increasing_progress_and_ends_with_its_final_state(api, worker, client_key):
@@ -30,3 +35,32 @@ def test_a_client_cannot_follow_another_callers_task(api, worker, client_key, ad
     assert response.json()["error"]["code"]
     # And the admin can follow it to its end
     assert read_events(api, admin_key, task_id)[-1][0] == "end"
+
+
+def test_one_key_holds_at_most_its_share_of_streams_open_and_others_still_get_theirs(
+    api_process, client_key, admin_key
+):
+    # Given an API process allowing 3 streams per key, and a task of this client's that runs for a while
+    process = api_process({"EVENTS_MAX_STREAMS_PER_KEY": "3"})
+    task_id = publish.dispatch("system.ping", kwargs={"sleep_s": 20}, triggered_by=client_key[0]).task_id
+    url = f"{process.base}/api/v1/tasks/task/{task_id}/events"
+    with httpx.Client(timeout=10) as http, contextlib.ExitStack() as held:
+        # When the client opens 3 streams (each polls the database for as long as it is open)
+        opened = [held.enter_context(http.stream("GET", url, headers=auth(client_key))) for _ in range(3)]
+        assert [r.status_code for r in opened] == [200, 200, 200]
+        # Then a fourth is refused with 429 and Retry-After, not opened (a few hundred took every database
+        # connection of the API, then PostgreSQL's own, and every request of every caller answered 503)
+        refused = http.get(url, headers=auth(client_key))
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_requests" and int(refused.headers["Retry-After"]) > 0
+        # And another key still follows the same task
+        with http.stream("GET", url, headers=auth(admin_key)) as other:
+            assert other.status_code == 200
+        # And once the client closes one of its streams, it may open another
+        opened[0].close()
+
+        def reopened() -> bool:
+            with http.stream("GET", url, headers=auth(client_key)) as again:
+                return again.status_code == 200
+
+        join(reopened, what="a stream accepted again after one closed")

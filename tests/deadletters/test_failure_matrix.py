@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 
 import pika
 import pytest
 
 from app.config import get_settings
 from app.engine import topology
-from tests.support.api import auth, dispatch, letters, one_letter
+from tests.support.api import auth, dispatch, finished, letters, one_letter
 from tests.support.services import AMQP_HOST, MGMT_AUTH, VHOST, heartbeat, queue_depth, redis_client
 from tests.support.session import join
 
@@ -123,6 +124,20 @@ def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, s
             {"task": "system.ping", "id": "nul-body"},
             "application/json",
         ),
+        # a `compression` header naming no codec, or one the body is not in: kombu cannot even build the message
+        # (the recorder's consumer raised on it, got it again, and recorded nothing more, forever)
+        (
+            "a compression header naming no codec",
+            zlib.compress(b"[[], {}, {}]"),
+            {"task": "system.ping", "id": "bogus-compression", "compression": "application/x-bogus"},
+            "application/json",
+        ),
+        (
+            "a body that does not decompress",
+            b"not gzip at all",
+            {"task": "system.ping", "id": "not-gzip", "compression": "application/x-gzip"},
+            "application/json",
+        ),
         (
             "content type not accepted",
             b"\x80\x04\x95",
@@ -159,6 +174,53 @@ def test_a_malformed_message_from_an_outside_client_is_dead_lettered_and_the_wor
         lambda: api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
         what="a normal task after the garbage",
     )
+
+
+@pytest.mark.parametrize("timelimit", [[None], "x", [1, 2, 3], ["a", "b"], [-1, 5]])
+def test_a_timelimit_header_the_pool_cannot_use_is_dead_lettered_and_never_stops_the_worker(
+    api, admin_key, start_worker, recorder, timelimit
+):
+    # Given a worker whose only pool process is busy, so the next message waits for it in the event loop
+    worker = start_worker("high", concurrency=1)
+    busy = dispatch(api, admin_key, tier="high", sleep_s=2)
+    join(lambda: redis_client().get(f"courier:starts:{busy}:0") == "1", what="the busy task to start")
+    # When pika publishes a task whose `timelimit` is not [hard, soft] seconds (Celery unpacked it only when
+    # handing the task to the pool: there, in the event loop, the error stopped the worker, "Unrecoverable error",
+    # and every restart took the message again)
+    task_id = str(uuid.uuid4())
+    headers = {"task": "system.ping", "id": task_id, "retries": 0, "timelimit": timelimit}
+    _publish_raw(b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]', headers=headers)
+    # Then it is one more malformed dead letter, and the worker lives on and runs tasks
+    assert one_letter(api, admin_key, task_id)["reason"] == "malformed"
+    assert api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "DEAD_LETTERED"
+    join(lambda: finished(api, admin_key, busy), what="the busy task to finish")
+    assert worker.process.poll() is None, worker.log()[-3000:]
+    after = dispatch(api, admin_key, tier="high", echo="after")
+    join(
+        lambda: api.get(f"/api/v1/tasks/task/{after}", headers=auth(admin_key)).json()["state"] == "SUCCESS",
+        what="a normal task after the bad timelimit",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"x": 1}, [], {}]', b"[[], [1], {}]", b'["abc", {}, {}]', b'[[], {}, "x"]'],
+    ids=["args an object", "kwargs a list", "args a string", "embed a string"],
+)
+def test_a_body_whose_args_kwargs_or_embed_have_the_wrong_type_is_dead_lettered_not_acked(
+    api, admin_key, start_worker, recorder, body
+):
+    # Given a worker
+    worker = start_worker("high", concurrency=1)
+    # When pika publishes a task whose body is a list of three with the wrong types (Celery's tracer met kwargs
+    # that are not a mapping before it had a request to fail, returned it as a success, and the message was acked:
+    # no result, no dead letter, nothing)
+    task_id = str(uuid.uuid4())
+    _publish_raw(body, headers={"task": "system.ping", "id": task_id, "retries": 0})
+    # Then it is a malformed dead letter, and the worker goes on
+    assert one_letter(api, admin_key, task_id)["reason"] == "malformed"
+    assert api.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key)).json()["state"] == "DEAD_LETTERED"
+    assert worker.process.poll() is None, worker.log()[-3000:]
 
 
 def test_a_task_that_crashes_its_pool_process_is_retried_a_bounded_number_of_times_then_dead_lettered(

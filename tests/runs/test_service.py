@@ -215,3 +215,29 @@ def test_a_batch_holding_text_no_sql_column_takes_is_recorded_whole_its_values_e
         (attempt,) = service.attempts(session=session, task_id="x" * 64)
         assert attempt.error == run.error and "\\x00" in (attempt.traceback or "")
         assert session.get(TaskRun, plain_id).state == TaskState.SUCCESS
+
+
+def test_a_batch_holding_counts_times_and_meta_no_column_takes_is_recorded_whole():
+    # Given start events whose `retries` (the message's header, which any producer writes) is a list, a count past
+    # an SQL integer, negative, and whose publisher meta has a dispatch time no datetime holds and a triggering key
+    # longer than its column: each refused the whole batch (TypeError, overflow), and the recorder retried it
+    # forever, recording nothing after it
+    now = time.time()
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    retries = [[1], 2**63 - 1, 10**30, -1, "x"]
+    events = [_event("task-started", i, now, name="system.ping", retries=r) for i, r in zip(ids, retries, strict=True)]
+    events.append({**_event("task-succeeded", ids[0], now + 1), "runtime": "fast"})
+    meta = {
+        ids[1]: {"tier": "t" * 50, "triggered_by": "k" * 500, "dispatched_at": "garbage"},
+        ids[2]: {"tier": "medium", "triggered_by": "k", "dispatched_at": "1e308"},
+    }
+    # When it is recorded
+    with session_scope() as session:
+        assert service.record_events(session=session, events=events, meta=meta) == 5
+    # Then every run is there: a count it cannot use counts as the first attempt, the rest cut to its column
+    with session_scope() as session:
+        runs = [session.get(TaskRun, i) for i in ids]
+        assert [r.attempts for r in runs] == [1, 1, 1, 1, 1]
+        assert runs[0].state == TaskState.SUCCESS and runs[0].runtime_s is None
+        assert runs[1].tier == "t" * 20 and runs[1].triggered_by == "k" * 100
+        assert abs(runs[1].created_at.timestamp() - now) < 5 and abs(runs[2].created_at.timestamp() - now) < 5

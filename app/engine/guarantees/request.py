@@ -13,10 +13,13 @@ headers (a reject cannot carry one, and the result backend that would is the thi
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
+from celery.exceptions import InvalidTaskError
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
@@ -44,6 +47,19 @@ class CourierRequest(Request):  # type: ignore[misc]
     """A request whose hard-timeout and expiry paths dead-letter instead of acking."""
 
     _dead_letter_instead_of_ack = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Celery's, refusing a `timelimit` header it cannot use (InvalidTaskError: the consumer rejects the message,
+        so it is dead-lettered as malformed). Celery takes any truthy value and unpacks it only when the task is
+        handed to the pool: `[None]`, `"x"` or `[1, 2, 3]` raised there, and when the pool was full that was in
+        the event loop, which stopped the worker ("Unrecoverable error"); every restart took the message again.
+
+        A body whose args are not a list, or whose kwargs or embed are not objects, is refused the same way: Celery's
+        tracer meets `kwargs` that are not a mapping before it has a request to fail, and returns it as a success,
+        so the message was acked and lost, with no result and no dead letter."""
+        super().__init__(*args, **kwargs)
+        self.time_limits = _time_limits(self._request_dict.get("timelimit"))
+        _check_body(self._args, self._kwargs, self._body if self._decoded else self._message.payload)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         """Hard limit: Celery records the failure, then would ack; we dead-letter instead."""
@@ -143,3 +159,29 @@ class CourierRequest(Request):  # type: ignore[misc]
             self.reject(requeue=False)
             return
         super().acknowledge()
+
+
+def _time_limits(value: Any) -> tuple[float | None, float | None]:
+    """A message's `timelimit` header, `[hard, soft]` in seconds (None, or 0, for the task's own), as the pool
+    takes it; InvalidTaskError for anything else."""
+    if not value:
+        return (None, None)
+    if isinstance(value, list | tuple) and len(value) == 2 and all(_limit(limit) for limit in value):
+        return (value[0], value[1])
+    raise InvalidTaskError(f"invalid timelimit value {str(value)[:100]!r}: expected [hard, soft] seconds or nulls")
+
+
+def _limit(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_body(args: Any, kwargs: Any, payload: Any) -> None:
+    """InvalidTaskError unless the body is `[args (a list), kwargs (an object), embed (an object or null)]`."""
+    embed = payload[2] if isinstance(payload, list | tuple) and len(payload) > 2 else None
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, Mapping) or not isinstance(embed, Mapping | None):
+        raise InvalidTaskError(
+            "invalid body: expected [args (a list), kwargs (an object), embed (an object or null)], got "
+            f"[{type(args).__name__}, {type(kwargs).__name__}, {type(embed).__name__}]"
+        )
