@@ -135,5 +135,7 @@ async def once(
         # The action is done (a dispatch RabbitMQ confirmed, rows committed): its answer is the truth, never a 503
         # saying nothing was done. Only the stored answer is missing: a repeat with the key is a 409 while the
         # claim lives (PENDING_CLAIM_TTL_S), then runs as a new request.
-        logger.warning("Could not store the answer of an Idempotency-Key request that succeeded: %s", type(exc).__name__)
+        logger.warning(
+            "Could not store the answer of an Idempotency-Key request that succeeded: %s", type(exc).__name__
+        )
     return answer

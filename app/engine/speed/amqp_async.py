@@ -230,7 +230,10 @@ class AsyncPublisher:
         node. A busy node that still confirms other messages keeps it."""
         if connection is None or connection is not self._connection or self._last_confirm > started:
             return
-        logger.warning("The broker node confirmed nothing for %s s; publishing through another node.", self.settings.publish_timeout_s)
+        logger.warning(
+            "The broker node confirmed nothing for %s s; publishing through another node.",
+            self.settings.publish_timeout_s,
+        )
         self._forget_connection()
         asyncio.ensure_future(connection.close()).add_done_callback(_retrieve)
 
