@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -22,6 +23,8 @@ from app.config import get_settings
 from app.constants import IDEMPOTENCY_KEY
 from app.errors import Conflict, ServiceUnavailable, Unprocessable
 from app.redis_store import get_redis
+
+logger = logging.getLogger(__name__)
 
 _PENDING = "pending"
 #: How long a claim lives before its answer is stored: far above the longest action (SQL writes and a confirmed
@@ -119,7 +122,20 @@ async def once(
     try:
         answer = await action()
     except BaseException:
-        await to_thread.run_sync(partial(abandon, owner=owner, key=key))
+        # The action's own error is the answer. A release Redis refuses (it went away meanwhile) must not replace
+        # it: the claim then lapses after PENDING_CLAIM_TTL_S, and a retry with the key is a 409 until it does.
+        try:
+            await to_thread.run_sync(partial(abandon, owner=owner, key=key))
+        except redis.RedisError as exc:
+            logger.warning("Could not release Idempotency-Key claim after a failed request: %s", type(exc).__name__)
         raise
-    await to_thread.run_sync(partial(complete, owner=owner, key=key, digest=digest, response=answer))
+    try:
+        await to_thread.run_sync(partial(complete, owner=owner, key=key, digest=digest, response=answer))
+    except redis.RedisError as exc:
+        # The action is done (a dispatch RabbitMQ confirmed, rows committed): its answer is the truth, never a 503
+        # saying nothing was done. Only the stored answer is missing: a repeat with the key is a 409 while the
+        # claim lives (PENDING_CLAIM_TTL_S), then runs as a new request.
+        logger.warning(
+            "Could not store the answer of an Idempotency-Key request that succeeded: %s", type(exc).__name__
+        )
     return answer

@@ -12,14 +12,16 @@ answered is asked first next time. Any node answers for the whole cluster.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 
-from app.config import Settings, redact_url
+from app.config import FailoverStrategy, Settings, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +46,32 @@ def broker_connection(settings: Settings, **options: Any) -> Connection:
 
 
 def connect_any(connection: Connection, settings: Settings) -> Connection:
-    """Connect `connection` to the first node that accepts, trying each node once, without pauses.
+    """Connect `connection` to the first node that accepts, trying each node exactly once, without pauses: in
+    BROKER_FAILOVER_STRATEGY's order (a fresh permutation for `shuffle`, the list's order for `round-robin`).
+
+    kombu's own failover cycle cannot bound this: its `shuffle` strategy draws the next node at random *with
+    replacement*, so `len(nodes)` tries could miss every live node (with the first of three nodes down, one call
+    in nine failed: a health check flapping to 503, a purge or a topology verify refused).
 
     Raises:
         OSError, kombu's connection errors: no node accepted (the last node's error).
     """
-    connection.ensure_connection(
-        max_retries=max(0, len(settings.broker_urls) - 1), interval_start=0, interval_step=0, interval_max=0
-    )
-    return connection
+    urls = list(settings.broker_urls)
+    if connection.connected or len(urls) < 2:
+        connection.ensure_connection(max_retries=0)
+        return connection
+    if settings.broker_failover_strategy is FailoverStrategy.shuffle:
+        random.shuffle(urls)
+    for attempt, url in enumerate(urls):
+        connection.switch(url)
+        try:
+            connection.ensure_connection(max_retries=0)  # one try, no switch to kombu's next node
+        except connection.recoverable_connection_errors + (OperationalError, OSError):
+            if attempt == len(urls) - 1:
+                raise
+            continue
+        return connection
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _q(value: str) -> str:

@@ -152,6 +152,10 @@ management.tcp.ip = 127.0.0.1
 management.tcp.port = $(var MGMT_PORT "$n")
 loopback_users = none
 cluster_name = courier-$ID
+# A node cut off from the majority (a network split, or a VM frozen past net_ticktime) pauses and closes its
+# clients' connections, so they fail over, and rejoins on its own when it sees the majority again. The default,
+# ignore, leaves it running partitioned for good: its clients stay on the wrong side until an operator restarts it.
+cluster_partition_handling = pause_minority
 vm_memory_high_watermark.relative = 0.2
 disk_free_limit.absolute = 200MB
 log.file.level = warning

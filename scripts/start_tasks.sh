@@ -22,6 +22,9 @@ readonly STOP_WAIT_S=20
 #: Endpoints as app.config computes them; filled by read_endpoints.
 BROKER_HOST="" BROKER_PORT="" REDIS_ENDPOINTS="" DB_KIND="" DB_HOST="" DB_PORT=""
 MANAGEMENT_URL="" MANAGEMENT_HOST="" BROKER_API_URL=""
+#: On a cluster (RABBITMQ_HOSTS, RABBITMQ_MANAGEMENT_URLS): every node's host:port, management URL and Flower's
+#: broker API URL (same order as the management URLs), space-separated. A single node is a list of one.
+BROKER_ENDPOINTS="" MANAGEMENT_URLS="" BROKER_API_URLS=""
 
 usage() {
     cat >&2 <<'EOF'
@@ -213,7 +216,7 @@ read_endpoints() {
     while IFS='=' read -r name value; do
         case "$name" in
             BROKER_HOST | BROKER_PORT | REDIS_ENDPOINTS | DB_KIND | DB_HOST | DB_PORT | MANAGEMENT_URL | MANAGEMENT_HOST | \
-                BROKER_API_URL)
+                BROKER_API_URL | BROKER_ENDPOINTS | MANAGEMENT_URLS | BROKER_API_URLS)
                 printf -v "$name" '%s' "$value"
                 ;;
         esac
@@ -223,9 +226,14 @@ from urllib.parse import quote, urlsplit
 from app.config import get_settings
 
 s = get_settings()
-broker = urlsplit(s.broker_url.split(";")[0])
-print(f"BROKER_HOST={broker.hostname or '127.0.0.1'}")
-print(f"BROKER_PORT={broker.port or (5671 if broker.scheme == 'amqps' else 5672)}")
+def endpoint(url):
+    part = urlsplit(url)
+    return part.hostname or "127.0.0.1", part.port or (5671 if part.scheme == "amqps" else 5672)
+
+brokers = [endpoint(url) for url in s.broker_urls]
+print(f"BROKER_HOST={brokers[0][0]}")
+print(f"BROKER_PORT={brokers[0][1]}")
+print(f"BROKER_ENDPOINTS={' '.join(f'{host}:{port}' for host, port in brokers)}")
 redis = []
 for url in dict.fromkeys([s.result_backend_dsn, s.redis_dsn]):
     part = urlsplit(url)
@@ -237,10 +245,14 @@ print(f"DB_KIND={db.scheme.split('+')[0]}")
 print(f"DB_HOST={db.hostname or ''}")
 print(f"DB_PORT={db.port or 5432}")
 user, password = s.broker_credentials
-mgmt = urlsplit(s.rabbitmq_management_url)
-print(f"MANAGEMENT_URL={s.rabbitmq_management_url}")
-print(f"MANAGEMENT_HOST={mgmt.hostname or ''}")
-print(f"BROKER_API_URL={mgmt.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{mgmt.netloc}/api/")
+login = f"{quote(user, safe='')}:{quote(password, safe='')}"
+mgmts = [urlsplit(url) for url in s.management_urls]
+print(f"MANAGEMENT_URL={s.management_urls[0]}")
+print(f"MANAGEMENT_HOST={mgmts[0].hostname or ''}")
+print(f"MANAGEMENT_URLS={' '.join(s.management_urls)}")
+api_urls = [f"{m.scheme}://{login}@{m.netloc.rpartition('@')[2]}/api/" for m in mgmts]
+print(f"BROKER_API_URL={api_urls[0]}")
+print(f"BROKER_API_URLS={' '.join(api_urls)}")
 PY
     )
     [[ -n "${BROKER_HOST:-}" ]] || die "Could not read Courier's settings (python -c 'from app.config import get_settings')."
@@ -304,9 +316,31 @@ ensure_service() {
         die "$what is not answering on $host:$port after ${SERVICE_WAIT_S}s. Start it (or fix its host/port settings) and run start again."
 }
 
+# A cluster (several RabbitMQ nodes) is usable while any node answers: its nodes are never started from here (a
+# local `rabbitmq-server` is the machine's own node, not one of them), and a node that is down is named, not waited
+# for, so `start` and `restart` work through the loss of a node as the API and the workers do.
+ensure_cluster_broker() {
+    local started=$SECONDS endpoint answering=() silent=()
+    while :; do
+        answering=() silent=()
+        for endpoint in $BROKER_ENDPOINTS; do
+            if port_open "${endpoint%:*}" "${endpoint##*:}"; then answering+=("$endpoint"); else silent+=("$endpoint"); fi
+        done
+        ((${#answering[@]} > 0)) && break
+        ((SECONDS - started >= SERVICE_WAIT_S)) &&
+            die "No RabbitMQ node answers ($BROKER_ENDPOINTS) after ${SERVICE_WAIT_S}s. Start the cluster's nodes and run start again."
+        sleep 1
+    done
+    ((${#silent[@]} == 0)) || warn "RabbitMQ node(s) not answering: ${silent[*]}; going on with ${answering[*]} (the clients fail over)."
+}
+
 ensure_services() {
     local endpoint
-    ensure_service RabbitMQ "$BROKER_HOST" "$BROKER_PORT" rabbitmq-server start_rabbitmq
+    if [[ "$BROKER_ENDPOINTS" == *" "* ]]; then
+        ensure_cluster_broker
+    else
+        ensure_service RabbitMQ "$BROKER_HOST" "$BROKER_PORT" rabbitmq-server start_rabbitmq
+    fi
     for endpoint in $REDIS_ENDPOINTS; do
         ensure_service Redis "${endpoint%:*}" "${endpoint##*:}" redis-server start_redis
     done
@@ -315,22 +349,33 @@ ensure_services() {
     fi
 }
 
+# Any HTTP status counts: the API is up (credentials are checked by provisioning). On a cluster, the first node's
+# management API that answers becomes MANAGEMENT_URL (and Flower's broker API).
 management_answers() {
-    # Any HTTP status counts: the API is up (credentials are checked by provisioning).
-    [[ "$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$MANAGEMENT_URL/api/overview" || true)" != 000 ]]
+    local url api_urls i=0
+    read -ra api_urls <<<"$BROKER_API_URLS"
+    for url in ${MANAGEMENT_URLS:-$MANAGEMENT_URL}; do
+        if [[ "$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$url/api/overview" || true)" != 000 ]]; then
+            MANAGEMENT_URL="$url"
+            [[ -n "${api_urls[i]:-}" ]] && BROKER_API_URL="${api_urls[i]}"
+            return 0
+        fi
+        i=$((i + 1))
+    done
+    return 1
 }
 
 ensure_management() {
     local started=$SECONDS
     management_answers && return 0
-    if is_local_host "$MANAGEMENT_HOST" && command -v rabbitmq-plugins >/dev/null 2>&1; then
+    if [[ "$MANAGEMENT_URLS" != *" "* ]] && is_local_host "$MANAGEMENT_HOST" && command -v rabbitmq-plugins >/dev/null 2>&1; then
         log "Enabling the RabbitMQ management plugin"
         rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 ||
             warn "rabbitmq-plugins enable rabbitmq_management failed (not permitted?); waiting for the API anyway."
     fi
     until management_answers; do
         ((SECONDS - started >= SERVICE_WAIT_S)) &&
-            die "The RabbitMQ management API ($MANAGEMENT_URL/api/overview) is not answering after ${SERVICE_WAIT_S}s. Enable it with: rabbitmq-plugins enable rabbitmq_management"
+            die "The RabbitMQ management API (${MANAGEMENT_URLS:-$MANAGEMENT_URL}, /api/overview) is not answering after ${SERVICE_WAIT_S}s. Enable it with: rabbitmq-plugins enable rabbitmq_management"
         sleep 1
     done
 }
@@ -339,6 +384,7 @@ ensure_management() {
 # started (and the management plugin enabled) when they do not answer: test.sh and bench.sh.
 ensure_local_services() {
     MANAGEMENT_URL="${TEST_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
+    MANAGEMENT_URLS="$MANAGEMENT_URL"
     MANAGEMENT_HOST="127.0.0.1"
     ensure_service RabbitMQ "${TEST_RABBITMQ_HOST:-127.0.0.1}" 5672 rabbitmq-server start_rabbitmq
     ensure_management
@@ -689,7 +735,7 @@ Courier is up.
   Health               $(api_base_url)/api/v1/tasks/health  (liveness: /api/v1/tasks/health/live)
   Metrics              $(api_base_url)/metrics  (Prometheus; operator view: .venv/bin/python -m app.cli status --watch 2)
   Flower               http://$flower_host:$FLOWER_PORT  (user $FLOWER_USER)
-  RabbitMQ management  $MANAGEMENT_URL  (vhost ${RABBITMQ_VHOST:-courier})
+  RabbitMQ management  ${MANAGEMENT_URLS// /, }  (vhost ${RABBITMQ_VHOST:-courier})
   Logs                 $LOG_DIR/<service>.log  (./scripts/start_tasks.sh logs [service])
 EOF
 }

@@ -437,3 +437,13 @@ def test_flower_turns_task_events_on_only_when_task_events_enabled_says_so(compo
     # Then it is given TASK_EVENTS_ENABLED, defaulting to .env.example's value (false)
     assert "--enable_events=${TASK_EVENTS_ENABLED:-false}" in command
     assert env_example()["TASK_EVENTS_ENABLED"] == "false"
+
+
+def test_the_cluster_nodes_pause_a_minority_rather_than_run_partitioned() -> None:
+    # Given the RabbitMQ configuration of the prod file's nodes and of scripts/cluster.sh's
+    prod = load(PROD)["configs"]["rabbitmq-conf"]["content"]
+    local = (ROOT / "scripts" / "cluster.sh").read_text()
+    # Then a node cut off from the majority pauses (its clients fail over) and rejoins by itself: with the default,
+    # ignore, a node frozen past net_ticktime stayed partitioned, holding its clients, until restarted by hand
+    for config in (prod, local):
+        assert re.search(r"^\s*cluster_partition_handling = pause_minority$", config, re.M)

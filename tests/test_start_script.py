@@ -360,3 +360,24 @@ def _live(base: str) -> bool:
         return httpx.get(f"{base}/api/v1/tasks/health/live", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_start_goes_on_with_a_cluster_node_down_and_uses_a_management_api_that_answers() -> None:
+    # Given a cluster whose first node (broker and management API) is down, the session's broker the one that answers
+    dead_amqp, dead_mgmt = free_port(), free_port()
+    cluster = {
+        "RABBITMQ_HOSTS": f"127.0.0.2:{dead_amqp},127.0.0.1:5672",
+        "RABBITMQ_MANAGEMENT_URLS": f"http://127.0.0.2:{dead_mgmt},http://127.0.0.1:15672",
+        "QUEUE_TYPE": "quorum",
+        "CELERY_BROKER_URL": "",
+    }
+    # When start checks the services and the management API (as `start` and `restart` do before anything else)
+    result = _sourced(
+        'read_endpoints && ensure_services && ensure_management && echo "MGMT=$MANAGEMENT_URL API=$BROKER_API_URL"',
+        **cluster,
+    )
+    # Then it goes on at once, naming the node that is down, and Flower's broker API is a node that answers
+    assert result.returncode == 0, result.stderr
+    assert f"127.0.0.2:{dead_amqp}" in result.stderr and "not answering" in result.stderr
+    assert "MGMT=http://127.0.0.1:15672 " in result.stdout
+    assert "@127.0.0.1:15672/api/" in result.stdout

@@ -113,3 +113,23 @@ def test_the_publisher_connects_to_the_next_node_within_the_publish_timeout():
     # When it connects, Then it reaches the live node, and the next connection starts after it
     assert asyncio.run(connect()) == live
     assert hosts._next == 0
+
+
+def test_connect_any_tries_every_node_once_and_reaches_the_live_one_whatever_the_shuffle_draws():
+    from app.rabbitmq import broker_connection, connect_any
+
+    # Given two dead nodes before the session's broker, in the default `shuffle` order (kombu's own shuffle draws
+    # with replacement: three tries of it missed the live node in about half the calls here)
+    found = settings(
+        rabbitmq_hosts=f"127.0.0.1:{free_port()},127.0.0.1:{free_port()},{AMQP_HOST}:5672",
+        rabbitmq_user=MGMT_AUTH[0],
+        rabbitmq_password=MGMT_AUTH[1],
+        rabbitmq_vhost=VHOST,
+        queue_type="quorum",
+    )
+    # When the health check, the recorder or an operations command connects, again and again
+    for _ in range(20):
+        with broker_connection(found, connect_timeout=2.0) as conn:
+            # Then every call reaches the live node
+            connect_any(conn, found)
+            assert conn.connected and conn.port == 5672

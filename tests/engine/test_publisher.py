@@ -10,13 +10,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.constants import Tier
 from app.engine import publish
 from app.engine.celery_app import celery_app
 from app.engine.speed.amqp_async import AsyncPublisher, PublishFailed
 from app.errors import Unprocessable
-from tests.support.services import REDIS_HOST, queue_depth, redis_client, redis_db
+from tests.support.processes import TcpProxy
+from tests.support.services import AMQP_HOST, MGMT_AUTH, REDIS_HOST, VHOST, queue_depth, redis_client, redis_db
 
 
 def _publish(publisher: AsyncPublisher, routing_key: str) -> asyncio.Future[None]:
@@ -149,3 +150,41 @@ def test_a_hard_time_limit_above_the_soft_one_is_dispatched(empty_queues):
         # When a dispatch asks for them, Then it is published
         publish.dispatch("system.ping", kwargs={}, triggered_by="tester", tier=Tier.low, options=options)
     assert queue_depth("low")["ready"] == 3
+
+
+def test_a_node_that_holds_the_connection_but_confirms_nothing_is_left_for_the_next_node(empty_queues):
+    # Given a publisher on two nodes, connected to the first (through a proxy) and round-robin to the second
+    with TcpProxy(5672, AMQP_HOST) as proxy:
+        settings = Settings(
+            _env_file=None,
+            celery_broker_url="",
+            rabbitmq_hosts=f"127.0.0.1:{proxy.port},{AMQP_HOST}:5672",
+            rabbitmq_user=MGMT_AUTH[0],
+            rabbitmq_password=MGMT_AUTH[1],
+            rabbitmq_vhost=VHOST,
+            queue_type="quorum",
+            broker_failover_strategy="round-robin",
+            publish_timeout_s=1,
+        )
+
+        async def run() -> list[str]:
+            publisher = AsyncPublisher(settings, celery_app.amqp, channels=1)
+            outcomes = []
+            try:
+                await _publish(publisher, Tier.low.value)
+                # When the first node freezes (its process stopped: the TCP connection stays open, nothing answers)
+                proxy.freeze()
+                for _ in range(3):
+                    try:
+                        await _publish(publisher, Tier.low.value)
+                        outcomes.append("confirmed")
+                    except PublishFailed:
+                        outcomes.append("failed")
+            finally:
+                proxy.thaw()
+                await publisher.close()
+            return outcomes
+
+        # Then the publish in flight fails, and the next ones are confirmed by the other node, not refused for as
+        # long as the frozen node's heartbeat takes to notice
+        assert asyncio.run(run()) == ["failed", "confirmed", "confirmed"]

@@ -219,6 +219,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -240,6 +242,14 @@ class TcpProxy:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
         self._run(listen())
+
+    def freeze(self) -> None:
+        """Stop forwarding while every connection stays open (a broker whose process is stopped, or cut off)."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def thaw(self) -> None:
+        """Forward again what was held and what comes next."""
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     def cut(self) -> None:
         """Close the listener and every forwarded connection (a broker that died)."""
@@ -265,6 +275,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):

@@ -97,6 +97,12 @@ def session_env() -> dict[str, str]:
         "CELERY_RESULT_BACKEND": f"redis://{REDIS_HOST}:6379/{redis_db()}",
         "REDIS_URL": "",
         "RABBITMQ_MANAGEMENT_URL": MGMT_URL,
+        # One node, classic queues, no Sentinel, whatever a developer's .env says (it may point at a cluster of
+        # scripts/cluster.sh, whose settings would otherwise send the session's policies and keys there).
+        "RABBITMQ_HOSTS": "",
+        "RABBITMQ_MANAGEMENT_URLS": "",
+        "REDIS_SENTINELS": "",
+        "QUEUE_TYPE": "classic",
         "DATABASE_URL": DATABASE_URL,
         "VAR_DIR": str(VAR_DIR),
         "CELERY_TASK_ALWAYS_EAGER": "false",

@@ -131,6 +131,8 @@ class AsyncPublisher:
         self._hosts = BrokerHosts(settings)
         #: Channels (by index) the broker nacked a publish on: replaced on their next use (`_replace`).
         self._stale: set[int] = set()
+        #: Event-loop time of the last confirm this publisher received (see `_drop_if_stuck`).
+        self._last_confirm = 0.0
 
     async def connect(self) -> None:
         """Open the connection and its channels unless they are open (a publish opens them when needed)."""
@@ -199,6 +201,7 @@ class AsyncPublisher:
             self.amqp, name=name, task_id=task_id, kwargs=kwargs, priority=priority, options=options, headers=headers
         )
         channel = await self._channel()
+        connection, started = self._connection, asyncio.get_running_loop().time()
         try:
             # One deadline for the whole publish: aiormq's own `timeout` wraps each of its three waits in
             # asyncio.wait_for, a task apiece.
@@ -215,7 +218,24 @@ class AsyncPublisher:
             _abandon(channel, message.properties.message_id or task_id)
             if isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(exc, aiormq.exceptions.PublishError):
                 self._replace(channel)  # a nack (PublishError is a returned, unroutable message: the channel is fine)
+            if isinstance(exc, TimeoutError):
+                self._drop_if_stuck(connection, started)
             raise PublishFailed(f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}") from exc
+        self._last_confirm = asyncio.get_running_loop().time()
+
+    def _drop_if_stuck(self, connection: AbstractConnection | None, started: float) -> None:
+        """A publish timed out and nothing at all was confirmed since it began: the node holds the connection open
+        but does not answer (frozen, or cut off from the cluster), which its heartbeat would only notice minutes
+        later, every dispatch meanwhile a 503. Drop the connection, so the next publish opens one to the next
+        node. A busy node that still confirms other messages keeps it."""
+        if connection is None or connection is not self._connection or self._last_confirm > started:
+            return
+        logger.warning(
+            "The broker node confirmed nothing for %s s; publishing through another node.",
+            self.settings.publish_timeout_s,
+        )
+        self._forget_connection()
+        asyncio.ensure_future(connection.close()).add_done_callback(_retrieve)
 
     def _replace(self, channel: AbstractChannel) -> None:
         """Mark a channel whose publish the broker nacked, so its next use opens a fresh one (and closes it).
