@@ -368,6 +368,9 @@ class Settings(BaseSettings):
     #: Live-progress streams one API key may hold open at once, per API process; one more is refused (429). Each
     #: stream polls the database: a few hundred from one client took every pooled connection, and then PostgreSQL's.
     events_max_streams_per_key: int = Field(default=10, ge=1, le=10_000)
+    #: The largest request body the API takes (413 past it, before it is read): a bulk send of BULK_MAX_RECIPIENTS
+    #: addresses fits; a 50 MB body held about nine times its size in an API process while it was parsed.
+    api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=1024**3)
 
     @field_validator("celery_broker_url", "celery_result_backend", "redis_url", "rabbitmq_management_url")
     @classmethod

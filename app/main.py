@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import docs, errors, health, tasks, web_assets
 from app.api.audit_middleware import AuditMiddleware
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.metrics import MetricsMiddleware
 from app.api.router import api_router
 from app.config import get_settings
@@ -65,6 +66,8 @@ def create_app() -> FastAPI:
     )
     tasks.install_publisher()  # the domains enqueue through the engine's confirmed publisher (app/dispatch.py)
     errors.register(app)
+    # Innermost: a body over the bound is refused (413) before a route reads it, and the refusal is audited.
+    app.add_middleware(BodyLimitMiddleware)
     # Inside RequestIdMiddleware (added later, so outermost): audit entries carry the request id.
     app.add_middleware(AuditMiddleware)
     app.add_middleware(MetricsMiddleware)

@@ -243,3 +243,44 @@ def test_a_body_that_is_not_utf8_is_the_declared_400(api: Any, admin_key: tuple[
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request"
     assert "400" in api.get("/openapi.json").json()["paths"]["/api/v1/tasks/dead-letters/purge"]["post"]["responses"]
+
+
+def test_a_body_over_the_bound_is_a_413_before_it_is_read_declared_or_chunked(
+    api: Any, client_key: tuple[str, str]
+) -> None:
+    # Given a notification whose free-form data is 3 MB (the bound is API_MAX_BODY_BYTES, 2 MiB by default)
+    before = _notifications()
+    body = '{"channel": "push", "recipient": "device-1", "body": "b", "data": {"blob": "' + "x" * 3_000_000 + '"}}'
+    headers = {**auth(client_key), "Content-Type": "application/json"}
+    # When it is sent with its length declared, Then it is refused with the envelope, naming the bound
+    response = api.post("/api/v1/notifications", content=body, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {
+        "code": "too_large",
+        "message": "The request body is larger than this API takes (2097152 bytes).",
+        "details": {"limit_bytes": 2097152},
+    }
+
+    # When it is sent chunked (no length declared), Then it is refused once it passes the bound
+    def chunks() -> Iterator[bytes]:
+        data = body.encode()
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    response = api.post("/api/v1/notifications", content=chunks(), headers=headers)
+    assert response.status_code == 413, response.text
+    # And nothing was created for either
+    assert _notifications() == before
+    # And a body under the bound is an ordinary request
+    small = body.replace("x" * 3_000_000, "x" * 1_000_000)
+    assert api.post("/api/v1/notifications", content=small, headers=headers).status_code == 202
+
+
+def _notifications() -> int:
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.notifications.models import Notification
+
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Notification)) or 0)
