@@ -175,7 +175,12 @@ class Outage:
 #: inspect) as routes meet them. Redis's own errors that are not outages (a wrong type, a script error) stay 500s.
 REDIS = Outage(
     "Redis",
-    (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError),
+    (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.OutOfMemoryError,  # at its maxmemory (noeviction), Redis refuses every write until freed
+    ),
 )
 DATABASE = Outage(
     "The database",

@@ -95,3 +95,32 @@ def test_active_and_scheduled_answer_503_when_the_broker_drops_their_pooled_conn
         proxy.restore()
         join(lambda: http.get("/api/v1/tasks/active").status_code == 200, what="the inspection to answer again")
     assert "Unhandled error" not in api.log()
+
+
+def test_a_redis_at_its_maxmemory_answers_503_not_500_and_a_refused_revoke_saves_nothing(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key, client_key
+):
+    # Given an API whose Redis is a server of the test's own
+    server = own_redis(appendonly=True)
+    api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
+    http = httpx.Client(base_url=api.base, timeout=30)
+    # When that Redis reaches its maxmemory (noeviction): it answers, but refuses every write with OOM
+    server.client().config_set("maxmemory-policy", "noeviction")
+    server.client().config_set("maxmemory", "1")
+    task_id = "00000000-0000-4000-8000-00000000beef"
+    calls = [
+        ("POST", "/api/v1/tasks/ping", admin_key, {}),
+        ("POST", f"/api/v1/tasks/task/{task_id}/revoke", admin_key, {}),
+        ("POST", "/api/v1/identity/password-reset", client_key, {"email": "ada@example.com"}),
+    ]
+    # Then each route that writes to it answers 503 with Retry-After (the revoke answered 500), never a 500
+    for method, path, key, body in calls:
+        response = http.request(method, path, headers=auth(key), json=body)
+        assert response.status_code == 503, (path, response.status_code, response.text)
+        assert response.headers["retry-after"].isdigit(), path
+    assert "Unhandled error" not in api.log(), api.log()[-3000:]
+    # And the refused revoke left nothing behind: with memory freed, the task is not revoked
+    server.client().config_set("maxmemory", "0")
+    answer = http.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key))
+    assert answer.status_code in (200, 404), answer.text
+    assert answer.status_code == 404 or answer.json()["state"] != "REVOKED", answer.text

@@ -34,11 +34,13 @@ redis_outage = StateChangeLog(
 )
 
 #: Redis errors that mean "unreachable for now": refused or dropped connections (BusyLoadingError, a Redis still
-#: loading its data set, is one), timeouts, and a replica answering writes during a failover.
+#: loading its data set, is one), timeouts, a replica answering writes during a failover, and a Redis at its
+#: `maxmemory` refusing writes (OutOfMemoryError, under `noeviction`: it passes when memory is freed or raised).
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
 )
 
 
