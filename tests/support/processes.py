@@ -206,7 +206,9 @@ class ServiceProcess:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones until `restore()`.
+    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones until `restore()`;
+    `hold()` keeps what clients send from reaching the target (connections stay open) until `release()`, as a
+    RabbitMQ under a memory or disk alarm stops reading a publisher's socket.
 
     Runs its own event loop in a thread, so a test (or an API under test) sees a broker that vanishes and comes
     back without the real broker being touched.
@@ -219,6 +221,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -254,6 +258,14 @@ class TcpProxy:
 
         self._run(close())
 
+    def hold(self) -> None:
+        """Stop forwarding what clients send (it waits in the proxy); what the target sends still flows back."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def release(self) -> None:
+        """Forward again, beginning with everything held."""
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -262,9 +274,11 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, held: bool = False) -> None:
             try:
                 while data := await src.read(65536):
+                    if held:
+                        await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -272,5 +286,5 @@ class TcpProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, held=True), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
