@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.support.api import ApiProcess, auth
 from tests.support.processes import OwnRedis, TcpProxy, free_port
@@ -98,16 +99,17 @@ def test_active_and_scheduled_answer_503_when_the_broker_drops_their_pooled_conn
     assert "Unhandled error" not in api.log()
 
 
-def test_a_redis_at_its_maxmemory_answers_503_not_500_and_a_refused_revoke_saves_nothing(
-    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key, client_key
+@pytest.mark.parametrize("why", ["memory", "disk"])
+def test_a_redis_refusing_writes_answers_503_not_500_and_a_refused_revoke_saves_nothing(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key, client_key, why
 ):
     # Given an API whose Redis is a server of the test's own
-    server = own_redis(appendonly=True)
+    server = own_redis()
     api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
     http = httpx.Client(base_url=api.base, timeout=30)
-    # When that Redis reaches its maxmemory (noeviction): it answers, but refuses every write with OOM
-    server.client().config_set("maxmemory-policy", "noeviction")
-    server.client().config_set("maxmemory", "1")
+    # When that Redis answers but refuses every write: at its maxmemory under noeviction (OOM), or unable to persist,
+    # its disk full (MISCONF)
+    server.refuse_writes(why)
     task_id = "00000000-0000-4000-8000-00000000beef"
     calls = [
         ("POST", "/api/v1/tasks/ping", admin_key, {}),
@@ -121,7 +123,7 @@ def test_a_redis_at_its_maxmemory_answers_503_not_500_and_a_refused_revoke_saves
         assert response.headers["retry-after"].isdigit(), path
     assert "Unhandled error" not in api.log(), api.log()[-3000:]
     # And the refused revoke left nothing behind: with memory freed, the task is not revoked
-    server.client().config_set("maxmemory", "0")
+    server.accept_writes()
     answer = http.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key))
     assert answer.status_code in (200, 404), answer.text
     assert answer.status_code == 404 or answer.json()["state"] != "REVOKED", answer.text

@@ -140,6 +140,28 @@ class OwnRedis:
         self.kill()
         self.start()
 
+    def refuse_writes(self, why: str) -> None:
+        """It answers, but refuses every write: `memory`, its maxmemory reached under noeviction (OOM), or `disk`, an
+        RDB save that failed with stop-writes-on-bgsave-error on (MISCONF, as when its disk is full): here the save
+        fails because its directory is gone."""
+        client = self.client()
+        if why == "memory":
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+            return
+        client.config_set("save", "3600 1")
+        shutil.rmtree(self.dir)
+        client.bgsave()
+        join(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err", timeout=15, what="a failed save")
+
+    def accept_writes(self) -> None:
+        """Undo `refuse_writes`: memory freed, or writes allowed again although the last save failed (the server
+        still works in its deleted directory, so no later save could succeed there)."""
+        client = self.client()
+        client.config_set("maxmemory", "0")
+        client.config_set("save", "")
+        client.config_set("stop-writes-on-bgsave-error", "no")
+
     def remove(self) -> None:
         """Kill it (paused or not) and delete its directory."""
         self.resume()
