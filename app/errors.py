@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.exceptions
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +13,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import redis_store
 from app.logging import StateChangeLog
 
 logger = logging.getLogger(__name__)
@@ -184,10 +184,7 @@ class Outage:
 
 #: Redis (task status, idempotency keys, rate limits, revocations), SQL, and the broker (a revoke's broadcast,
 #: inspect) as routes meet them. Redis's own errors that are not outages (a wrong type, a script error) stay 500s.
-REDIS = Outage(
-    "Redis",
-    (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError),
-)
+REDIS = Outage("Redis", redis_store.OUTAGE_ERRORS)
 DATABASE = Outage(
     "The database",
     (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError),

@@ -43,7 +43,7 @@ from app.runs import journal, service
 logger = logging.getLogger(__name__)
 
 #: Errors of a service that is down (refused, reset, timed out, read-only), logged as an outage, not a crash.
-REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+REDIS_DOWN: tuple[type[Exception], ...] = redis_store.OUTAGE_ERRORS
 BROKER_DOWN: tuple[type[Exception], ...] = (KombuOperationalError, amqp.exceptions.ConnectionError, OSError)
 
 #: The consumer's name in HISTORY_GROUP: fixed, so a restarted recorder takes over its own pending entries.

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis._parsers.base
 import redis.asyncio as aioredis
 import redis.asyncio.retry as async_retry
 import redis.asyncio.sentinel as async_sentinel
@@ -27,6 +28,28 @@ from redis.retry import Retry
 from app.config import Environment, Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+
+class PersistenceError(redis.exceptions.ResponseError):
+    """Redis refuses writes because it could not persist earlier ones (`MISCONF`: an append-only file write or an RDB
+    save failed, e.g. its disk is full). It passes once Redis can write again: an outage, like OutOfMemoryError."""
+
+
+# redis-py names an error reply's class by its first word, and has none for MISCONF (a bare ResponseError, which
+# Courier would take for a bug: a task rejected as malformed, a 500). Every parser, sync, async and hiredis, reads
+# this one table.
+redis._parsers.base.BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", PersistenceError)
+
+#: Redis errors that mean "unreachable or refusing writes for now", wherever Courier meets Redis: refused or dropped
+#: connections (BusyLoadingError, a Redis still loading its data set, is one), timeouts, a replica answering writes
+#: during a failover, a Redis at its `maxmemory` (noeviction), and one that cannot persist (its disk full).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    PersistenceError,
+)
 
 #: Socket timeouts of every Redis command and connect.
 SOCKET_TIMEOUT_S = 2.0

@@ -32,7 +32,15 @@ SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cr
 REDACTED = "[redacted]"
 #: Errors that mean a Redis outage (BusyLoadingError is a ConnectionError), as app/engine/guarantees/outages.py
 # counts them: by class, module-qualified, anywhere in the error's class hierarchy.
-REDIS_OUTAGE = frozenset(f"redis.exceptions.{name}" for name in ("ConnectionError", "TimeoutError", "ReadOnlyError"))
+REDIS_OUTAGE = frozenset(
+    {
+        *(
+            f"redis.exceptions.{name}"
+            for name in ("ConnectionError", "TimeoutError", "ReadOnlyError", "OutOfMemoryError")
+        ),
+        "app.redis_store.PersistenceError",
+    }
+)
 #: The time-limit errors of Celery's pool (billiard's classes, re-exported by celery.exceptions).
 TIME_LIMITS = frozenset({"billiard.exceptions.SoftTimeLimitExceeded", "billiard.exceptions.TimeLimitExceeded"})
 #: Celery's error for a message that expired (or was revoked) before it ran.

@@ -28,6 +28,7 @@ from app.config import get_settings, redact_url
 from app.constants import (
     DISPATCHED_AT_HEADER,
     REQUEST_ID_HEADER,
+    REVOKED_KEY,
     TASK_EXCHANGE,
     TASK_META_KEY,
     TIER_MAX_PRIORITY,
@@ -186,6 +187,8 @@ def dispatch(
             **plan.options,
         )
     except (OperationalError, KombuError, AMQPError, OSError, TimeoutError) as exc:
+        if isinstance(exc, TimeoutError):  # no confirm in time: the message may still be queued (see _withdraw)
+            _withdraw_sync(plan.task_id)
         get_redis().delete(plan.meta_key)
         broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {redact_url(repr(exc))}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
@@ -302,12 +305,41 @@ async def dispatch_async(
             headers=plan.headers,
         )
     except PublishFailed as exc:
+        if exc.maybe_sent:
+            await _withdraw(plan.task_id)
         await _async_redis().delete(plan.meta_key)
         broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {exc}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
     broker_outage.succeeded()
     return Dispatched(task_id=plan.task_id, status_url=settings.status_url(plan.task_id))
+
+
+_WITHDRAW_FAILED = "Could not revoke %s after its unconfirmed publish; if the broker queued it, it will run: %r"
+
+
+async def _withdraw(task_id: str) -> None:
+    """Revoke a task whose publish failed after it may have reached the broker, before the caller hears 503.
+
+    The caller is told nothing was dispatched, and retries (a new task id, even with the same Idempotency-Key). But
+    a message written to a connection RabbitMQ had blocked (a memory or disk alarm) is read, queued and confirmed
+    when the alarm clears, and one whose confirm was lost with its connection may be queued already: both would run
+    beside the retry. Revoked, such a message is discarded by the worker's start check if it ever arrives (logged,
+    its result stored as REVOKED). A Redis key only: the SQL record of an admin's revoke is not needed for an id
+    no client holds, and the key outlives any alarm (REVOCATION_TTL_S).
+    """
+    try:
+        await _async_redis().set(REVOKED_KEY.format(task_id=task_id), "1", ex=get_settings().revocation_ttl_s)
+    except redis.RedisError as exc:
+        logger.warning(_WITHDRAW_FAILED, task_id, exc)
+
+
+def _withdraw_sync(task_id: str) -> None:
+    """`_withdraw` for the sync path."""
+    try:
+        get_redis().set(REVOKED_KEY.format(task_id=task_id), "1", ex=get_settings().revocation_ttl_s)
+    except redis.RedisError as exc:
+        logger.warning(_WITHDRAW_FAILED, task_id, exc)
 
 
 async def warm_up() -> None:

@@ -4,9 +4,11 @@ the connection while Redis refused the API)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.support.api import ApiProcess, auth
 from tests.support.processes import OwnRedis, TcpProxy, free_port
@@ -95,3 +97,70 @@ def test_active_and_scheduled_answer_503_when_the_broker_drops_their_pooled_conn
         proxy.restore()
         join(lambda: http.get("/api/v1/tasks/active").status_code == 200, what="the inspection to answer again")
     assert "Unhandled error" not in api.log()
+
+
+@pytest.mark.parametrize("why", ["memory", "disk"])
+def test_a_redis_refusing_writes_answers_503_not_500_and_a_refused_revoke_saves_nothing(
+    own_redis: Callable[..., OwnRedis], api_process: Callable[..., ApiProcess], admin_key, client_key, why
+):
+    # Given an API whose Redis is a server of the test's own
+    server = own_redis()
+    api = api_process({"CELERY_RESULT_BACKEND": server.url, "REDIS_URL": ""})
+    http = httpx.Client(base_url=api.base, timeout=30)
+    # When that Redis answers but refuses every write: at its maxmemory under noeviction (OOM), or unable to persist,
+    # its disk full (MISCONF)
+    server.refuse_writes(why)
+    task_id = "00000000-0000-4000-8000-00000000beef"
+    calls = [
+        ("POST", "/api/v1/tasks/ping", admin_key, {}),
+        ("POST", f"/api/v1/tasks/task/{task_id}/revoke", admin_key, {}),
+        ("POST", "/api/v1/identity/password-reset", client_key, {"email": "ada@example.com"}),
+    ]
+    # Then each route that writes to it answers 503 with Retry-After (the revoke answered 500), never a 500
+    for method, path, key, body in calls:
+        response = http.request(method, path, headers=auth(key), json=body)
+        assert response.status_code == 503, (path, response.status_code, response.text)
+        assert response.headers["retry-after"].isdigit(), path
+    assert "Unhandled error" not in api.log(), api.log()[-3000:]
+    # And the refused revoke left nothing behind: with memory freed, the task is not revoked
+    server.accept_writes()
+    answer = http.get(f"/api/v1/tasks/task/{task_id}", headers=auth(admin_key))
+    assert answer.status_code in (200, 404), answer.text
+    assert answer.status_code == 404 or answer.json()["state"] != "REVOKED", answer.text
+
+
+def test_a_dispatch_answered_503_because_the_broker_held_its_message_never_runs_when_the_broker_reads_it_later(
+    api_process: Callable[..., ApiProcess], admin_key, worker, recorder
+):
+    # Given an API publishing through a proxy the test can hold, as RabbitMQ holds a publisher's connection under a
+    # memory or disk alarm (it stops reading the socket, then reads, queues and confirms everything when it clears)
+    with TcpProxy(5672, AMQP_HOST) as proxy:
+        api = api_process({
+            "CELERY_BROKER_URL": f"amqp://{MGMT_AUTH[0]}:{MGMT_AUTH[1]}@127.0.0.1:{proxy.port}/{VHOST}",
+            "PUBLISH_TIMEOUT_S": "1",
+        })  # fmt: skip
+        http = httpx.Client(base_url=api.base, headers=auth(admin_key), timeout=30)
+        assert http.post("/api/v1/tasks/ping", json={}).status_code == 202
+        # When the broker stops reading while three dispatches are made
+        proxy.hold()
+        for _ in range(3):
+            response = http.post("/api/v1/tasks/ping", json={})
+            # Then each is answered 503 with Retry-After once PUBLISH_TIMEOUT_S has passed
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"].isdigit()
+            assert response.elapsed.total_seconds() < 5
+        # And when the broker reads them after all (the alarm cleared) and a worker takes them
+        discarded = worker.log().count("was revoked before it started")
+        proxy.release()
+
+        def states() -> list[str]:
+            page = http.get("/api/v1/tasks/runs", params={"triggered_by": admin_key[0], "limit": 10}).json()
+            return sorted(run["state"] for run in page["items"])
+
+        join(lambda: len(states()) == 4 or worker.log().count("was revoked before it started") == discarded + 3,
+             timeout=60, what="the three held messages to reach the worker")  # fmt: skip
+        time.sleep(2)  # (the recorder's batch)
+    # Then only the one answered 202 ran; the worker discarded the three answered 503 (they ran beside the client's
+    # retries: a 503 that had dispatched after all)
+    assert states() == ["SUCCESS"]
+    assert worker.log().count("was revoked before it started") == discarded + 3

@@ -135,3 +135,23 @@ def test_every_redis_outage_error_counts_as_an_outage_with_its_own_class():
 
     settings = Settings(_env_file=None, outage_retry_backoff_s=1, outage_retry_backoff_max_s=2)
     assert all(1 <= outages.backoff_s(done, settings) <= 2 for done in range(20) for _ in range(5))
+
+
+@pytest.mark.parametrize("why", ["memory", "disk"])
+def test_a_redis_refusing_writes_is_an_outage_the_task_runs_once_it_writes_again_and_is_never_dead_lettered(
+    api, admin_key, start_worker, recorder, own_redis, why
+):
+    # Given a worker whose Redis answers but refuses every write: at its maxmemory under noeviction (OOM), or unable
+    # to persist, its disk full (MISCONF)
+    worker = _outage_worker(start_worker, own_redis, outage_retries=10)
+    own_redis.refuse_writes(why)
+    # When a task reaches it, its start check (a write) is refused
+    task_id = dispatch(api, admin_key, tier="high")
+    refused = {"memory": "OutOfMemoryError", "disk": "unable to persist to disk"}[why]
+    join(lambda: refused in worker.log(), timeout=30, what="the refused start check")
+    time.sleep(2.5)
+    # And Redis writes again
+    own_redis.accept_writes()
+    # Then the task was put back, not taken for a failure (it was rejected and recorded as "malformed"): it runs
+    join(lambda: _result_state(own_redis, task_id) == "SUCCESS", timeout=60, what="the task to succeed")
+    assert letters(api, admin_key, task_id) == []

@@ -140,6 +140,28 @@ class OwnRedis:
         self.kill()
         self.start()
 
+    def refuse_writes(self, why: str) -> None:
+        """It answers, but refuses every write: `memory`, its maxmemory reached under noeviction (OOM), or `disk`, an
+        RDB save that failed with stop-writes-on-bgsave-error on (MISCONF, as when its disk is full): here the save
+        fails because its directory is gone."""
+        client = self.client()
+        if why == "memory":
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+            return
+        client.config_set("save", "3600 1")
+        shutil.rmtree(self.dir)
+        client.bgsave()
+        join(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err", timeout=15, what="a failed save")
+
+    def accept_writes(self) -> None:
+        """Undo `refuse_writes`: memory freed, or writes allowed again although the last save failed (the server
+        still works in its deleted directory, so no later save could succeed there)."""
+        client = self.client()
+        client.config_set("maxmemory", "0")
+        client.config_set("save", "")
+        client.config_set("stop-writes-on-bgsave-error", "no")
+
     def remove(self) -> None:
         """Kill it (paused or not) and delete its directory."""
         self.resume()
@@ -206,7 +228,9 @@ class ServiceProcess:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones until `restore()`.
+    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones until `restore()`;
+    `hold()` keeps what clients send from reaching the target (connections stay open) until `release()`, as a
+    RabbitMQ under a memory or disk alarm stops reading a publisher's socket.
 
     Runs its own event loop in a thread, so a test (or an API under test) sees a broker that vanishes and comes
     back without the real broker being touched.
@@ -219,8 +243,10 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # (cleared by freeze: nothing forwarded either way)
         self._flowing.set()
+        self._sending = asyncio.Event()  # (cleared by hold: nothing forwarded from the clients)
+        self._sending.set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -264,6 +290,14 @@ class TcpProxy:
 
         self._run(close())
 
+    def hold(self) -> None:
+        """Stop forwarding what clients send (it waits in the proxy); what the target sends still flows back."""
+        self._loop.call_soon_threadsafe(self._sending.clear)
+
+    def release(self) -> None:
+        """Forward again, beginning with everything held."""
+        self._loop.call_soon_threadsafe(self._sending.set)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -272,9 +306,11 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, held: bool = False) -> None:
             try:
                 while data := await src.read(65536):
+                    if held:
+                        await self._sending.wait()
                     await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
@@ -283,5 +319,5 @@ class TcpProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, held=True), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))

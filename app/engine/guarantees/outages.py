@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import random
 
-import redis.exceptions
 from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Reject
 
+from app import redis_store
 from app.config import Settings
 from app.logging import StateChangeLog
 
@@ -33,13 +33,9 @@ redis_outage = StateChangeLog(
     logger, "Redis", consequence="the worker puts attempts back in delay queues until it returns"
 )
 
-#: Redis errors that mean "unreachable for now": refused or dropped connections (BusyLoadingError, a Redis still
-#: loading its data set, is one), timeouts, and a replica answering writes during a failover.
-OUTAGE_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-)
+#: Redis errors that mean "unreachable for now" (app/redis_store.py): refused or dropped connections, timeouts, a
+#: read-only replica, a Redis at its `maxmemory` or unable to persist (its disk full).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = redis_store.OUTAGE_ERRORS
 
 
 class InfraUnavailable(Exception):  # noqa: N818 (it names what happened, like WorkerLostError)

@@ -85,7 +85,18 @@ def _settle(channels: list[AbstractChannel]) -> None:
 
 
 class PublishFailed(RuntimeError):
-    """The broker is unreachable, refused the message, or did not confirm it in time."""
+    """The broker is unreachable, refused the message, or did not confirm it in time.
+
+    `maybe_sent` is true when the message's frames may have reached the broker although no confirm came back: the
+    deadline passed (a memory or disk alarm blocks a publisher's connection and RabbitMQ stops reading it: the
+    message is read, queued and confirmed when the alarm clears) or the connection was lost under the publish. Such
+    a message can still be queued after the caller was told it failed. False when the broker said no (a nack, an
+    unroutable return) or no connection could be opened.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 @dataclass(frozen=True)
@@ -216,11 +227,14 @@ class AsyncPublisher:
         except (OSError, TimeoutError, RuntimeError, aiormq.exceptions.AMQPError, asyncio.CancelledError) as exc:
             # RuntimeError covers aiormq's ChannelInvalidStateError (a channel closed under the publish).
             _abandon(channel, message.properties.message_id or task_id)
-            if isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(exc, aiormq.exceptions.PublishError):
+            refused = isinstance(exc, aiormq.exceptions.DeliveryError)  # nacked, or returned: not queued
+            if refused and not isinstance(exc, aiormq.exceptions.PublishError):
                 self._replace(channel)  # a nack (PublishError is a returned, unroutable message: the channel is fine)
             if isinstance(exc, TimeoutError):
                 self._drop_if_stuck(connection, started)
-            raise PublishFailed(f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}") from exc
+            raise PublishFailed(
+                f"{name}[{task_id}] was not confirmed: {redact_url(repr(exc))}", maybe_sent=not refused
+            ) from exc
         self._last_confirm = asyncio.get_running_loop().time()
 
     def _drop_if_stuck(self, connection: AbstractConnection | None, started: float) -> None:
