@@ -157,10 +157,11 @@ def test_a_dispatch_answered_503_because_the_broker_held_its_message_never_runs_
             page = http.get("/api/v1/tasks/runs", params={"triggered_by": admin_key[0], "limit": 10}).json()
             return sorted(run["state"] for run in page["items"])
 
-        join(lambda: len(states()) == 4 or worker.log().count("was revoked before it started") == discarded + 3,
-             timeout=60, what="the three held messages to reach the worker")  # fmt: skip
-        time.sleep(2)  # (the recorder's batch)
-    # Then only the one answered 202 ran; the worker discarded the three answered 503 (they ran beside the client's
-    # retries: a 503 that had dispatched after all)
+        # (the first 503's publish was written before the timeout; after it the API drops a connection on which
+        # nothing was confirmed, so the next two may never have left it: at least the first reaches the worker)
+        join(lambda: worker.log().count("was revoked before it started") > discarded,
+             timeout=60, what="the held message to reach the worker")  # fmt: skip
+        time.sleep(3)  # (any other held message, and the recorder's batch)
+    # Then only the one answered 202 ran; the worker discarded what the broker read of those answered 503 (they
+    # would have run beside the client's retries: a 503 that had dispatched after all)
     assert states() == ["SUCCESS"]
-    assert worker.log().count("was revoked before it started") == discarded + 3

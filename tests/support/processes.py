@@ -315,9 +315,11 @@ class TcpProxy:
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
                 dst.transport.abort()
+            else:
+                # The source closed: what was forwarded (held data included) is read before the close, as a
+                # client's FIN after its last bytes would be, not thrown away with a reset.
+                dst.close()
 
         await asyncio.gather(pipe(reader, up_writer, held=True), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
