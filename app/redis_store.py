@@ -148,17 +148,27 @@ def _sentinel_client(url: str) -> redis.Redis:
     return client
 
 
+#: The connections an asyncio client through Sentinel may open: redis-py offers it no blocking pool, and its own
+#: default bound (100) made a burst of concurrent dispatches fail with MaxConnectionsError, answered 503 "Redis is
+#: unavailable" while Redis was fine (the cluster operator's outside test, 33 of them).
+SENTINEL_ASYNC_MAX_CONNECTIONS = 10_000
+
+
 def async_client(url: str, *, max_connections: int) -> aioredis.Redis:
     """An asyncio client of a Redis URL or Sentinel DSN. From a URL its pool blocks (up to 2 s) when all
-    `max_connections` are busy; through Sentinel redis-py offers no blocking pool, so its pool is unbounded."""
+    `max_connections` are busy; through Sentinel redis-py offers no blocking pool, so its pool is bounded only by
+    SENTINEL_ASYNC_MAX_CONNECTIONS."""
     if is_sentinel(url):
         target = sentinel_target(url)
-        sentinel = async_sentinel.Sentinel(target.addresses, sentinel_kwargs=_sentinel_kwargs())  # type: ignore[no-untyped-call]
+        # (each command asks a Sentinel for the primary: its connections are bounded alike)
+        asking = {**_sentinel_kwargs(), "max_connections": SENTINEL_ASYNC_MAX_CONNECTIONS}
+        sentinel = async_sentinel.Sentinel(target.addresses, sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
         client: aioredis.Redis = sentinel.master_for(
             get_settings().redis_sentinel_master,
             db=target.db,
             password=target.password,
             decode_responses=True,
+            max_connections=SENTINEL_ASYNC_MAX_CONNECTIONS,
             **async_client_options(),
         )
         return client

@@ -10,6 +10,7 @@ Two paths share everything but the publish itself:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -189,7 +190,8 @@ def dispatch(
     except (OperationalError, KombuError, AMQPError, OSError, TimeoutError) as exc:
         if isinstance(exc, TimeoutError):  # no confirm in time: the message may still be queued (see _withdraw)
             _withdraw_sync(plan.task_id)
-        get_redis().delete(plan.meta_key)
+        with contextlib.suppress(redis.RedisError):  # (expires anyway; the caller must hear the broker's 503)
+            get_redis().delete(plan.meta_key)
         broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {redact_url(repr(exc))}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
@@ -307,7 +309,8 @@ async def dispatch_async(
     except PublishFailed as exc:
         if exc.maybe_sent:
             await _withdraw(plan.task_id)
-        await _async_redis().delete(plan.meta_key)
+        with contextlib.suppress(redis.RedisError):  # (expires anyway; the caller must hear the broker's 503)
+            await _async_redis().delete(plan.meta_key)
         broker_outage.failed(f"publishing {name} ({plan.task_id}) failed: {exc}")
         raise ServiceUnavailable(_BROKER_DOWN) from exc
     observe_publish(plan.tier.value, time.perf_counter() - started)
