@@ -115,9 +115,26 @@ def reencrypt_secrets() -> None:
     _err(f"Re-encrypted the signing secrets of {count} webhook endpoint(s) under the first key.")
 
 
+_PASSWORD_MISMATCH = (
+    "RabbitMQ's user {user!r} has another password than RABBITMQ_PASSWORD, and the running API, workers and recorder "
+    "use RabbitMQ's: nothing was changed. Correct RABBITMQ_PASSWORD, or run `python -m app.cli provision "
+    "--reset-password` to set it (then restart everything)."
+)
+
+
 @cli.command()
-def provision() -> None:
-    """Create the broker vhost and user (tags monitoring, policymaker) with the RABBITMQ_ADMIN_* account."""
+def provision(
+    reset_password: Annotated[
+        bool,
+        typer.Option(
+            "--reset-password",
+            help="Set the broker user's password to RABBITMQ_PASSWORD even though RabbitMQ has another one (every "
+            "running component must then restart with it).",
+        ),
+    ] = False,
+) -> None:
+    """Create the broker vhost and user (tags monitoring, policymaker) with the RABBITMQ_ADMIN_* account. An existing
+    user keeps its password: one RABBITMQ_PASSWORD does not match is refused unless --reset-password."""
     from app.rabbitmq import ManagementClient, ManagementError
 
     settings = get_settings()
@@ -126,6 +143,12 @@ def provision() -> None:
         with ManagementClient.for_admin(settings) as admin:
             admin.put_vhost(settings.broker_vhost)
             if user != settings.rabbitmq_admin_user:
+                if admin.user(user) is not None and not reset_password:
+                    with ManagementClient.for_broker_user(settings) as own:
+                        if not own.password_accepted():
+                            _err(_PASSWORD_MISMATCH.format(user=user))
+                            raise typer.Exit(1)
+                # (an existing user's own password, checked above: this keeps its tags current)
                 admin.put_user(user, password, "monitoring,policymaker")
             admin.put_permissions(settings.broker_vhost, user)
     except ManagementError as exc:

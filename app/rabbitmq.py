@@ -180,6 +180,19 @@ class ManagementClient:
         result = self._call("GET", f"/queues/{_q(vhost)}/{_q(name)}")
         return dict(result) if result is not None else None
 
+    def user(self, name: str) -> dict[str, Any] | None:
+        """One user (name, tags); None if it does not exist."""
+        result = self._call("GET", f"/users/{_q(name)}")
+        return dict(result) if result is not None else None
+
+    def password_accepted(self) -> bool:
+        """Whether RabbitMQ accepts this client's user and password. A user without a management tag is refused
+        the API after its password was accepted ("Not management user"): that counts as accepted."""
+        response = self._request("GET", "/whoami", None)
+        if response.status_code == 401:
+            return "login failed" not in response.text.lower()
+        return response.status_code < 300
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes, with `running` for each."""
         return list(self._call("GET", "/nodes") or [])

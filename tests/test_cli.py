@@ -137,3 +137,40 @@ def test_revoke_with_the_broker_down_is_durable_and_warns_in_one_line():
     assert done.returncode == 0, done.stderr
     assert "revoked" in done.stdout
     assert "Broadcasting the revoke" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_provision_never_changes_the_password_of_an_existing_broker_user_unless_told_to():
+    import httpx
+
+    from tests.support.services import AMQP_HOST, MGMT_AUTH, MGMT_URL, VHOST, mgmt
+
+    user = f"courier-probe-{uuid.uuid4().hex[:6]}"
+
+    def as_user(password: str) -> dict[str, str]:
+        return {
+            "CELERY_BROKER_URL": f"amqp://{user}:{password}@{AMQP_HOST}:5672/{VHOST}",
+            "RABBITMQ_ADMIN_USER": MGMT_AUTH[0],
+            "RABBITMQ_ADMIN_PASSWORD": MGMT_AUTH[1],
+        }
+
+    def logs_in(password: str) -> bool:
+        return httpx.get(f"{MGMT_URL}/api/whoami", auth=(user, password), timeout=10).status_code == 200
+
+    try:
+        # Given a broker user that provision created, with the password the running components use
+        assert _cli("provision", env=as_user("first-password")).returncode == 0
+        assert logs_in("first-password")
+        # When provision runs with another RABBITMQ_PASSWORD (a typo in .env)
+        done = _cli("provision", env=as_user("typo-password"))
+        # Then it changes nothing and says why, in one line, and how to change it on purpose
+        assert done.returncode == 1, done.stderr
+        assert "has another password than RABBITMQ_PASSWORD" in done.stderr and "--reset-password" in done.stderr
+        assert "typo-password" not in done.stderr
+        assert logs_in("first-password") and not logs_in("typo-password")
+        # When provision runs again with the same password, Then it goes through
+        assert _cli("provision", env=as_user("first-password")).returncode == 0
+        # When it is told to reset the password, Then the new one is RabbitMQ's
+        assert _cli("provision", "--reset-password", env=as_user("second-password")).returncode == 0
+        assert logs_in("second-password") and not logs_in("first-password")
+    finally:
+        mgmt("DELETE", f"/users/{user}")
