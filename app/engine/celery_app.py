@@ -14,6 +14,7 @@ from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
 from app.engine import bootsteps, install, policy, telemetry, topology
+from app.engine.guarantees import compression
 from app.memory import freeze_start_up_objects
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
@@ -183,6 +184,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     engine = install.select(settings)
     install.register_transports()
+    compression.install()  # (a compressed message is refused, never inflated: app/engine/guarantees/compression.py)
     # Celery reads CELERY_BROKER_URL / CELERY_RESULT_BACKEND from the environment ahead of its config; make the
     # environment say what Settings computed (e.g. REDIS_PASSWORD applied), so there is one answer.
     os.environ["CELERY_BROKER_URL"] = settings.broker_url

@@ -186,6 +186,17 @@ OVERRIDES: tuple[Override, ...] = (
         ),
     ),
     Override(
+        "app.engine.guarantees.compression:refuse",
+        "guarantees",
+        "a compressed message is refused as kombu builds it (dead letter `malformed`, recorded raw), never inflated",
+        "kombu inflates it before anyone looks: a compression bomb of a few MB takes the worker down for its memory, "
+        "and again on every redelivery",
+        (
+            _s("kombu", "kombu.message:decompress", "callable", "body", "content_type"),
+            _s("kombu", "kombu.message:Message.__init__", "callable", source="decompress(body, compression)"),
+        ),
+    ),
+    Override(
         "app.engine.guarantees.results:CourierRedisBackend",
         "guarantees",
         "one script stores a result unless a SUCCESS is already there, and appends the run's history entry in the "
