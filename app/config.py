@@ -131,6 +131,9 @@ class Settings(BaseSettings):
 
     # --- SQL ---------------------------------------------------------------------------------------------------
     database_url: str = ""
+    #: PostgreSQL's lock_timeout for every Courier connection (0 = none): a statement waiting longer for a lock
+    #: fails as a database outage (503 in the API, a retry elsewhere) instead of hanging with the lock's holder.
+    database_lock_timeout_s: float = Field(default=10.0, ge=0, le=3600)
 
     # --- Celery / RabbitMQ ------------------------------------------------------------------------------------
     #: Full broker URL; empty means it is built from the RABBITMQ_* parts below.

@@ -149,7 +149,15 @@ def get_engine() -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    lock_timeout_ms = round(get_settings().database_lock_timeout_s * 1000)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        # (a held ACCESS EXCLUSIVE lock hung every read of its table for as long as it was held: the operator's test)
+        connect_args={"options": f"-c lock_timeout={lock_timeout_ms}"} if url.startswith("postgresql") else {},
+    )
 
 
 @lru_cache

@@ -165,3 +165,29 @@ def test_a_dispatch_answered_503_because_the_broker_held_its_message_never_runs_
     # Then only the one answered 202 ran; the worker discarded what the broker read of those answered 503 (they
     # would have run beside the client's retries: a 503 that had dispatched after all)
     assert states() == ["SUCCESS"]
+
+
+def test_a_table_locked_by_another_session_answers_503_after_the_lock_timeout_not_for_as_long_as_the_lock(
+    api_process: Callable[..., ApiProcess], admin_key
+):
+    import psycopg
+
+    from tests.support.services import DATABASE_URL
+
+    # Given an API whose statements wait at most 1 s for a lock
+    api = api_process({"DATABASE_LOCK_TIMEOUT_S": "1"})
+    http = httpx.Client(base_url=api.base, headers=auth(admin_key), timeout=30)
+    assert http.get("/api/v1/tasks/runs").status_code == 200
+    # When another session holds the run history's table locked (a migration, an operator's manual fix)
+    with psycopg.connect(DATABASE_URL) as holder:
+        holder.execute("LOCK TABLE task_runs IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        response = http.get("/api/v1/tasks/runs")
+        waited = time.monotonic() - started
+        # Then the read is answered 503 with Retry-After once the lock timeout passed, not when the lock goes
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"].isdigit()
+        assert waited < 10, waited
+        holder.rollback()
+    # And once the lock is released it answers again
+    assert http.get("/api/v1/tasks/runs").status_code == 200
