@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.deadletters.models import Reason, Status
 
@@ -107,7 +107,7 @@ class DeadLetterCriteria(BaseModel):
 class BulkReplayCreate(DeadLetterCriteria):
     """Bulk replay by filter: `dry_run` only counts; otherwise a low-tier task replays at `rate_per_s`."""
 
-    dry_run: bool = False
+    dry_run: StrictBool = False
     rate_per_s: float = Field(default=20.0, gt=0, le=1000)
     why: str | None = Field(default=None, max_length=500)
 

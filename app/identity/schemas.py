@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from app.notifications.schemas import EMAIL_PATTERN, PHONE_PATTERN
 from app.schema_types import Id
@@ -34,7 +34,7 @@ class UserCreate(BaseModel):
     phone: str | None = Field(default=None, description="E.164, e.g. +4915112345678; needed for MFA codes.")
     password: str | None = Field(default=None, **PASSWORD_RULE)  # type: ignore[call-overload]
     locale: str = Field(default="en", min_length=2, max_length=20)
-    mfa_enabled: bool = False
+    mfa_enabled: StrictBool = False
 
     @field_validator("phone")
     @classmethod

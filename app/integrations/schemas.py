@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from app.events.models import DeliveryStatus
 from app.events.service import ALL_EVENTS, EVENT_TYPE, SUBSCRIPTION
@@ -38,7 +38,7 @@ class WebhookEndpointCreate(BaseModel):
     url: Url
     event_types: list[Subscription] = Field(min_length=1, max_length=100)
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool = True
+    enabled: StrictBool = True
     #: The user told (by the notifications domain) when the endpoint is disabled.
     owner_user_id: Id | None = None
 
@@ -51,7 +51,7 @@ class WebhookEndpointUpdate(BaseModel):
     url: Url | None = None
     event_types: list[Subscription] | None = Field(default=None, min_length=1, max_length=100)
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class WebhookEndpointRead(BaseModel):
@@ -176,7 +176,7 @@ class IntegrationCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     base_url: Url
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class IntegrationRead(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from app.constants import TaskState, Tier
 
@@ -90,7 +90,7 @@ class RevokeCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    terminate: bool = False
+    terminate: StrictBool = False
     reason: str | None = Field(default=None, max_length=500)
 
 

@@ -284,3 +284,21 @@ def _notifications() -> int:
 
     with session_scope() as session:
         return int(session.scalar(select(func.count()).select_from(Notification)) or 0)
+
+
+def test_a_flag_is_a_json_boolean_never_a_number_or_a_string(api: Any, admin_key: tuple[str, str]) -> None:
+    # Given request flags sent as what lax parsing would coerce: `dry_run: 0` ran a real bulk replay
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("/api/v1/tasks/dead-letters/replay", {"dry_run": 0}),
+        ("/api/v1/tasks/dead-letters/replay", {"dry_run": "false"}),
+        ("/api/v1/tasks/task/00000000-0000-0000-0000-000000000000/revoke", {"terminate": 1}),
+        ("/api/v1/integrations/webhooks", {"url": "https://example.com/hook", "events": ["*"], "enabled": "yes"}),
+    ]
+    for url, body in requests:
+        # When an admin sends it, Then it is refused with the envelope, and nothing was done
+        response = api.post(url, json=body, headers=auth(admin_key))
+        assert response.status_code == 422, (url, body, response.text)
+        assert response.json()["error"]["code"] == "validation_error", response.text
+    # And a real boolean is taken
+    answer = api.post("/api/v1/tasks/dead-letters/replay", json={"dry_run": True}, headers=auth(admin_key))
+    assert answer.status_code == 202 and answer.json()["dry_run"] is True, answer.text
