@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import time
+import weakref
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import topology
 from app.engine.celery_app import celery_app
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, TooManyRequests
 from app.operations.service import BROADCAST_TIMEOUT_S
 from app.rabbitmq import ManagementClient, ManagementError, broker_connection, connect_any
 from app.runs import status
@@ -53,6 +55,29 @@ def task_status(*, session: Session, task_id: str) -> TaskRead | None:
 
 #: Seconds of silence after which a live-progress stream sends a comment line.
 KEEPALIVE_S = 15.0
+
+
+#: The live-progress streams of each API key open in this process, the API's and the console's together (each polls
+#: the database: a few hundred from one key took every pooled connection, then PostgreSQL's own, and the whole service
+#: answered 503). A stream leaves its set when its response is done with it, ended, disconnected or never started.
+_open_streams: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+
+
+def open_status_stream(
+    first: TaskRead, *, key_id: int, is_disconnected: Callable[[], Awaitable[bool]], settings: Settings
+) -> AsyncIterator[str]:
+    """`status_events` for a stream key `key_id` opens, or TooManyRequests (429) when that key already holds
+    EVENTS_MAX_STREAMS_PER_KEY open in this process."""
+    streams = _open_streams[key_id]
+    if len(streams) >= settings.events_max_streams_per_key:
+        raise TooManyRequests(
+            f"This key already holds {len(streams)} live-progress streams open; close one, or poll "
+            f"/api/v1/tasks/task/{first.task_id}.",
+            details={"limit": settings.events_max_streams_per_key},
+        )
+    events = status_events(first, is_disconnected=is_disconnected, settings=settings)
+    streams.add(events)
+    return events
 
 
 async def status_events(

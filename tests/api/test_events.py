@@ -8,6 +8,7 @@ import httpx
 
 from app.engine import publish
 from tests.support.api import auth, read_events
+from tests.support.console import sign_in
 from tests.support.session import join
 
 
@@ -64,3 +65,22 @@ def test_one_key_holds_at_most_its_share_of_streams_open_and_others_still_get_th
                 return again.status_code == 200
 
         join(reopened, what="a stream accepted again after one closed")
+
+
+def test_the_consoles_streams_count_against_the_same_keys_share(api_process, admin_key):
+    # Given an API process allowing 2 streams per key, a task that runs for a while, and a console session of a key
+    process = api_process({"EVENTS_MAX_STREAMS_PER_KEY": "2", "CONSOLE_COOKIE_SECURE": "false"})
+    task_id = publish.dispatch("system.ping", kwargs={"sleep_s": 20}, triggered_by=admin_key[0]).task_id
+    with httpx.Client(base_url=process.base, timeout=10) as console, contextlib.ExitStack() as held:
+        assert sign_in(console, admin_key).status_code == 303
+        # When the key follows the task on two console run pages (each stream polls the database)
+        url = f"/console/runs/{task_id}/events"
+        opened = [held.enter_context(console.stream("GET", url)) for _ in range(2)]
+        assert [r.status_code for r in opened] == [200, 200]
+        # Then a third is refused with 429, on the console as on the API: one signed-in viewer cannot exhaust the
+        # database's connections either
+        assert console.get(url).status_code == 429
+        api_stream = httpx.get(
+            f"{process.base}/api/v1/tasks/task/{task_id}/events", headers=auth(admin_key), timeout=10
+        )
+        assert api_stream.status_code == 429

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import weakref
-from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -16,7 +14,7 @@ from app.api.deps import AdminDep, IdempotencyKeyDep, PrincipalDep, SessionDep, 
 from app.constants import TaskState
 from app.db import session_scope, utcnow
 from app.engine import inspect, publish
-from app.errors import NotFound, TooManyRequests, error_responses
+from app.errors import NotFound, error_responses
 from app.operations import service as operations
 from app.runs import service as runs_service
 from app.runs.schemas import (
@@ -75,26 +73,14 @@ async def stream_task_events(
 ) -> StreamingResponse:
     """Server-Sent Events: one `state` event per change of state or progress, then `end` once it finished."""
     first = await run_in_threadpool(_visible_task, task_id, principal)
-    streams = _open_streams[principal.key_id]
-    if len(streams) >= settings.events_max_streams_per_key:
-        raise TooManyRequests(
-            f"This key already holds {len(streams)} live-progress streams open; close one, or poll "
-            f"/api/v1/tasks/task/{task_id}.",
-            details={"limit": settings.events_max_streams_per_key},
-        )
-    events = inspect.status_events(first, is_disconnected=request.is_disconnected, settings=settings)
-    streams.add(events)
+    events = inspect.open_status_stream(
+        first, key_id=principal.key_id, is_disconnected=request.is_disconnected, settings=settings
+    )
     return StreamingResponse(
         events,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-#: The live-progress streams of each API key open in this process (each polls the database: a few hundred from one
-#: key took every pooled connection, then PostgreSQL's own, and the whole service answered 503). A stream leaves its
-#: set when its response is done with it, ended, disconnected or never started.
-_open_streams: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
 
 
 def _visible_task(task_id: str, principal: Principal) -> TaskRead:

@@ -104,8 +104,11 @@ def _visible(task_id: str) -> TaskRead:
 async def stream_run(task_id: TaskId, request: Request, user: UserDep) -> StreamingResponse:
     """The run's Server-Sent Events (the API's stream, for a console session): `state` per change, then `end`."""
     first = await run_in_threadpool(_visible, task_id)
+    events = inspect.open_status_stream(
+        first, key_id=user.principal.key_id, is_disconnected=request.is_disconnected, settings=get_settings()
+    )
     return StreamingResponse(
-        inspect.status_events(first, is_disconnected=request.is_disconnected, settings=get_settings()),
+        events,
         media_type="text/event-stream",
         headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"},
     )
