@@ -21,11 +21,13 @@ from app.constants import Tier
 from app.db import get_engine, session_scope
 from app.errors import BROKER, DATABASE, REDIS
 from app.operations import service as operations
-from app.rabbitmq import broker_connection, connect_any
+from app.rabbitmq import ManagementClient, ManagementError, broker_connection, connect_any
 from app.runs.schemas import ComponentHealth, HealthRead
 
 logger = logging.getLogger(__name__)
 
+#: What the result backend's health probe writes (and lets expire).
+HEALTH_KEY = "courier:health:write-probe"
 #: Longest a component's health probe may take before the component counts as down (health answers within it).
 CHECK_TIMEOUT_S = 3.0
 
@@ -67,13 +69,33 @@ def _failure_detail(exc: BaseException) -> str:
 
 
 def check_broker(settings: Settings) -> ComponentHealth:
-    """Open and close an AMQP connection to the broker."""
+    """Open and close an AMQP connection to the broker, and read its nodes' resource alarms: under a memory or disk
+    alarm RabbitMQ takes connections but blocks every publish, so each dispatch waits PUBLISH_TIMEOUT_S for a 503."""
 
-    def probe() -> None:
+    def probe() -> ComponentHealth:
         with broker_connection(settings, connect_timeout=2.0) as conn:
             connect_any(conn, settings)
+        alarms = broker_alarms(settings)
+        if alarms:
+            return ComponentHealth(
+                status="down", detail=f"{', '.join(alarms)}: RabbitMQ blocks every publish until it clears"
+            )
+        return ComponentHealth(status="up")
 
     return _timed(probe)
+
+
+def broker_alarms(settings: Settings) -> list[str]:
+    """The resource alarms RabbitMQ's nodes raise now ("memory alarm on rabbit@host"); none when its management API
+    does not answer (that API's health is not the broker's, and the AMQP probe has answered)."""
+    user, password = settings.broker_credentials
+    try:
+        with ManagementClient(settings.management_urls, user, password, timeout=2.0) as management:
+            nodes = management.nodes()
+    except ManagementError:
+        return []
+    kinds = (("mem_alarm", "memory"), ("disk_free_alarm", "disk"))
+    return [f"{kind} alarm on {node.get('name')}" for node in nodes for key, kind in kinds if node.get(key)]
 
 
 def check_redis(settings: Settings | None = None) -> ComponentHealth:
@@ -88,6 +110,9 @@ def check_redis(settings: Settings | None = None) -> ComponentHealth:
             client = redis_store.client_for(url)
             if not client.ping():
                 raise redis.ConnectionError(f"Redis {redis_store.describe(url)} did not answer PING")
+            # A Redis that answers but refuses writes (its maxmemory reached, or its disk full) refuses every
+            # dispatch's task meta: a write tells, a PING does not.
+            client.set(HEALTH_KEY, "1", ex=60)
             found = redis_store.persistence(client)
             if not found.safe:
                 unsafe.append(f"{redis_store.describe(url)}: {found.describe()}")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.support.api import ApiProcess, auth
 from tests.support.processes import OwnRedis
@@ -130,3 +131,42 @@ def test_dispatches_while_redis_is_down_are_503_and_the_outage_is_logged_once_ea
     log = api.log()
     assert log.count("Redis is down:") == 1, log[-3000:]
     assert log.count("Redis is back after") == 1, log[-3000:]
+
+
+@pytest.mark.parametrize("why", ["memory", "disk"])
+def test_a_redis_that_answers_but_refuses_writes_is_down_in_health(own_redis: Callable[..., OwnRedis], why: str):
+    from app.config import Settings
+    from app.health import check_redis
+
+    # Given a Redis of the test's own that answers PING but refuses every write (maxmemory reached, or a full disk)
+    server = own_redis()
+    settings = Settings(celery_result_backend=server.url, redis_url="")
+    assert check_redis(settings).status == "up"
+    server.refuse_writes(why)
+    # When health probes it, Then the result backend is down, saying why (a dispatch could store no task meta)
+    found = check_redis(settings)
+    assert found.status == "down", found
+    assert ("OutOfMemoryError" if why == "memory" else "PersistenceError") in (found.detail or ""), found.detail
+    # And once it takes writes again, it is up
+    server.accept_writes()
+    assert check_redis(settings).status == "up"
+
+
+def test_a_broker_under_a_resource_alarm_is_down_in_health(receiver):
+    import json
+
+    from app.config import get_settings
+    from app.health import check_broker
+
+    # Given the broker's management API reporting a memory alarm on one node (a stand-in for RabbitMQ's management
+    # API: raising a real alarm on the shared node would block every other publisher on this machine)
+    nodes = [{"name": "rabbit@a", "mem_alarm": True, "disk_free_alarm": False}, {"name": "rabbit@b"}]
+    management = receiver(script=[(200, {"Content-Type": "application/json"}, json.dumps(nodes).encode())])
+    settings = get_settings().model_copy(update={"rabbitmq_management_url": management.url})
+    # When health probes the broker (whose AMQP port answers), Then it is down, naming the alarm
+    found = check_broker(settings)
+    assert (found.status, found.detail) == (
+        "down",
+        "memory alarm on rabbit@a: RabbitMQ blocks every publish until it clears",
+    )
+    assert management.received[-1].path == "/api/nodes"
