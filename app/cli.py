@@ -459,11 +459,17 @@ def _outage_screen(exc: Exception) -> Any:
 def _queues_table(queues: Iterable[Any], paused: set[str]) -> Any:
     from rich.table import Table
 
+    from app.operations.service import PAUSABLE
+
     table = Table(title="Queues", title_justify="left")
     for column in ("queue", "ready", "unacked", "consumers", "state"):
         table.add_column(column, justify="right" if column in ("ready", "unacked", "consumers") else "left")
     for q in queues:
-        state = "[yellow]paused[/]" if q.name in paused else ""
+        state = ""
+        if q.name in paused:
+            state = "[yellow]paused[/]"
+        elif q.name in PAUSABLE:
+            state = "consuming" if q.consumers else "[red]no worker[/]"
         ready = f"[red]{q.ready}[/]" if q.name == "dead_letter" and q.ready else str(q.ready)
         table.add_row(q.name, ready, str(q.unacked), str(q.consumers), state)
     return table

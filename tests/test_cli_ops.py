@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+from app.constants import Tier
 from tests.support.api import auth, dispatch
 from tests.support.services import queue_depth
 from tests.support.session import ROOT, join
@@ -29,7 +30,10 @@ def without(items: list[dict[str, Any]], *fields: str) -> list[dict[str, Any]]:
     return [{k: v for k, v in item.items() if k not in fields} for item in items]
 
 
-# The two tests without a worker come first: the module's shared worker (below) would consume their tier.
+TIERS = tuple(tier.value for tier in Tier)
+
+
+# The three tests without a worker come first: the module's shared worker (below) would consume their tier.
 
 
 def test_revoke_from_the_cli_is_what_the_api_then_reports(api, admin_key, empty_queues):
@@ -60,6 +64,19 @@ def test_queues_purge_asks_first_and_does_nothing_when_refused(api, admin_key, e
     assert unknown.returncode == 1 and "is not one of" in unknown.stderr
 
 
+def test_status_marks_each_tier_no_worker_consumes(api, admin_key, empty_queues):
+    # Given no worker consuming any tier
+    assert all(queue_depth(tier)["consumers"] == 0 for tier in TIERS)
+    # When the operator looks at the status screen
+    done = cli("status")
+    # Then every tier's row says no worker consumes it (the screen is a view: it still exits 0)
+    assert done.returncode == 0, done.stderr
+    rows = {
+        line.split()[1]: line for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1] in TIERS
+    }
+    assert set(rows) == set(TIERS) and all("no worker" in row for row in rows.values()), done.stdout
+
+
 def test_task_status_performance_and_queues_in_json_match_the_api(api, worker, admin_key):
     # Given a finished probe
     task_id = dispatch(api, admin_key, tier="high", echo="cli")
@@ -88,6 +105,9 @@ def test_task_status_performance_and_queues_in_json_match_the_api(api, worker, a
     assert worker.hostname in {w["hostname"] for w in status["workers"]}
     assert [q["name"] for q in status["queues"]] == [q["name"] for q in overview["queues"]]
     assert [q["name"] for q in cli_json("queues", "list")] == [q["name"] for q in overview["queues"]]
+    # And the plain screen says each tier is consumed, with no tier marked as missing its worker
+    screen = cli("status").stdout
+    assert "no worker" not in screen and screen.count("consuming") == len(TIERS), screen
     # And scheduled lists beat's periodic entries as the API does
     assert (
         cli_json("scheduled")["periodic"]

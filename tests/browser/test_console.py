@@ -181,6 +181,7 @@ def test_pausing_and_resuming_a_tier_stops_and_starts_its_workers_consuming(
     admin = make_key("admin")
     sign_in(page, live_api, admin)
     join(lambda: _consumers(page, live_api, "low") >= 1, timeout=STACK_TIMEOUT_S, what="a consumer on low")
+    expect(page.locator("#queue-low")).to_contain_text("consuming")
     # When the admin pauses the low tier with a reason
     page.get_by_label("Reason to pause low").fill("maintenance window")
     page.locator("#queue-low").get_by_role("button", name="Pause").click()

@@ -293,3 +293,20 @@ def test_revoking_a_running_run_without_terminate_says_it_runs_on_and_leaves_it_
     assert "Revocation recorded." in page.text and "runs to its end" in page.text
     with session_scope() as session:
         assert session.get(TaskRun, task_id).state == "STARTED"
+
+
+def test_a_tier_no_worker_consumes_is_marked_so_on_the_queues_page_and_the_overview(api: Any) -> None:
+    import re
+
+    from app.constants import Tier
+
+    # Given no worker in this module, so no consumer on any tier, and an admin's session
+    assert sign_in(api, make_key("admin")).status_code == 303
+    for path in ("/console/queues", "/console/overview/live"):
+        # When the page with the queue table is read
+        page = api.get(path).text
+        # Then every tier's state says no worker consumes it; none claims it is being consumed
+        for tier in Tier:
+            row = re.search(rf'<tr[^>]*data-queue="{tier.value}".*?</tr>', page, re.S)
+            assert row is not None, (path, tier)
+            assert 'data-state="unconsumed"' in row.group(0) and "consuming" not in row.group(0), (path, row.group(0))
