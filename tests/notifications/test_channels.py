@@ -54,6 +54,25 @@ def test_a_cancelled_notification_is_never_delivered():
         assert session.get(Notification, row.id).attempts == 0
 
 
+@pytest.mark.parametrize("recipient", ["root,spy@evil.example", "Reader<spy@evil.example>", "reader@example.com\n"])
+def test_an_email_row_whose_recipient_is_not_one_address_fails_and_is_never_written(recipient):
+    # Given an email row whose recipient a mail header reads as other or more recipients (stored before the API
+    # checked addresses this strictly, or by a caller that skips the API)
+    with session_scope() as session:
+        row = notification_service.create(
+            session=session, channel="email", recipient=recipient, subject="s", body="x", template="message"
+        )
+    # When it is delivered
+    with pytest.raises(delivery.DeliveryFailed) as failed:
+        delivery.deliver(row.id, final_attempt=False)
+    # Then it fails for good, saying why, and no message was written
+    assert not failed.value.transient
+    with session_scope() as session:
+        stored = session.get(Notification, row.id)
+        assert stored.status == "failed" and "not one email address" in stored.last_error
+    assert not (get_settings().var_dir / "outbox" / "email" / f"notification-{row.id}.eml").exists()
+
+
 @pytest.fixture
 def provider():
     server = start_provider()
