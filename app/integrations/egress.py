@@ -30,15 +30,46 @@ def allow_list(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv
     return [ipaddress.ip_network(item, strict=False) for item in items]
 
 
+#: IPv6 prefixes whose low 32 bits are an IPv4 address that a NAT64 gateway or a translator delivers to (the
+#: well-known NAT64 prefix, IPv4-translated SIIT addresses, the deprecated IPv4-compatible form). Python counts them
+#: global whatever IPv4 address they carry, so `[64:ff9b::a00:1]` reached 10.0.0.1 through a network's NAT64.
+EMBEDS_IPV4 = tuple(ipaddress.ip_network(net) for net in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+#: IPv6 ranges refused whatever they carry: local-use NAT64 (its IPv4 address sits at a site-chosen offset) and
+#: deprecated site-local addresses (routed inside some networks, yet counted global by Python).
+INTERNAL_V6 = tuple(ipaddress.ip_network(net) for net in ("64:ff9b:1::/48", "fec0::/10"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to through a gateway or tunnel (mapped, NAT64, SIIT, compatible,
+    6to4), else None. Beyond mapped addresses, only ones Python counts global: `::1` and `::` stay themselves."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if not address.is_global:
+        return None
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_forbidden(address: IPAddress, settings: Settings) -> bool:
     """True when outbound HTTP must not reach `address`."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:  # judged by where it leads
+            return is_forbidden(inner, settings)
+        if any(address in network for network in INTERNAL_V6) and not _allowed(address, settings):
+            return True
     if address in METADATA:
         return True
-    if any(address in network for network in allow_list(settings)):
+    if _allowed(address, settings):
         return False
     return not address.is_global or address.is_multicast
+
+
+def _allowed(address: IPAddress, settings: Settings) -> bool:
+    return any(address in network for network in allow_list(settings))
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,30 @@ def test_urls_pointing_inside_are_refused(url: str):
         egress.resolve(url, get_settings())
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+        "http://[64:ff9b:1::a00:1]/hook",  # local-use NAT64
+        "http://[2002:a9fe:a9fe::]/hook",  # 6to4 of 169.254.169.254
+        "http://[::a00:1]/hook",  # IPv4-compatible 10.0.0.1
+        "http://[::ffff:0:a00:1]/hook",  # IPv4-translated (SIIT) 10.0.0.1
+        "http://[fec0::1]/hook",  # site-local
+    ],
+)
+def test_ipv6_addresses_that_lead_to_an_internal_ipv4_address_are_refused(url: str):
+    # Given an IPv6 literal that Python counts global but a gateway or tunnel delivers to an internal IPv4 address
+    # When it is checked, Then it is refused like that IPv4 address
+    with pytest.raises(EgressRefused):
+        egress.resolve(url, get_settings())
+
+
+def test_ipv6_addresses_that_lead_to_a_public_ipv4_address_are_allowed():
+    for url in ("http://[64:ff9b::808:808]/hook", "http://[2002:808:808::1]/hook"):
+        assert egress.resolve(url, get_settings()).pinned_url == url
+
+
 def test_the_allow_list_permits_exactly_what_it_names():
     assert egress.resolve("http://127.0.0.1:9/x", get_settings()).address == "127.0.0.1"
 
