@@ -30,11 +30,15 @@ def check_recipient(channel: Channel, recipient: str) -> None:
         raise ValueError(f"{recipient!r} is not an E.164 phone number (+<country><number>)")
 
 
-def check_subject(channel: Channel, subject: str | None) -> None:
-    """Raise ValueError when an email's `subject` holds a line break, raw or RFC 2047-encoded: as a header it would
-    end the header block or add headers of the sender's choosing."""
-    if channel is Channel.email and subject is not None and breaks_header(subject):
-        raise ValueError("subject must be one line: no line break, raw or encoded (=?...?=)")
+def check_subject(channel: Channel, subject: str | None, data: dict[str, Any] | None) -> None:
+    """Raise ValueError when an email's subject holds a line break, raw or RFC 2047-encoded: as a header it would
+    end the header block or add headers of the sender's choosing. `data["subject"]` counts too: the message
+    template renders it in the given subject's place."""
+    if channel is not Channel.email:
+        return
+    for value in (subject, (data or {}).get("subject")):
+        if isinstance(value, str) and breaks_header(value):
+            raise ValueError("subject must be one line: no line break, raw or encoded (=?...?=)")
 
 
 class NotificationBase(BaseModel):
@@ -58,7 +62,7 @@ class NotificationCreate(NotificationBase):
     @model_validator(mode="after")
     def _check(self) -> NotificationCreate:
         check_recipient(self.channel, self.recipient)
-        check_subject(self.channel, self.subject)
+        check_subject(self.channel, self.subject, self.data)
         if self.send_at is not None and self.send_at.tzinfo is None:
             raise ValueError("send_at must carry a timezone (e.g. 2026-11-24T08:00:00Z)")
         return self
@@ -72,7 +76,7 @@ class BulkCreate(NotificationBase):
 
     @model_validator(mode="after")
     def _check(self) -> BulkCreate:
-        check_subject(self.channel, self.subject)
+        check_subject(self.channel, self.subject, self.data)
         for recipient in self.recipients:
             check_recipient(self.channel, recipient)
         if len(set(self.recipients)) != len(self.recipients):
