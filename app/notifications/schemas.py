@@ -9,10 +9,15 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.constants import Tier
+from app.notifications.channels.base import breaks_header
 from app.notifications.models import Channel, Status
 
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-PHONE_PATTERN = re.compile(r"^\+[1-9][0-9]{6,14}$")
+#: A run of address characters: no whitespace or control character, and none of the characters that make an
+#: address header hold several recipients, a group or a display name (`root,a@x.org`, `g:a@x.org;`, `x<a@x.org>`).
+_ADDRESS_PART = r'[^@\s\x00-\x1f\x7f,;:<>()\[\]"\\]+'
+#: One plain address. `\Z`, not `$`: `$` also matches before a final newline, which ended the email's header block.
+EMAIL_PATTERN = re.compile(rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}\Z")
+PHONE_PATTERN = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
 
 Recipient = Annotated[str, Field(min_length=1, max_length=500)]
 
@@ -23,6 +28,17 @@ def check_recipient(channel: Channel, recipient: str) -> None:
         raise ValueError(f"{recipient!r} is not an email address")
     if channel is Channel.sms and not PHONE_PATTERN.match(recipient):
         raise ValueError(f"{recipient!r} is not an E.164 phone number (+<country><number>)")
+
+
+def check_subject(channel: Channel, subject: str | None, data: dict[str, Any] | None) -> None:
+    """Raise ValueError when an email's subject holds a line break, raw or RFC 2047-encoded: as a header it would
+    end the header block or add headers of the sender's choosing. `data["subject"]` counts too: the message
+    template renders it in the given subject's place."""
+    if channel is not Channel.email:
+        return
+    for value in (subject, (data or {}).get("subject")):
+        if isinstance(value, str) and breaks_header(value):
+            raise ValueError("subject must be one line: no line break, raw or encoded (=?...?=)")
 
 
 class NotificationBase(BaseModel):
@@ -46,6 +62,7 @@ class NotificationCreate(NotificationBase):
     @model_validator(mode="after")
     def _check(self) -> NotificationCreate:
         check_recipient(self.channel, self.recipient)
+        check_subject(self.channel, self.subject, self.data)
         if self.send_at is not None and self.send_at.tzinfo is None:
             raise ValueError("send_at must carry a timezone (e.g. 2026-11-24T08:00:00Z)")
         return self
@@ -59,6 +76,7 @@ class BulkCreate(NotificationBase):
 
     @model_validator(mode="after")
     def _check(self) -> BulkCreate:
+        check_subject(self.channel, self.subject, self.data)
         for recipient in self.recipients:
             check_recipient(self.channel, recipient)
         if len(set(self.recipients)) != len(self.recipients):

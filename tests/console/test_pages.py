@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.audit import service as audit_service
 from app.db import session_scope
 from app.deadletters import service as store
 from tests.support.api import make_key
@@ -50,6 +51,25 @@ def test_every_page_opens_and_only_an_admin_sees_actions(api: Any, letter_id: in
             assert not has_action, path
     series = api.get("/console/overview/series.json").json()
     assert len(series["t"]) == 60 and set(series) == {"t", "accepted", "finished", "failed", "in_flight"}
+
+
+def test_the_chain_walk_is_shared_by_verification_pages_asked_for_soon_after_it(api: Any) -> None:
+    # Given a viewer (any viewer may load the audit page, and each load asks for the chain's verification, a walk of
+    # every entry: about 3 s of CPU per 100,000 of them)
+    assert sign_in(api, make_key("viewer")).status_code == 303
+    shown = api.get("/console/audit/verification").text
+    assert "Chain verified" in shown and "walked at" in shown
+    for _ in range(2):
+        # When an entry is appended and the page is loaded again at once
+        with session_scope() as session:
+            audit_service.record(session=session, actor="test", action="test.append", target=None)
+        again = api.get("/console/audit/verification").text
+        # Then it shows the walk made a moment ago, instead of walking the whole chain again
+        if again == shown:
+            break
+        shown = again  # (the first page showed an earlier test's walk, which has just aged out: this one is new)
+    else:
+        pytest.fail("every load of the verification walked the whole chain again")
 
 
 def test_replay_refuses_kwargs_that_are_not_a_json_object_and_sends_nothing(api: Any, letter_id: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -13,8 +14,9 @@ from app.notifications import delivery
 from app.notifications import service as notification_service
 from app.notifications.channels import OutgoingMessage, PermanentDeliveryError, TransientDeliveryError, sender_for
 from app.notifications.channels.http import HttpSender
+from app.notifications.channels.smtp import SmtpSender
 from app.notifications.models import Notification
-from tests.support.delivery import start_provider
+from tests.support.delivery import start_provider, start_smtp
 from tests.support.session import ROOT
 
 
@@ -52,6 +54,58 @@ def test_a_cancelled_notification_is_never_delivered():
     assert delivery.deliver(row.id, final_attempt=True).result == "already"
     with session_scope() as session:
         assert session.get(Notification, row.id).attempts == 0
+
+
+@pytest.mark.parametrize("recipient", ["root,spy@evil.example", "Reader<spy@evil.example>", "reader@example.com\n"])
+def test_an_email_row_whose_recipient_is_not_one_address_fails_and_is_never_written(recipient):
+    # Given an email row whose recipient a mail header reads as other or more recipients (stored before the API
+    # checked addresses this strictly, or by a caller that skips the API)
+    with session_scope() as session:
+        row = notification_service.create(
+            session=session, channel="email", recipient=recipient, subject="s", body="x", template="message"
+        )
+    # When it is delivered
+    with pytest.raises(delivery.DeliveryFailed) as failed:
+        delivery.deliver(row.id, final_attempt=False)
+    # Then it fails for good, saying why, and no message was written
+    assert not failed.value.transient
+    with session_scope() as session:
+        stored = session.get(Notification, row.id)
+        assert stored.status == "failed" and "not one email address" in stored.last_error
+    assert not (get_settings().var_dir / "outbox" / "email" / f"notification-{row.id}.eml").exists()
+
+
+@pytest.mark.parametrize("where", ["subject", "data"])
+def test_an_email_row_whose_subject_would_add_headers_fails_and_is_never_sent(where):
+    # Given an email row whose subject (or `data["subject"]`, rendered in its place) decodes to a line break and a
+    # Bcc header (stored before the API checked subjects, or by a caller that skips the API)
+    injected = "=?utf-8?q?Hello=0D=0ABcc:_spy@evil.example?="
+    recipient = f"reader-{uuid.uuid4().hex[:6]}@example.com"
+    subject, data = (injected, None) if where == "subject" else ("Hello", {"subject": injected})
+    with session_scope() as session:
+        row = notification_service.create(
+            session=session,
+            channel="email",
+            recipient=recipient,
+            subject=subject,
+            body="x",
+            template="message",
+            data=data,
+        )
+    # When it is delivered over SMTP
+    inbox, controller = start_smtp()
+    settings = get_settings().model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": inbox.port})
+    try:
+        with pytest.raises(delivery.DeliveryFailed) as failed:
+            delivery.deliver(row.id, final_attempt=False, sender=SmtpSender(settings))
+    finally:
+        controller.stop()
+    # Then it fails for good, saying why, and the SMTP server received nothing
+    assert not failed.value.transient
+    with session_scope() as session:
+        stored = session.get(Notification, row.id)
+        assert stored.status == "failed" and "line break" in stored.last_error
+    assert inbox.messages == []
 
 
 @pytest.fixture

@@ -235,6 +235,44 @@ def test_bad_notification_input_gets_a_clear_4xx(api, client_key, admin_key):
     assert api.get(f"/api/v1/notifications/{sent['notification_id']}", headers=auth(admin_key)).status_code == 200
 
 
+def test_an_address_that_would_add_or_hide_recipients_or_end_the_headers_is_a_422(api, client_key):
+    # Given addresses a mail header reads as several recipients, a group, a display name or a header's end
+    bad = (
+        "root,spy@evil.example",
+        "undisclosed:spy@evil.example;",
+        "Reader<spy@evil.example>",
+        "reader@example.com\n",
+    )
+    for recipient in bad:
+        # When a client sends to one, alone or in a bulk send
+        one = {"channel": "email", "recipient": recipient, "subject": "s", "body": "x"}
+        bulk = {"channel": "email", "recipients": [recipient], "subject": "s", "body": "x"}
+        # Then the API refuses it before anything is stored or sent
+        for path, body in (("/api/v1/notifications", one), ("/api/v1/notifications/bulk", bulk)):
+            response = api.post(path, json=body, headers=auth(client_key))
+            assert response.status_code == 422, (recipient, response.text)
+    # And a phone number is one line too
+    sms = {"channel": "sms", "recipient": _phone() + "\n", "body": "x"}
+    response = api.post("/api/v1/notifications", json=sms, headers=auth(client_key))
+    assert response.status_code == 422, response.text
+
+
+def test_an_email_subject_that_would_add_headers_is_a_422_raw_encoded_or_through_data(api, client_key):
+    # Given a subject whose RFC 2047 encoded-word decodes to a line break and a Bcc header, and raw line breaks
+    recipient = f"reader-{uuid.uuid4().hex[:6]}@example.com"
+    for subject in ("=?utf-8?q?Hello=0D=0ABcc:_spy@evil.example?=", "Hello\r\nBcc: spy@evil.example", "Hello\n"):
+        # When a client sends one as an email's subject, or in `data` (the template renders it in the subject's place)
+        for body in (
+            {"channel": "email", "recipient": recipient, "subject": subject, "body": "x"},
+            {"channel": "email", "recipient": recipient, "subject": "Hello", "body": "x", "data": {"subject": subject}},
+            {"channel": "email", "recipients": [recipient], "subject": subject, "body": "x"},
+        ):
+            path = "/api/v1/notifications/bulk" if "recipients" in body else "/api/v1/notifications"
+            response = api.post(path, json=body, headers=auth(client_key))
+            # Then the API refuses it with a 422
+            assert response.status_code == 422, (body, response.text)
+
+
 def test_retry_failed_notifications_sends_again_only_transient_failures_with_attempts_left(api, client_key, delivered):
     # Given three failed SMS: one transient with attempts left, one transient out of attempts, one permanent
     phones = [_phone() for _ in range(3)]

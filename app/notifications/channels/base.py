@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from typing import Any, Protocol
 
@@ -63,12 +64,33 @@ class Sender(Protocol):
         ...
 
 
+#: Parses a header value the way EmailMessage does when a header is set (encoded-words decoded).
+_HEADERS = HeaderRegistry()
+
+
+def breaks_header(value: str) -> bool:
+    """True when `value` would put a line break into an email header: a raw CR or LF, or one decoded from an RFC
+    2047 encoded-word (`=?utf-8?q?hi=0D=0ABcc:...?=`), which the email package decodes when the header is set and,
+    before Python 3.11.10 / 3.12.5 (CVE-2024-6923), writes out as a real line break: a header of the sender's."""
+    return any(char in value for char in "\r\n") or any(char in str(_HEADERS("subject", value)) for char in "\r\n")
+
+
 def build_email(message: OutgoingMessage, settings: Settings) -> EmailMessage:
     """The MIME email for `message`: text part, optional HTML alternative, and a Message-ID derived from the
-    notification, so a receiver can recognise a resend of the same message."""
+    notification, so a receiver can recognise a resend of the same message.
+
+    Raises PermanentDeliveryError when the recipient is not exactly one address (`root,a@x.org`, a group, a display
+    name would each add or change the envelope's recipients) or the subject would break the header block."""
+    if breaks_header(message.subject):
+        raise PermanentDeliveryError("The subject holds a line break (raw or encoded); it cannot be an email header.")
     email = EmailMessage()
     email["From"] = settings.email_from
-    email["To"] = message.recipient
+    try:
+        email["To"] = message.recipient
+    except ValueError as exc:  # a line break inside the address
+        raise PermanentDeliveryError(f"{message.recipient!r} is not one email address.") from exc
+    if [address.addr_spec for address in email["To"].addresses] != [message.recipient]:
+        raise PermanentDeliveryError(f"{message.recipient!r} is not one email address.")
     email["Subject"] = message.subject
     email["Message-ID"] = f"<{message.reference}@courier>"
     email.set_content(message.text, cte=_transfer_encoding(message.text))
