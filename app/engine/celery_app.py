@@ -14,7 +14,7 @@ from app import redis_store
 from app.config import Settings, get_settings
 from app.constants import TASK_EXCHANGE, Tier
 from app.engine import bootsteps, install, policy, telemetry, topology
-from app.engine.guarantees import compression
+from app.engine.guarantees import builtins, compression
 from app.memory import freeze_start_up_objects
 
 #: Celery's logger of each task's outcome in the pool child ("succeeded in", "retry:").
@@ -194,6 +194,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app = Celery("courier", include=TASK_MODULES, set_as_current=True, amqp=engine.amqp)
     app.conf.update(celery_config(settings, engine))
     install.install(app, engine)
+    builtins.install(app)  # (Celery's canvas and cleanup tasks are unknown tasks here: guarantees/builtins.py)
     bootsteps.install(app)
     # Task metrics (multiprocess files) and JSON logs of the workers.
     telemetry.install(app)

@@ -197,6 +197,19 @@ OVERRIDES: tuple[Override, ...] = (
         ),
     ),
     Override(
+        "app.engine.guarantees.builtins:unregister_builtins",
+        "guarantees",
+        "Celery's built-in tasks (`celery.map`, `celery.accumulate`, `celery.backend_cleanup`, the canvas helpers) "
+        "are unregistered: a message naming one is dead-lettered `unknown_task`",
+        "anyone with broker credentials runs them; `celery.map` calls any registered task inside the worker, outside "
+        "that task's own start check, revocation and time limits",
+        (
+            _s("celery", "celery.app.base:Celery.finalize", "source", source="self.on_after_finalize.send(sender=self)"),
+            _s("celery", "celery.app.registry:TaskRegistry.unregister", "callable", "name"),
+            _s("celery", "celery.app.builtins:add_map_task", "source", source="name='celery.map'"),
+        ),
+    ),
+    Override(
         "app.engine.guarantees.results:CourierRedisBackend",
         "guarantees",
         "one script stores a result unless a SUCCESS is already there, and appends the run's history entry in the "

@@ -92,22 +92,30 @@ def test_a_time_limit_dead_letters_with_reason_timeout_and_never_acks_silently(
     assert worker.process.poll() is None
 
 
-def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(api, admin_key, start_worker, recorder):
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"),
+    [
+        ("billing.charge_everyone", [], {"amount": 1}),
+        # Celery's own tasks are no more Courier's: `celery.map` would call system.ping inside the worker, outside
+        # its message's start check and revocation (the attacker's outside test ran it to SUCCESS)
+        ("celery.map", [{"task": "system.ping", "args": [], "kwargs": {}, "options": {}}, [[]]], {}),
+        ("celery.accumulate", [1, 2], {}),
+        ("celery.backend_cleanup", [], {}),
+    ],
+)
+def test_an_unknown_task_name_is_dead_lettered_as_unknown_task(
+    api, admin_key, start_worker, recorder, name, args, kwargs
+):
     worker = start_worker("high", concurrency=1)
     from app.engine.celery_app import celery_app
 
     task_id = str(uuid.uuid4())
     celery_app.send_task(
-        "billing.charge_everyone",
-        kwargs={"amount": 1},
-        task_id=task_id,
-        queue="high",
-        exchange="courier.tasks",
-        routing_key="high",
+        name, args=args, kwargs=kwargs, task_id=task_id, queue="high", exchange="courier.tasks", routing_key="high"
     )
     letter = one_letter(api, admin_key, task_id)
     assert letter["reason"] == "unknown_task"
-    assert letter["task_name"] == "billing.charge_everyone"
+    assert letter["task_name"] == name
     assert worker.process.poll() is None
 
 
