@@ -204,7 +204,9 @@ OVERRIDES: tuple[Override, ...] = (
         "anyone with broker credentials runs them; `celery.map` calls any registered task inside the worker, outside "
         "that task's own start check, revocation and time limits",
         (
-            _s("celery", "celery.app.base:Celery.finalize", "source", source="self.on_after_finalize.send(sender=self)"),
+            _s(
+                "celery", "celery.app.base:Celery.finalize", "source", source="self.on_after_finalize.send(sender=self)"
+            ),
             _s("celery", "celery.app.registry:TaskRegistry.unregister", "callable", "name"),
             _s("celery", "celery.app.builtins:add_map_task", "source", source="name='celery.map'"),
         ),
