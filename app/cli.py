@@ -7,6 +7,7 @@ neither Celery nor kombu nor the domains (a command starts in a fraction of the 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,35 @@ cli.add_typer(queues_cli, name="queues")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the API's shape) for scripts.")]
 
+#: Characters a terminal acts on rather than shows: C0 and C1 controls (ESC starts a sequence that can clear the
+#: screen, set the window title or plant a hyperlink) and the bidirectional overrides that reorder what is shown.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    """`text` with every control character shown as its escape (`\\x1b`), so that values from outside (task names,
+    errors, worker names: anyone with broker credentials picks them) reach the terminal as text, never as commands."""
+    return _INVISIBLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _console() -> Any:
+    """A rich console that prints every string as it is: no markup (`[link=...]` in a task name stays text), no
+    emoji codes, control characters escaped. Courier's own colours are `_styled` Text."""
+    from rich.console import Console
+
+    class VisibleConsole(Console):
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(_visible(text), **kwargs)
+
+    return VisibleConsole(markup=False, emoji=False)
+
+
+def _styled(text: str, style: str) -> Any:
+    """`text` (control characters escaped) in a colour of Courier's."""
+    from rich.text import Text
+
+    return Text(_visible(text), style=style)
+
 
 def _operator() -> str:
     """Who runs the CLI, as recorded in the audit trail."""
@@ -41,7 +71,7 @@ def _err(message: str) -> None:
     """A line for the operator on stderr, with any credential masked (errors may quote URLs)."""
     from app.logging import redact
 
-    typer.echo(redact(message), err=True)
+    typer.echo(_visible(redact(message)), err=True)
 
 
 @cli.command("create-api-key")
@@ -249,7 +279,6 @@ def dead_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List dead letters, newest first, and the counts by task, reason and error class."""
-    from rich.console import Console
     from rich.table import Table
 
     from app.db import session_scope
@@ -283,7 +312,7 @@ def dead_list(
             r.task_id or "-",
             r.status,
         )
-    console = Console()
+    console = _console()
     console.print(table)
     for group in groups:
         console.print(f"  {group['count']:>6}  {group['task_name']}  {group['reason']}  {group['error_class'] or ''}")
@@ -326,7 +355,7 @@ def dead_replay(
         try:
             with session_scope() as session:
                 letter = dead_letters.replay(session=session, letter_id=letter_id, actor=_operator(), reason=why)
-            typer.echo(f"replayed {letter_id}: {letter.task_name}[{letter.task_id}] -> {letter.queue}")
+            typer.echo(_visible(f"replayed {letter_id}: {letter.task_name}[{letter.task_id}] -> {letter.queue}"))
         except CourierError as exc:
             _err(exc.message)
             failed += 1
@@ -418,6 +447,7 @@ def main() -> None:
 def _overview_screen(window_s: int) -> Any:
     """The status screen: queues, workers, paused tiers and recent counts, as rich renderables."""
     from rich.console import Group
+    from rich.text import Text
 
     from app.db import session_scope
     from app.engine.inspect import Broker
@@ -427,10 +457,10 @@ def _overview_screen(window_s: int) -> Any:
         found = service.overview(session=session, broker=Broker(get_settings()), window_s=window_s)
     paused = {p.queue for p in found.paused}
     counts = ", ".join(f"{k} {v}" for k, v in sorted(found.counts.items())) or "none"
-    summary = (
-        f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. "
-        f"Dead letters pending: {'[red]' if found.dead_letters_pending else ''}{found.dead_letters_pending}"
-        f"{'[/]' if found.dead_letters_pending else ''}."
+    summary = Text.assemble(
+        _visible(f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. Dead letters pending: "),
+        (str(found.dead_letters_pending), "red" if found.dead_letters_pending else ""),
+        ".",
     )
     return found, Group(_queues_table(found.queues, paused), _workers_table(found.workers), summary)
 
@@ -443,7 +473,7 @@ def _outage_screen(exc: Exception) -> Any:
     from app.engine.inspect import Broker
     from app.operations import service
 
-    parts: list[Any] = [f"[red]{_describe(exc)}[/]"]
+    parts: list[Any] = [_styled(_describe(exc), "red")]
     shown: tuple[tuple[str, Callable[[], Any]], ...] = (
         ("queues", lambda: _queues_table(Broker(get_settings()).queues(), set())),
         ("workers", lambda: _workers_table(service.workers())),
@@ -452,7 +482,7 @@ def _outage_screen(exc: Exception) -> Any:
         try:
             parts.append(part())
         except Exception as part_exc:
-            parts.append(f"[red]No {what}: {_describe(part_exc)}[/]")
+            parts.append(_styled(f"No {what}: {_describe(part_exc)}", "red"))
     return Group(*parts)
 
 
@@ -465,12 +495,12 @@ def _queues_table(queues: Iterable[Any], paused: set[str]) -> Any:
     for column in ("queue", "ready", "unacked", "consumers", "state"):
         table.add_column(column, justify="right" if column in ("ready", "unacked", "consumers") else "left")
     for q in queues:
-        state = ""
+        state: Any = ""
         if q.name in paused:
-            state = "[yellow]paused[/]"
+            state = _styled("paused", "yellow")
         elif q.name in PAUSABLE:
-            state = "consuming" if q.consumers else "[red]no worker[/]"
-        ready = f"[red]{q.ready}[/]" if q.name == "dead_letter" and q.ready else str(q.ready)
+            state = "consuming" if q.consumers else _styled("no worker", "red")
+        ready = _styled(str(q.ready), "red" if q.name == "dead_letter" and q.ready else "")
         table.add_row(q.name, ready, str(q.unacked), str(q.consumers), state)
     return table
 
@@ -501,7 +531,6 @@ def status(
 ) -> None:
     """Queues, workers, paused tiers, rates and dead letters on one screen (--watch refreshes it). While a service
     is down it says which, shows what still answers, and exits 1."""
-    from rich.console import Console
     from rich.live import Live
 
     def screen() -> Any:
@@ -519,9 +548,9 @@ def status(
         return
     if not watch:
         try:
-            Console().print(_overview_screen(window_s)[1])
+            _console().print(_overview_screen(window_s)[1])
         except Exception as exc:
-            Console().print(_outage_screen(exc))
+            _console().print(_outage_screen(exc))
             raise typer.Exit(1) from None
         return
     with Live(screen(), refresh_per_second=4, screen=False) as live:
@@ -548,7 +577,6 @@ def _table(title: str | None, columns: tuple[str, ...], rows: Iterable[tuple[str
 @cli.command()
 def active(as_json: JsonOption = False) -> None:
     """Tasks executing now, per worker."""
-    from rich.console import Console
 
     from app.engine import inspect
 
@@ -557,13 +585,12 @@ def active(as_json: JsonOption = False) -> None:
         _print_json(found)
         return
     rows = [(t.task_id, t.name or "-", t.worker, t.started_at.isoformat() if t.started_at else "-") for t in found]
-    Console().print(_table(f"Active tasks ({len(found)})", ("task id", "name", "worker", "started"), rows))
+    _console().print(_table(f"Active tasks ({len(found)})", ("task id", "name", "worker", "started"), rows))
 
 
 @cli.command()
 def scheduled(as_json: JsonOption = False) -> None:
     """Countdown/ETA tasks held by workers, and beat's periodic schedule."""
-    from rich.console import Console
 
     from app.engine import inspect
 
@@ -581,13 +608,12 @@ def scheduled(as_json: JsonOption = False) -> None:
         ("entry", "task", "schedule", "queue"),
         [(p["name"], p["task"], p["schedule"], str(p.get("queue"))) for p in found.periodic],
     )
-    Console().print(held, periodic)
+    _console().print(held, periodic)
 
 
 @cli.command()
 def task(task_id: str, as_json: JsonOption = False) -> None:
     """Everything known about one task: state, progress, result or error, attempts, timings."""
-    from rich.console import Console
     from rich.table import Table
 
     from app.db import session_scope
@@ -606,7 +632,7 @@ def task(task_id: str, as_json: JsonOption = False) -> None:
         table.add_row(
             field, "-" if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @cli.command()
@@ -638,7 +664,6 @@ def performance(
     as_json: JsonOption = False,
 ) -> None:
     """Throughput and P50/P95/max run times over a window, per task name and in total."""
-    from rich.console import Console
     from rich.table import Table
 
     from app.db import session_scope
@@ -672,13 +697,12 @@ def performance(
     table.add_row(
         "all", str(found.finished), "", "", f"{found.per_minute:.1f}", secs(found.p50_s), secs(found.p95_s), ""
     )
-    Console().print(table)
+    _console().print(table)
 
 
 @queues_cli.command("list")
 def queues_list(as_json: JsonOption = False) -> None:
     """Ready, unacked and consumers of every Courier queue."""
-    from rich.console import Console
 
     from app.engine import inspect
 
@@ -690,7 +714,7 @@ def queues_list(as_json: JsonOption = False) -> None:
         _print_json(found)
         return
     rows = [(q.name, str(q.ready), str(q.unacked), str(q.consumers)) for q in found]
-    Console().print(_table(None, ("queue", "ready", "unacked", "consumers"), rows))
+    _console().print(_table(None, ("queue", "ready", "unacked", "consumers"), rows))
 
 
 @queues_cli.command("pause")

@@ -174,3 +174,25 @@ def test_provision_never_changes_the_password_of_an_existing_broker_user_unless_
         assert logs_in("second-password") and not logs_in("first-password")
     finally:
         mgmt("DELETE", f"/users/{user}")
+
+
+def test_values_from_outside_reach_the_terminal_as_text_never_as_escape_sequences_or_markup():
+    from app.db import session_scope
+    from app.deadletters import service as store
+    from tests.support.console import arrival
+
+    # Given a dead letter whose task name and error carry terminal escapes (window title, clear screen), rich markup
+    # (a hyperlink) and a right-to-left override: anyone with broker credentials picks a message's task name
+    marker = uuid.uuid4().hex[:8]
+    name = f"evil.{marker}\x1b]0;pwned\x07\x1b[2J[link=http://evil.example]click[/link]"
+    with session_scope() as session:
+        assert store.record(session=session, arrival=arrival(error="boom \x1b[31mred\u202eexe.txt", task_name=name))
+    # When the operator lists the dead letters (a wide terminal, so that no cell is folded)
+    done = _cli("dead-letters", "list", "--status", "all", "--limit", "500", env={"COLUMNS": "400"})
+    assert done.returncode == 0, done.stderr
+    # Then the terminal gets no control character at all: each is shown as its escape
+    assert not any(ord(char) < 32 and char != "\n" or char == "\u202e" for char in done.stdout), repr(done.stdout)
+    assert rf"evil.{marker}\x1b]0;pwned\x07\x1b[2J" in done.stdout
+    # And the markup is shown as written, not made a hyperlink
+    assert "[link=http://evil.example]click[/link]" in done.stdout
+    assert r"boom \x1b[31mred\u202eexe.txt" in done.stdout
