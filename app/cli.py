@@ -7,7 +7,6 @@ neither Celery nor kombu nor the domains (a command starts in a fraction of the 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +16,7 @@ import typer
 from pydantic import BaseModel
 
 from app.config import get_settings
+from app.printable import visible
 
 cli = typer.Typer(help="Courier operator commands.", no_args_is_help=True, add_completion=False)
 topology_cli = typer.Typer(
@@ -30,16 +30,6 @@ cli.add_typer(queues_cli, name="queues")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the API's shape) for scripts.")]
 
-#: Characters a terminal acts on rather than shows: C0 and C1 controls (ESC starts a sequence that can clear the
-#: screen, set the window title or plant a hyperlink) and the bidirectional overrides that reorder what is shown.
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _visible(text: str) -> str:
-    """`text` with every control character shown as its escape (`\\x1b`), so that values from outside (task names,
-    errors, worker names: anyone with broker credentials picks them) reach the terminal as text, never as commands."""
-    return _INVISIBLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
-
 
 def _console() -> Any:
     """A rich console that prints every string as it is: no markup (`[link=...]` in a task name stays text), no
@@ -48,7 +38,7 @@ def _console() -> Any:
 
     class VisibleConsole(Console):
         def render_str(self, text: str, **kwargs: Any) -> Any:
-            return super().render_str(_visible(text), **kwargs)
+            return super().render_str(visible(text), **kwargs)
 
     return VisibleConsole(markup=False, emoji=False)
 
@@ -57,7 +47,7 @@ def _styled(text: str, style: str) -> Any:
     """`text` (control characters escaped) in a colour of Courier's."""
     from rich.text import Text
 
-    return Text(_visible(text), style=style)
+    return Text(visible(text), style=style)
 
 
 def _operator() -> str:
@@ -71,7 +61,7 @@ def _err(message: str) -> None:
     """A line for the operator on stderr, with any credential masked (errors may quote URLs)."""
     from app.logging import redact
 
-    typer.echo(_visible(redact(message)), err=True)
+    typer.echo(visible(redact(message)), err=True)
 
 
 @cli.command("create-api-key")
@@ -355,7 +345,7 @@ def dead_replay(
         try:
             with session_scope() as session:
                 letter = dead_letters.replay(session=session, letter_id=letter_id, actor=_operator(), reason=why)
-            typer.echo(_visible(f"replayed {letter_id}: {letter.task_name}[{letter.task_id}] -> {letter.queue}"))
+            typer.echo(visible(f"replayed {letter_id}: {letter.task_name}[{letter.task_id}] -> {letter.queue}"))
         except CourierError as exc:
             _err(exc.message)
             failed += 1
@@ -458,7 +448,7 @@ def _overview_screen(window_s: int) -> Any:
     paused = {p.queue for p in found.paused}
     counts = ", ".join(f"{k} {v}" for k, v in sorted(found.counts.items())) or "none"
     summary = Text.assemble(
-        _visible(f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. Dead letters pending: "),
+        visible(f"Last {window_s // 60} min: {counts}; {found.per_minute:.1f} finished/min. Dead letters pending: "),
         (str(found.dead_letters_pending), "red" if found.dead_letters_pending else ""),
         ".",
     )

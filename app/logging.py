@@ -26,6 +26,7 @@ from urllib.parse import quote
 from app.config import MASK, get_settings, redact_url
 from app.constants import REQUEST_ID_HEADER, TASK_META_KEY
 from app.context import request_id
+from app.printable import visible
 from app.redis_store import get_redis
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
@@ -145,7 +146,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactingFormatter(logging.Formatter):
-    """The text format, secrets masked."""
+    """The text format, secrets masked, each record's message on one line: a line break or an ESC in it (a task name
+    or an error from outside) is shown as its escape, so no value can forge a log line or drive the terminal that
+    tails the log. A traceback follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))

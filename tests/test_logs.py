@@ -11,7 +11,7 @@ from app.constants import Tier
 from app.context import request_id
 from app.engine import publish
 from app.engine.celery_app import celery_app
-from app.logging import JsonFormatter
+from app.logging import TEXT_FORMAT, JsonFormatter, RedactingFormatter
 from tests.support.api import auth
 from tests.support.session import join
 
@@ -133,3 +133,22 @@ def test_per_task_info_lines_are_off_by_default_and_retries_still_show(api, star
     join(lambda: celery_app.AsyncResult(ok_low).state == "SUCCESS", what="the quiet worker's task to succeed")
     assert f"{ok_high}] received" in chatty.log()
     assert f"{ok_low}] received" not in quiet.log() and f"{ok_low}] succeeded in" not in quiet.log()
+
+
+def test_a_text_log_line_shows_a_line_break_or_an_escape_from_outside_as_text_and_keeps_its_traceback_below():
+    import sys
+
+    # Given a task name from outside that would forge a second log line and clear the terminal tailing the log
+    name = "evil\n2026-12-03 08:00:00,000 ERROR app.audit [1] audit chain verified\x1b[2J"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "task %s failed", (name,), sys.exc_info())
+    # When it is written in the text format (LOG_FORMAT=text)
+    lines = RedactingFormatter(TEXT_FORMAT).format(record).splitlines()
+    # Then the message is one line with the break and the ESC shown as escapes, and the traceback follows it
+    assert lines[0].endswith(
+        r"task evil\n2026-12-03 08:00:00,000 ERROR app.audit [1] audit chain verified\x1b[2J failed"
+    )
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "RuntimeError: boom"
+    assert not any("\x1b" in line for line in lines)
