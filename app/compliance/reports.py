@@ -166,13 +166,27 @@ def _write(directory: Path, name: str, data: bytes) -> None:
     os.replace(temporary, directory / name)
 
 
+#: A cell a spreadsheet would read as a formula (`=HYPERLINK(...)`, `+cmd|...`, `@SUM(...)`, a leading tab or CR).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists and objects as JSON; text that a spreadsheet would run as a formula (a task name or an
+    actor from outside can start with `=`) behind a quote, which shows it as text (OWASP's CSV injection advice)."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     fields = list(dict.fromkeys(k for row in rows for k in row))
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue().encode()
 
 

@@ -159,3 +159,15 @@ def test_a_gdpr_export_holds_the_profile_sessions_and_notifications_but_no_secre
         "identity.password_reset.request",
     }
     assert "scrypt$secret" not in json.dumps(body) and "f" * 64 not in json.dumps(body)
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_written_as_text():
+    # Given report rows whose keys come from outside: task names (anyone with broker credentials picks one), actors
+    dangerous = ['=HYPERLINK("http://evil.example","open")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx"]
+    rows = [{"dimension": "by_task", "key": key, "count": 1} for key in dangerous]
+    rows.append({"dimension": "by_task", "key": "system.ping", "count": -1})
+    # When the CSV is written and read back
+    read = list(csv.DictReader(io.StringIO(reports._csv(rows).decode())))
+    # Then each dangerous cell starts with a quote, so a spreadsheet shows it as text; other cells are unchanged
+    assert [row["key"] for row in read] == [f"'{key}" for key in dangerous] + ["system.ping"]
+    assert read[-1]["count"] == "-1"
