@@ -293,3 +293,54 @@ def test_revoking_a_running_run_without_terminate_says_it_runs_on_and_leaves_it_
     assert "Revocation recorded." in page.text and "runs to its end" in page.text
     with session_scope() as session:
         assert session.get(TaskRun, task_id).state == "STARTED"
+
+
+def test_a_console_page_that_meets_redis_down_is_a_page_saying_so_not_the_apis_json(api_process: Any) -> None:
+    import httpx
+
+    from tests.support.processes import free_port
+
+    # Given an API process whose Redis does not answer, and an admin signed in to its console
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    process = api_process({"CELERY_RESULT_BACKEND": dead, "REDIS_URL": dead})
+    with httpx.Client(base_url=process.base, timeout=30) as browser:
+        assert sign_in(browser, make_key("admin")).status_code == 303
+        # When the admin opens the console's pages, and one of its live fragments
+        for path in ("/console/", "/console/dead-letters", "/console/runs", "/console/overview/live"):
+            page = browser.get(path)
+            # Then each is an HTML page with the console's look that says Redis is unavailable, to retry later
+            assert page.status_code == 503, path
+            assert page.headers["content-type"].startswith("text/html"), (path, page.text[:200])
+            assert "<h1>Unavailable</h1>" in page.text and "Redis is unavailable" in page.text, path
+            assert page.headers["retry-after"] == "5"
+        # and the REST API keeps its JSON envelope
+        api_answer = browser.get("/api/v1/tasks/task/x", headers={"Authorization": f"Bearer {make_key('admin')[1]}"})
+        assert api_answer.status_code == 503 and api_answer.json()["error"]["code"] == "unavailable"
+
+
+def test_an_unknown_console_path_is_a_not_found_page_and_an_unknown_api_path_stays_json(api: Any) -> None:
+    # Given an admin's session
+    assert sign_in(api, make_key("admin")).status_code == 303
+    # When the admin follows a mistyped console link, and a client a mistyped API path
+    page = api.get("/console/dead-leters")
+    rest = api.get("/api/v1/tasks/nope")
+    # Then the console answers a page of its own, the API its envelope
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>Not found</h1>" in page.text and 'href="/console/"' in page.text
+    assert rest.status_code == 404 and rest.json()["error"]["code"] == "not_found"
+
+
+def test_the_queues_page_says_the_broker_is_down_where_the_active_tasks_would_be(api_process: Any) -> None:
+    import httpx
+
+    from tests.support.processes import free_port
+
+    # Given an API process whose broker does not answer, and an admin signed in to its console
+    process = api_process({"RABBITMQ_PORT": str(free_port()), "CELERY_BROKER_URL": ""})
+    with httpx.Client(base_url=process.base, timeout=30) as browser:
+        assert sign_in(browser, make_key("admin")).status_code == 303
+        # When the queues page loads its active tasks
+        fragment = browser.get("/console/queues/active")
+    # Then the fragment answers (htmx swaps only a 2xx) and says why there is no list
+    assert fragment.status_code == 200
+    assert "The message broker is unreachable" in fragment.text and 'role="alert"' in fragment.text
