@@ -101,8 +101,7 @@ def purge_queue(
                 request,
                 "purge_confirm.html",
                 {"active": "queues", "queue": name, "reason": reason, **details},
-                status_code=409,
-            )
+            )  # a page that asks a question, not a failure: a 409 would be an error in the browser's console
     dropped = operations.confirm_purge(
         session=session, queue=name, actor=user.principal, token=confirm_token, reason=reason, broker=broker
     )
