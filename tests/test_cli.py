@@ -174,3 +174,18 @@ def test_provision_never_changes_the_password_of_an_existing_broker_user_unless_
         assert logs_in("second-password") and not logs_in("first-password")
     finally:
         mgmt("DELETE", f"/users/{user}")
+
+
+def test_a_database_url_whose_scheme_names_no_database_is_one_sentence_with_the_fix() -> None:
+    # Given a DATABASE_URL with its scheme misspelled
+    env = {**os.environ, "DATABASE_URL": "postgressql://courier@127.0.0.1:5432/courier"}
+    # When a command that reads the database runs
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "list-api-keys"], capture_output=True, text=True, env=env, timeout=60
+    )
+    # Then it exits 1 with one line that says what to write, and no traceback
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "DATABASE_URL names no database Courier can use (Can't load plugin: sqlalchemy.dialects:postgressql); "
+        "write postgresql://USER@HOST:5432/NAME, or leave it empty for SQLite in var/."
+    ]
