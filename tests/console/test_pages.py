@@ -344,3 +344,38 @@ def test_the_queues_page_says_the_broker_is_down_where_the_active_tasks_would_be
     # Then the fragment answers (htmx swaps only a 2xx) and says why there is no list
     assert fragment.status_code == 200
     assert "The message broker is unreachable" in fragment.text and 'role="alert"' in fragment.text
+
+
+def test_every_form_of_every_page_has_a_name_a_screen_reader_announces(api: Any, letter_id: int) -> None:
+    import re
+    import uuid
+
+    from app.runs.models import TaskRun
+
+    # Given the sign-in page, then an admin's pages: a pending letter's, a running run's, a bulk and a purge confirm
+    pages = {"/console/login": api.get("/console/login").text}
+    task_id = f"running-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        session.add(TaskRun(task_id=task_id, name="system.ping", state="STARTED"))
+    assert sign_in(api, make_key("admin")).status_code == 303
+    for path in (
+        "/console/",
+        "/console/dead-letters",
+        f"/console/dead-letters/{letter_id}",
+        "/console/dead-letters/bulk/replay?task_name=system.ping",
+        "/console/runs",
+        f"/console/runs/{task_id}",
+        "/console/queues",
+        "/console/audit",
+    ):
+        pages[path] = api.get(path).text
+    confirm = api.post("/console/queues/low/purge", data={"csrf_token": csrf_of(api), "reason": "r"})
+    pages["purge confirm"] = confirm.text
+    for path, page in pages.items():
+        forms = re.findall(r"<form\b[^>]*>", page)
+        assert forms, path
+        for form in forms:
+            # Then each form is named, by a label of its own or by a heading on the page
+            named = re.search(r'aria-label="[^"]+"', form)
+            labelled_by = re.search(r'aria-labelledby="([^"]+)"', form)
+            assert named or (labelled_by and f'id="{labelled_by.group(1)}"' in page), (path, form)
