@@ -180,14 +180,14 @@ ensure_venv() {
     ensure_web_assets
 }
 
-# The front-end packages the API serves itself (/docs, /redoc): package-lock.json installed into node_modules/
+# The front-end packages the API serves itself (/docs, /redoc, the console's htmx and uPlot): package-lock.json installed into node_modules/
 # by `npm ci`, again whenever the lock file changes. Nothing runs their install scripts.
 ensure_web_assets() {
     local stamp="$ROOT_DIR/node_modules/.courier-installed" npm_log="$LOG_DIR/npm-ci.log"
     [[ -f "$stamp" && ! "$ROOT_DIR/package-lock.json" -nt "$stamp" ]] && return 0
     command -v npm >/dev/null 2>&1 ||
-        die "npm is required to install the front-end packages of package.json (the API docs' Swagger UI and ReDoc):" \
-            "install Node.js 18+ with npm (e.g. apt-get install nodejs npm), then rerun."
+        die "npm is required to install the front-end packages of package.json (Swagger UI and ReDoc for the API docs," \
+            "htmx and uPlot for the console): install Node.js 18+ with npm (e.g. apt-get install nodejs npm), then rerun."
     log "Installing the front-end packages (npm ci); log: $npm_log"
     if ! (cd "$ROOT_DIR" && npm ci --no-audit --no-fund --ignore-scripts) >"$npm_log" 2>&1; then
         tail -n 30 "$npm_log" >&2

@@ -435,3 +435,22 @@ def test_a_misspelled_setting_in_env_is_named_with_the_setting_it_resembles(tmp_
         "warning: .env sets FOO_BAR_ZZZ, which no part of Courier reads, so it has no effect: see .env.example for "
         "the settings there are.",
     ]
+
+
+def test_without_npm_start_stops_and_names_what_the_packages_are_for_and_how_to_install_it(tmp_path: Path) -> None:
+    # Given a checkout whose front-end packages are not installed yet, on a machine without npm
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / "start_tasks.sh")
+    shutil.copy(ROOT / "package-lock.json", tmp_path / "package-lock.json")
+    # When start gets to installing them (the script's own function, as `start` calls it)
+    result = subprocess.run(
+        ["bash", "-c", 'source "$1"; LOG_DIR="$2"; PATH=/nonexistent; ensure_web_assets', "t"]
+        + [str(tmp_path / "scripts" / "start_tasks.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it stops with one sentence: what npm is needed for (the console too) and how to get it
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: npm is required to install the front-end packages of package.json")
+    assert "htmx and uPlot for the console" in result.stderr and "apt-get install nodejs npm" in result.stderr
