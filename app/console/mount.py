@@ -63,8 +63,6 @@ def mount(app: FastAPI) -> None:
     """
     app.include_router(router)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="console-static")
-    app.add_exception_handler(SignInRequired, _sign_in_required)
-    app.add_exception_handler(ConsoleForbidden, _forbidden)
     # Every answer the API gives as its JSON envelope (a domain error, an invalid form, an unknown path, a service
     # down in the middle of a page: Redis, the database, the broker; an unexpected error) is a page on the console.
     for kind, api_handler in list(app.exception_handlers.items()):
@@ -85,6 +83,9 @@ def mount(app: FastAPI) -> None:
             return page
 
         app.add_exception_handler(kind, handler)
+    # (the console's own answers, after the loop: they are pages and redirects already)
+    app.add_exception_handler(SignInRequired, _sign_in_required)
+    app.add_exception_handler(ConsoleForbidden, _forbidden)
 
 
 #: The heading of a console page that shows one of the API's error answers, by its status.

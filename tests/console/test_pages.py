@@ -379,3 +379,17 @@ def test_every_form_of_every_page_has_a_name_a_screen_reader_announces(api: Any,
             named = re.search(r'aria-label="[^"]+"', form)
             labelled_by = re.search(r'aria-labelledby="([^"]+)"', form)
             assert named or (labelled_by and f'id="{labelled_by.group(1)}"' in page), (path, form)
+
+
+def test_an_anonymous_page_is_sent_to_the_sign_in_form_and_a_refused_change_is_a_403_page(api: Any) -> None:
+    # Given no session
+    api.cookies.clear()
+    # When a console page is asked for
+    page = api.get("/console/runs?state=FAILURE", follow_redirects=False)
+    # Then the answer sends the browser to the sign-in form, remembering the page
+    assert page.status_code == 303
+    assert page.headers["location"] == "/console/login?next=/console/runs%3Fstate%3DFAILURE"
+    # And a signed-in admin's change without its CSRF token is the console's 403 page, not a redirect
+    assert sign_in(api, make_key("admin")).status_code == 303
+    refused = api.post("/console/queues/low/pause", data={"reason": "no token"})
+    assert refused.status_code == 403 and "<h1>Not allowed</h1>" in refused.text
