@@ -381,6 +381,11 @@ def _describe(exc: Exception) -> str:
     from app.errors import CourierError
 
     if isinstance(exc, CourierError):
+        if "login failed" in str(exc.__cause__ or "").lower():  # reachable, but the broker user's password is wrong
+            return (
+                "RabbitMQ refused the login of RABBITMQ_USER with RABBITMQ_PASSWORD: correct RABBITMQ_PASSWORD, or run "
+                "`python -m app.cli provision --reset-password` to give the user that password."
+            )
         return exc.message
     if isinstance(exc, sqlalchemy.exc.NoSuchModuleError | sqlalchemy.exc.ArgumentError):  # DATABASE_URL's scheme
         return (
