@@ -172,7 +172,10 @@ def provision(
                 admin.put_user(user, password, "monitoring,policymaker")
             admin.put_permissions(settings.broker_vhost, user)
     except ManagementError as exc:
-        _err(f"Provisioning failed: {exc}")
+        _err(
+            f"Provisioning failed: {exc}. Check RABBITMQ_ADMIN_USER/RABBITMQ_ADMIN_PASSWORD (the account that creates "
+            "the vhost and user) and that the management API answers (RABBITMQ_MANAGEMENT_URL)."
+        )
         raise typer.Exit(1) from None
     _err(f"Provisioned vhost {settings.broker_vhost!r} and user {user!r}.")
 
@@ -397,7 +400,17 @@ def _describe(exc: Exception) -> str:
     from app.errors import CourierError
 
     if isinstance(exc, CourierError):
+        if "login failed" in str(exc.__cause__ or "").lower():  # reachable, but the broker user's password is wrong
+            return (
+                "RabbitMQ refused the login of RABBITMQ_USER with RABBITMQ_PASSWORD: correct RABBITMQ_PASSWORD, or run "
+                "`python -m app.cli provision --reset-password` to give the user that password."
+            )
         return exc.message
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError | sqlalchemy.exc.ArgumentError):  # DATABASE_URL's scheme
+        return (
+            f"DATABASE_URL names no database Courier can use ({exc}); write postgresql://USER@HOST:5432/NAME, or "
+            "leave it empty for SQLite in var/."
+        )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return f"Redis is unreachable ({type(exc).__name__}: {exc}); check REDIS_URL and CELERY_RESULT_BACKEND."
     if isinstance(exc, sqlalchemy.exc.DBAPIError):

@@ -20,7 +20,7 @@ readonly SERVICE_WAIT_S=60
 readonly API_WAIT_S=60
 readonly STOP_WAIT_S=20
 #: Endpoints as app.config computes them; filled by read_endpoints.
-BROKER_HOST="" BROKER_PORT="" REDIS_ENDPOINTS="" DB_KIND="" DB_HOST="" DB_PORT=""
+BROKER_HOST="" BROKER_PORT="" REDIS_ENDPOINTS="" DB_KIND="" DB_HOST="" DB_PORT="" DB_ERROR=""
 MANAGEMENT_URL="" MANAGEMENT_HOST="" BROKER_API_URL=""
 #: On a cluster (RABBITMQ_HOSTS, RABBITMQ_MANAGEMENT_URLS): every node's host:port, management URL and Flower's
 #: broker API URL (same order as the management URLs), space-separated. A single node is a list of one.
@@ -180,14 +180,14 @@ ensure_venv() {
     ensure_web_assets
 }
 
-# The front-end packages the API serves itself (/docs, /redoc): package-lock.json installed into node_modules/
+# The front-end packages the API serves itself (/docs, /redoc, the console's htmx and uPlot): package-lock.json installed into node_modules/
 # by `npm ci`, again whenever the lock file changes. Nothing runs their install scripts.
 ensure_web_assets() {
     local stamp="$ROOT_DIR/node_modules/.courier-installed" npm_log="$LOG_DIR/npm-ci.log"
     [[ -f "$stamp" && ! "$ROOT_DIR/package-lock.json" -nt "$stamp" ]] && return 0
     command -v npm >/dev/null 2>&1 ||
-        die "npm is required to install the front-end packages of package.json (the API docs' Swagger UI and ReDoc):" \
-            "install Node.js 18+ with npm (e.g. apt-get install nodejs npm), then rerun."
+        die "npm is required to install the front-end packages of package.json (Swagger UI and ReDoc for the API docs," \
+            "htmx and uPlot for the console): install Node.js 18+ with npm (e.g. apt-get install nodejs npm), then rerun."
     log "Installing the front-end packages (npm ci); log: $npm_log"
     if ! (cd "$ROOT_DIR" && npm ci --no-audit --no-fund --ignore-scripts) >"$npm_log" 2>&1; then
         tail -n 30 "$npm_log" >&2
@@ -216,7 +216,7 @@ read_endpoints() {
     while IFS='=' read -r name value; do
         case "$name" in
             BROKER_HOST | BROKER_PORT | REDIS_ENDPOINTS | DB_KIND | DB_HOST | DB_PORT | MANAGEMENT_URL | MANAGEMENT_HOST | \
-                BROKER_API_URL | BROKER_ENDPOINTS | MANAGEMENT_URLS | BROKER_API_URLS)
+                BROKER_API_URL | BROKER_ENDPOINTS | MANAGEMENT_URLS | BROKER_API_URLS | DB_ERROR)
                 printf -v "$name" '%s' "$value"
                 ;;
         esac
@@ -241,6 +241,15 @@ for url in dict.fromkeys([s.result_backend_dsn, s.redis_dsn]):
         redis.append(f"{part.hostname or '127.0.0.1'}:{part.port or 6379}")
 print(f"REDIS_ENDPOINTS={' '.join(dict.fromkeys(redis))}")
 db = urlsplit(s.sqlalchemy_url)
+try:  # a misspelled scheme (postgressql://) is one sentence here, not a traceback from the migration
+    from sqlalchemy.engine import make_url
+
+    make_url(s.sqlalchemy_url).get_dialect()
+except Exception as exc:
+    print(
+        f"DB_ERROR=DATABASE_URL starts with {db.scheme or '(nothing)'}://, which names no database Courier can use "
+        f"({type(exc).__name__}); write postgresql://USER@HOST:5432/NAME, or leave it empty for SQLite in var/."
+    )
 print(f"DB_KIND={db.scheme.split('+')[0]}")
 print(f"DB_HOST={db.hostname or ''}")
 print(f"DB_PORT={db.port or 5432}")
@@ -256,6 +265,7 @@ print(f"BROKER_API_URLS={' '.join(api_urls)}")
 PY
     )
     [[ -n "${BROKER_HOST:-}" ]] || die "Could not read Courier's settings (python -c 'from app.config import get_settings')."
+    [[ -z "${DB_ERROR:-}" ]] || die "$DB_ERROR"
 }
 
 # --- Native: prerequisites ---------------------------------------------------------------------------------
@@ -457,17 +467,52 @@ print(f"==> Created PostgreSQL database {url.database!r}", file=sys.stderr)
 PY
 }
 
+# Name each setting of .env that nothing in Courier reads (a misspelled name is otherwise silently ignored), with
+# the known name closest to it. Known: .env.example's names, Settings' fields, and what this script reads itself.
+warn_unknown_settings() {
+    local dir="${1:-$ROOT_DIR}" line
+    [[ -f "$dir/.env" ]] || return 0
+    while IFS= read -r line; do warn "$line"; done < <("$VENV/bin/python" - "$dir/.env" "$dir/.env.example" "${BASH_SOURCE[0]}" <<'PY'
+import difflib
+import re
+import sys
+
+from app.config import Settings
+
+env, example, script = (open(path, encoding="utf-8").read() for path in sys.argv[1:4])
+known = set(re.findall(r"^# ?([A-Z][A-Z0-9_]*)=", example, re.M)) | set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
+known |= {name.upper() for name in Settings.model_fields} | set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", script))
+for name in dict.fromkeys(re.findall(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=", env, re.M)):
+    if name not in known:
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example for the settings there are."
+        print(f".env sets {name}, which no part of Courier reads, so it has no effect: {hint}")
+PY
+    )
+}
+
+# Refuse to start the API on a port another process already listens on (uvicorn would exit with "[Errno 98]").
+ensure_api_port_free() {
+    running_pid api >/dev/null && return 0
+    local host="$API_HOST"
+    case "$host" in 0.0.0.0 | "" | "::" | "[::]") host=127.0.0.1 ;; esac
+    if (exec 3<>"/dev/tcp/$host/$API_PORT") 2>/dev/null; then
+        die "Port $API_PORT (API_PORT) on $host is already in use by another program; stop it, or set API_PORT in .env to a free port. Nothing was started."
+    fi
+}
+
 prestart() {
     cd "$ROOT_DIR"
     mkdir -p "$RUN_DIR" "$LOG_DIR"
     ensure_venv
+    warn_unknown_settings
     read_endpoints
     ensure_services
     check_redis_persistence
     ensure_management
     log "Provisioning the RabbitMQ vhost and user"
     "$VENV/bin/python" -m app.cli provision ||
-        die "Provisioning failed (above). Check RABBITMQ_ADMIN_USER/RABBITMQ_ADMIN_PASSWORD and the management API."
+        die "Provisioning failed (above); nothing was started."
     ensure_database
     log "Migrating the database (alembic upgrade head)"
     "$VENV/bin/alembic" upgrade head || die "The database migration failed (above); nothing was started."
@@ -742,6 +787,7 @@ EOF
 
 native_start() {
     local service
+    ensure_api_port_free
     prestart
     while read -r service; do
         start_service "$service"

@@ -196,3 +196,31 @@ def test_values_from_outside_reach_the_terminal_as_text_never_as_escape_sequence
     # And the markup is shown as written, not made a hyperlink
     assert "[link=http://evil.example]click[/link]" in done.stdout
     assert r"boom \x1b[31mred\u202eexe.txt" in done.stdout
+
+
+def test_a_database_url_whose_scheme_names_no_database_is_one_sentence_with_the_fix() -> None:
+    # Given a DATABASE_URL with its scheme misspelled
+    env = {**os.environ, "DATABASE_URL": "postgressql://courier@127.0.0.1:5432/courier"}
+    # When a command that reads the database runs
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "list-api-keys"], capture_output=True, text=True, env=env, timeout=60
+    )
+    # Then it exits 1 with one line that says what to write, and no traceback
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "DATABASE_URL names no database Courier can use (Can't load plugin: sqlalchemy.dialects:postgressql); "
+        "write postgresql://USER@HOST:5432/NAME, or leave it empty for SQLite in var/."
+    ]
+
+
+def test_a_wrong_broker_password_is_named_as_such_not_as_an_unreachable_management_api() -> None:
+    # Given a RabbitMQ that answers, and a RABBITMQ_PASSWORD it does not accept
+    env = {**os.environ, "RABBITMQ_PASSWORD": "not-the-password-" + uuid.uuid4().hex[:6], "CELERY_BROKER_URL": ""}
+    # When the queues are listed
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "queues", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
+    # Then the one line says the login was refused and how to fix it, not that the API is unreachable
+    assert done.returncode == 1
+    assert "RabbitMQ refused the login of RABBITMQ_USER with RABBITMQ_PASSWORD" in done.stderr
+    assert "--reset-password" in done.stderr and "unreachable" not in done.stderr

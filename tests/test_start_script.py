@@ -381,3 +381,76 @@ def test_start_goes_on_with_a_cluster_node_down_and_uses_a_management_api_that_a
     assert f"127.0.0.2:{dead_amqp}" in result.stderr and "not answering" in result.stderr
     assert "MGMT=http://127.0.0.1:15672 " in result.stdout
     assert "@127.0.0.1:15672/api/" in result.stdout
+
+
+def test_start_refuses_an_api_port_another_program_listens_on_in_one_sentence(var_dir: Path) -> None:
+    import socket
+
+    # Given another program listening on the port the API is set to use
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        # When start is run
+        result = run("start", var_dir=var_dir, API_HOST="127.0.0.1", API_PORT=str(port))
+    # Then it stops at once, naming the port and the setting, and starts nothing
+    assert result.returncode == 1
+    assert f"Port {port} (API_PORT) on 127.0.0.1 is already in use by another program" in result.stderr
+    assert "set API_PORT in .env" in result.stderr and "Traceback" not in result.stderr
+    assert list((var_dir / "run").glob("*.pid")) == []
+
+
+def test_start_refuses_a_database_url_whose_scheme_names_no_database_in_one_sentence(var_dir: Path) -> None:
+    # Given a DATABASE_URL with its scheme misspelled (and a password, which must not be echoed)
+    url = "postgressql://courier:Sw0rdfish-secret@127.0.0.1:5432/courier"
+    # When start is run
+    result = run("start", var_dir=var_dir, API_PORT=str(free_port()), DATABASE_URL=url)
+    # Then it stops before migrating, saying what is wrong and how to write it, with no traceback
+    assert result.returncode == 1
+    assert "error: DATABASE_URL starts with postgressql://, which names no database Courier can use" in result.stderr
+    assert "postgresql://USER@HOST:5432/NAME" in result.stderr
+    assert "Traceback" not in result.stderr and "Sw0rdfish-secret" not in result.stderr + result.stdout
+    assert "Migrating" not in result.stderr
+
+
+def test_a_misspelled_setting_in_env_is_named_with_the_setting_it_resembles(tmp_path: Path) -> None:
+    # Given a checkout whose .env misspells one setting, sets one nothing knows, and spells the rest right
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
+    (tmp_path / ".env").write_text(
+        "API_PORT=8001\nCELERY_WORKER_CONCURENCY=2\nexport FOO_BAR_ZZZ=1\n# RABITMQ_HOST=commented out\n"
+    )
+    # When start checks the settings (the script's own function, as `start` calls it)
+    result = subprocess.run(
+        ["bash", "-c", 'source "$1"; warn_unknown_settings "$2"', "t", SCRIPT, tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    # Then each unknown name gets one warning, the misspelled one with the setting it resembles
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: .env sets CELERY_WORKER_CONCURENCY, which no part of Courier reads, so it has no effect: "
+        "did you mean CELERY_WORKER_CONCURRENCY?",
+        "warning: .env sets FOO_BAR_ZZZ, which no part of Courier reads, so it has no effect: see .env.example for "
+        "the settings there are.",
+    ]
+
+
+def test_without_npm_start_stops_and_names_what_the_packages_are_for_and_how_to_install_it(tmp_path: Path) -> None:
+    # Given a checkout whose front-end packages are not installed yet, on a machine without npm
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / "start_tasks.sh")
+    shutil.copy(ROOT / "package-lock.json", tmp_path / "package-lock.json")
+    # When start gets to installing them (the script's own function, as `start` calls it)
+    result = subprocess.run(
+        ["bash", "-c", 'source "$1"; LOG_DIR="$2"; PATH=/nonexistent; ensure_web_assets', "t"]
+        + [str(tmp_path / "scripts" / "start_tasks.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it stops with one sentence: what npm is needed for (the console too) and how to get it
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: npm is required to install the front-end packages of package.json")
+    assert "htmx and uPlot for the console" in result.stderr and "apt-get install nodejs npm" in result.stderr

@@ -3,6 +3,7 @@ error, an invalid form) as pages."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -62,21 +63,41 @@ def mount(app: FastAPI) -> None:
     """
     app.include_router(router)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="console-static")
-    app.add_exception_handler(SignInRequired, _sign_in_required)
-    app.add_exception_handler(ConsoleForbidden, _forbidden)
-    for kind in (CourierError, RequestValidationError):
-        api_handler = app.exception_handlers[kind]
+    # Every answer the API gives as its JSON envelope (a domain error, an invalid form, an unknown path, a service
+    # down in the middle of a page: Redis, the database, the broker; an unexpected error) is a page on the console.
+    for kind, api_handler in list(app.exception_handlers.items()):
 
         async def handler(request: Request, exc: Exception, api_handler: Any = api_handler) -> Response:
+            answer: Response = await api_handler(request, exc)
             if not request.url.path.startswith(PREFIX + "/") and request.url.path != PREFIX:
-                return await api_handler(request, exc)  # type: ignore[no-any-return]
+                return answer
             if isinstance(exc, CourierError):
-                title, message, status = "Could not do that", exc.message, exc.status_code
+                title, message = "Could not do that", exc.message
+            elif isinstance(exc, RequestValidationError):
+                title, message = "Invalid input", _invalid(exc)
             else:
-                title, message, status = "Invalid input", _invalid(exc), 422
-            return render(request, "error.html", {"title": title, "message": message}, status_code=status)
+                title, message = _TITLES.get(answer.status_code, "Could not do that"), _message(answer)
+            page = render(request, "error.html", {"title": title, "message": message}, status_code=answer.status_code)
+            if "retry-after" in answer.headers:
+                page.headers["Retry-After"] = answer.headers["retry-after"]
+            return page
 
         app.add_exception_handler(kind, handler)
+    # (the console's own answers, after the loop: they are pages and redirects already)
+    app.add_exception_handler(SignInRequired, _sign_in_required)
+    app.add_exception_handler(ConsoleForbidden, _forbidden)
+
+
+#: The heading of a console page that shows one of the API's error answers, by its status.
+_TITLES = {404: "Not found", 405: "Not allowed", 500: "Unexpected error", 503: "Unavailable"}
+
+
+def _message(answer: Response) -> str:
+    """The message of the API's error envelope (`{"error": {"message": ...}}`) in `answer`."""
+    try:
+        return str(json.loads(bytes(answer.body))["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return "Courier could not answer this page."
 
 
 def _invalid(exc: Exception) -> str:

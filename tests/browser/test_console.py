@@ -328,3 +328,36 @@ def test_at_a_phones_width_the_pages_do_not_scroll_sideways_and_a_wide_table_scr
     assert table.evaluate("t => t.scrollWidth > t.clientWidth")
     page.get_by_label("Reason to pause low").focus()
     expect(page.get_by_label("Reason to pause low")).to_be_in_viewport()
+
+
+def test_purging_a_queue_through_its_confirm_step_logs_no_error(offline_page: OfflinePage, live_api: str) -> None:
+    page = offline_page.page
+    # Given an admin on the queues page
+    sign_in(page, live_api, make_key("admin"))
+    page.goto(f"{live_api}/console/queues")
+    # When the admin asks to purge `low` and confirms on the page that shows the count
+    page.get_by_label("Reason to purge low").fill("drain")
+    page.locator("#queue-low").get_by_role("button", name="Purge…").click()
+    expect(page.get_by_role("heading", name="Purge low?")).to_be_visible()
+    page.get_by_role("button", name=re.compile(r"^Purge \d+ message")).click()
+    # Then the queues page says what was dropped, and no step left an error in the browser's console
+    expect(page.get_by_role("status")).to_contain_text("ready message")
+    assert offline_page.errors == []
+
+
+def test_the_overview_says_when_its_figures_stop_refreshing_and_clears_it_when_they_come_back(
+    offline_page: OfflinePage, live_api: str
+) -> None:
+    page = offline_page.page
+    # Given an admin on the overview, whose figures refresh every few seconds
+    sign_in(page, live_api, make_key("admin"))
+    # When the console's server stops answering the refresh (the API down, or the network)
+    page.route("**/console/overview/live", lambda route: route.abort("connectionrefused"))
+    # Then the page says so above the figures, and from when they are
+    stale = page.locator("#figures-stale")
+    expect(stale).to_contain_text("did not answer", timeout=15_000)
+    expect(stale).to_contain_text("UTC")
+    assert stale.get_attribute("role") == "alert"
+    # And when the server answers again, the note goes
+    page.unroute("**/console/overview/live")
+    expect(stale).to_have_count(0, timeout=15_000)

@@ -14,7 +14,7 @@ from app.console.session import AdminUserDep, UserDep
 from app.console.web import PREFIX, SessionDep, render, see_other
 from app.engine import inspect
 from app.engine.inspect import Broker
-from app.errors import ServiceUnavailable
+from app.errors import BROKER, ServiceUnavailable
 from app.operations import service as operations
 from app.operations.exceptions import ConfirmationRequired
 
@@ -61,6 +61,8 @@ async def show_active(request: Request, user: UserDep) -> HTMLResponse:
         error = None
     except ServiceUnavailable as exc:
         active, error = [], exc.message
+    except BROKER.errors:
+        active, error = [], "The message broker is unreachable, so the workers could not be asked."
     return render(request, "_active.html", {"tasks": active, "error": error})
 
 
@@ -99,8 +101,7 @@ def purge_queue(
                 request,
                 "purge_confirm.html",
                 {"active": "queues", "queue": name, "reason": reason, **details},
-                status_code=409,
-            )
+            )  # a page that asks a question, not a failure: a 409 would be an error in the browser's console
     dropped = operations.confirm_purge(
         session=session, queue=name, actor=user.principal, token=confirm_token, reason=reason, broker=broker
     )

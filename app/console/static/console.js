@@ -9,6 +9,47 @@
     if (token) { event.detail.headers["X-CSRF-Token"] = token; }
   });
 
+  // A live part (the overview's figures, a bulk replay's progress, the active tasks) that could not be refreshed
+  // says so above itself, with the API's reason, instead of showing stale figures as if they were current; the
+  // note goes once a refresh succeeds again.
+  function noteFor(elt) {
+    var id = (elt.id || "live") + "-stale";
+    var note = document.getElementById(id);
+    if (!note && elt.parentNode) {
+      note = document.createElement("p");
+      note.id = id;
+      note.className = "error stale";
+      note.setAttribute("role", "alert");
+      elt.parentNode.insertBefore(note, elt);
+    }
+    return note;
+  }
+  var shownAt = {};  // when each live part last showed fresh figures (the page's load, then each refresh)
+  var loadedAt = Date.now();
+  function refreshFailed(elt, reason) {
+    var note = noteFor(elt);
+    if (!note) { return; }
+    var polled = (elt.getAttribute("hx-trigger") || "").indexOf("every") === 0;
+    var since = new Date(shownAt[elt.id] || loadedAt).toISOString().slice(11, 19);
+    note.textContent = reason + (polled ? " What is shown below is from " + since + " UTC; the console keeps trying." : "");
+    if (!polled) { elt.textContent = ""; }  // a one-off load ("Asking the workers…") is not going to answer
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var alert = new DOMParser().parseFromString(xhr.responseText || "", "text/html").querySelector("[role=alert]");
+    refreshFailed(event.detail.elt, "Could not refresh (HTTP " + xhr.status + "): " +
+      (alert ? alert.textContent.trim() : "the console did not answer this part."));
+  });
+  document.addEventListener("htmx:sendError", function (event) {
+    refreshFailed(event.detail.elt, "The console's server did not answer: it may be down or unreachable.");
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var target = event.detail.target;
+    var note = document.getElementById((target.id || "live") + "-stale");
+    if (note) { note.remove(); }
+    if (target.id) { shownAt[target.id] = Date.now(); }
+  });
+
   // Edited keyword arguments are checked to be a JSON object before the form is sent (the server checks again).
   function checkJsonFields() {
     document.querySelectorAll("form[data-json-field]").forEach(function (form) {
@@ -42,8 +83,15 @@
     if (!live || !window.EventSource) { return; }
     var source = new EventSource(live.dataset.eventsUrl);
     var state = document.getElementById("run-state");
+    // A lost stream says so (the browser retries on its own; a refused one, e.g. 429, is closed for good).
+    source.addEventListener("error", function () {
+      document.getElementById("run-live").textContent = source.readyState === EventSource.CLOSED ?
+        "(live updates stopped: the server refused the stream; reload the page to try again)" :
+        "(connection lost; reconnecting…)";
+    });
     source.addEventListener("state", function (event) {
       var run = JSON.parse(event.data);
+      document.getElementById("run-live").textContent = "(live)";
       state.textContent = run.state;
       state.className = "badge state-" + run.state;
       document.getElementById("run-progress").textContent = run.progress ? JSON.stringify(run.progress) : "";
@@ -65,8 +113,15 @@
     function draw() {
       fetch(holder.dataset.seriesUrl, { credentials: "same-origin" })
         .then(function (response) { return response.ok ? response.json() : null; })
+        .catch(function () { return null; })
         .then(function (series) {
-          if (!series) { return; }
+          var note = document.getElementById("charts-stale");
+          if (!series) {
+            holder.id = "charts";
+            refreshFailed(holder, "Could not load the charts' figures.");
+            return;
+          }
+          if (note) { note.remove(); }
           holder.querySelectorAll(".chart[data-chart]").forEach(function (box) {
             var key = box.dataset.chart;
             var data = [series.t, series[key]];
