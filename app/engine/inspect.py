@@ -114,7 +114,14 @@ def _read_status(task_id: str) -> TaskRead | None:
 
 def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
     """Revoke durably (SQL, then Redis), mark the run REVOKED, then tell live workers."""
-    found = status.revoke(session=session, task_id=task_id, terminate=terminate, revoked_by=revoked_by, reason=reason)
+    found = status.revoke(
+        session=session,
+        task_id=task_id,
+        terminate=terminate,
+        revoked_by=revoked_by,
+        reason=reason,
+        result_meta=result_meta,
+    )
     if not found.revoked:
         return found
     try:

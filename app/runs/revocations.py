@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.constants import REVOKED_KEY
+from app.constants import REVOKED_KEY, STARTS_KEY
 from app.db import utcnow
 from app.redis_store import get_redis
 from app.runs.models import Revocation
@@ -29,6 +30,18 @@ def record(
     session.flush()
     get_redis().set(REVOKED_KEY.format(task_id=task_id), "1", ex=get_settings().revocation_ttl_s)
     return row
+
+
+def last_started_attempt(task_id: str) -> int | None:
+    """The highest attempt (Celery's `retries`) that passed a worker's start check, from the start counters in Redis
+    (app/engine/guarantees/starts.py), or None. Current where the run history is not yet: the recorder writes a start
+    to SQL up to a flush interval later. A scan: revokes are rare, and the counters expire with the revocation TTL."""
+    pattern = STARTS_KEY.format(
+        task_id=re.sub(r"([\\*?\[\]])", r"\\\1", task_id), retries="*"
+    )  # (glob characters as text)
+    started = [key.rsplit(":", 1)[-1] for key in get_redis().scan_iter(match=pattern, count=1000)]
+    attempts = [int(retries) for retries in started if retries.isdigit()]
+    return max(attempts, default=None)
 
 
 def is_revoked(task_id: str) -> bool:

@@ -116,20 +116,44 @@ def _from_ts(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
-def revoke(*, session: Session, task_id: str, terminate: bool, revoked_by: str, reason: str | None) -> RevokeRead:
+def revoke(
+    *,
+    session: Session,
+    task_id: str,
+    terminate: bool,
+    revoked_by: str,
+    reason: str | None,
+    result_meta: Callable[[str], dict[str, Any]],
+) -> RevokeRead:
     """Revoke durably (SQL, then Redis) and mark the run REVOKED; live workers are told by the caller
-    (app/engine/inspect.py) when `revoked` is true."""
+    (app/engine/inspect.py) when `revoked` is true. `result_meta` reads what the worker stored, as in `task_status`."""
     meta = task_meta(task_id)
     run = runs_service.get(session=session, task_id=task_id)
     if run is not None and run.state in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.DEAD_LETTERED):
         return RevokeRead(task_id=task_id, revoked=False, terminate=terminate, state=run.state)
     revocations.record(session=session, task_id=task_id, revoked_by=revoked_by, terminate=terminate, reason=reason)
-    if run is not None and run.state == TaskState.STARTED and not terminate:
+    if _running(run, task_id, result_meta) and not terminate:
         # Celery stops a running attempt only when told to terminate it: this one runs to its end, and the history
         # keeps following it (it said REVOKED at once, then stayed REVOKED with the result of a run that succeeded).
-        return RevokeRead(task_id=task_id, revoked=True, terminate=False, state=run.state, note=RUNS_ON)
+        return RevokeRead(task_id=task_id, revoked=True, terminate=False, state=TaskState.STARTED, note=RUNS_ON)
     runs_service.mark_revoked(session=session, task_id=task_id, name=meta.get("name"), revoked_by=revoked_by, meta=meta)
     return RevokeRead(task_id=task_id, revoked=True, terminate=terminate, state=TaskState.REVOKED)
+
+
+def _running(run: Any, task_id: str, result_meta: Callable[[str], dict[str, Any]]) -> bool:
+    """Whether an attempt of the task is running now. The history says so once the recorder has written the start;
+    before that (up to a flush interval after it began) the start counters in Redis do: an attempt that passed its
+    start check runs unless the worker has since stored its end (a success, a failure, or the RETRY of that very
+    attempt, whose next one the revocation will stop)."""
+    if run is not None and run.state == TaskState.STARTED:
+        return True
+    attempt = revocations.last_started_attempt(task_id)
+    if attempt is None:
+        return False
+    stored = result_meta(task_id)
+    ended = stored.get("status") in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED)
+    retrying = stored.get("status") == TaskState.RETRY and int(stored.get("retries") or 0) >= attempt
+    return not (ended or retrying)
 
 
 #: What a revoke without terminate tells about a running task.
