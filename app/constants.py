@@ -41,6 +41,10 @@ class TaskState(StrEnum):
 #: States after which nothing more happens to a run unless an admin replays it.
 TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED, TaskState.DEAD_LETTERED})
 
+#: States a follower of one task (the live stream, the console's run page) stops at. FAILURE is not one: a failed
+#: task's dead letter follows it, and the run reads DEAD_LETTERED once the recorder has stored it (a moment later).
+SETTLED_STATES = TERMINAL_STATES - {TaskState.FAILURE}
+
 #: Work exchange (direct): routing key = tier name.
 TASK_EXCHANGE = "courier.tasks"
 #: Dead-letter exchange (fanout) every work queue dead-letters into.

@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import DELAY_BUCKETS_S, TERMINAL_STATES, TaskState, Tier
+from app.constants import DELAY_BUCKETS_S, SETTLED_STATES, TaskState, Tier
 from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import topology
@@ -84,7 +84,8 @@ async def status_events(
     first: TaskRead, *, is_disconnected: Callable[[], Awaitable[bool]], settings: Settings
 ) -> AsyncIterator[str]:
     """Server-Sent Events of one task (the API's stream and the console's run page): poll its state (Redis, then
-    SQL) and send a `state` event when it or its progress changed, then `end` once it finished; stop when the
+    SQL) and send a `state` event when it or its progress changed, then `end` once it settled (a FAILURE is followed
+    to its DEAD_LETTERED); stop when the
     client leaves or after EVENTS_MAX_DURATION_S."""
     deadline = time.monotonic() + settings.events_max_duration_s
     current: TaskRead | None = first
@@ -98,7 +99,7 @@ async def status_events(
         elif time.monotonic() - sent > KEEPALIVE_S:
             sent = time.monotonic()
             yield ": keep-alive\n\n"  # a comment line: proxies keep an idle stream open
-        if current.state in TERMINAL_STATES:
+        if current.state in SETTLED_STATES:
             yield f"event: end\ndata: {json.dumps({'task_id': current.task_id, 'state': current.state})}\n\n"
             return
         if time.monotonic() > deadline or await is_disconnected():

@@ -27,6 +27,17 @@ def test_a_task_reporting_progress_streams_increasing_progress_and_ends_with_its
     assert events[-1] == ("end", {"task_id": task_id, "state": "SUCCESS"})
 
 
+def test_a_failed_task_is_followed_past_its_failure_to_its_dead_letter(api, worker, client_key):
+    # Given a task of this client's that fails for good (no retry)
+    task_id = publish.dispatch("system.ping", kwargs={"fail": "permanent"}, triggered_by=client_key[0]).task_id
+    # When the client follows its events
+    events = read_events(api, client_key, task_id)
+    # Then the stream does not end at the worker's FAILURE but once the dead letter is recorded, whose link it gives
+    states = [e["state"] for name, e in events if name == "state"]
+    assert states[-1] == "DEAD_LETTERED" and events[-2][1]["dead_letter"] is not None, events
+    assert events[-1] == ("end", {"task_id": task_id, "state": "DEAD_LETTERED"})
+
+
 def test_a_client_cannot_follow_another_callers_task(api, worker, client_key, admin_key):
     # Given a task dispatched by an admin
     task_id = publish.dispatch("system.ping", kwargs={}, triggered_by=admin_key[0]).task_id

@@ -15,7 +15,7 @@ from app.config import get_settings
 from app.console.routes import filters
 from app.console.session import AdminUserDep, UserDep
 from app.console.web import PREFIX, SECURITY_HEADERS, SessionDep, render, see_other
-from app.constants import TERMINAL_STATES, TaskState
+from app.constants import SETTLED_STATES, TERMINAL_STATES, TaskState
 from app.db import session_scope
 from app.deadletters import service as deadletters
 from app.engine import inspect
@@ -81,6 +81,7 @@ def show_run(task_id: TaskId, request: Request, session: SessionDep, user: UserD
             "attempts": runs_service.attempts(session=session, task_id=task_id),
             "letter": deadletters.latest_for_task(session=session, task_id=task_id),
             "terminal": found.state in TERMINAL_STATES,
+            "follow": found.state not in SETTLED_STATES,
             "flash": _flash(replayed, request.query_params.get("revoked")),
         },
     )
