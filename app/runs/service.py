@@ -381,10 +381,33 @@ def counts_by_state(*, session: Session, since: datetime) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
-def prune(*, session: Session, older_than_days: int) -> int:
-    """Delete finished runs created more than `older_than_days` ago; returns how many."""
+#: Rows one prune transaction deletes at most (of runs, and of attempts). A backlog (the first prune of a busy
+#: history, a shortened HISTORY_RETENTION_DAYS) then goes in many short transactions, each far inside the task's
+#: time limit, instead of one DELETE that the limit rolled back every hour, so the history never shrank.
+PRUNE_BATCH_SIZE = 10_000
+
+
+def prune(*, session: Session, older_than_days: int, batch_size: int = PRUNE_BATCH_SIZE) -> int:
+    """Delete one batch of history older than `older_than_days`: finished runs created before the cutoff with
+    their failed attempts, and failed attempts recorded before it (those of runs pruned before attempts were pruned
+    with them). Returns the rows deleted; call it again, in a new transaction, until it returns 0."""
     cutoff = utcnow() - timedelta(days=older_than_days)
-    result = session.execute(
-        delete(TaskRun).where(TaskRun.created_at < cutoff, TaskRun.state.in_([s.value for s in TERMINAL_STATES]))
+    finished = [s.value for s in TERMINAL_STATES]
+    run_ids = list(
+        session.scalars(
+            select(TaskRun.task_id)
+            .where(TaskRun.created_at < cutoff, TaskRun.state.in_(finished))
+            .order_by(TaskRun.created_at)
+            .limit(batch_size)
+        )
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    deleted = 0
+    if run_ids:
+        attempts = session.execute(delete(TaskAttempt).where(TaskAttempt.task_id.in_(run_ids)))
+        runs = session.execute(delete(TaskRun).where(TaskRun.task_id.in_(run_ids)))
+        deleted += int(attempts.rowcount or 0) + int(runs.rowcount or 0)  # type: ignore[attr-defined]
+    older = list(session.scalars(select(TaskAttempt.id).where(TaskAttempt.at < cutoff).limit(batch_size)))
+    if older:
+        result = session.execute(delete(TaskAttempt).where(TaskAttempt.id.in_(older)))
+        deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return deleted
