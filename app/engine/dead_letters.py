@@ -33,6 +33,7 @@ from app.constants import (
     TaskState,
     Tier,
 )
+from app.db import utcnow
 from app.deadletters import service as store
 from app.deadletters.exceptions import ReplayNotPublished
 from app.deadletters.models import DeadLetter, Reason, Status
@@ -306,10 +307,16 @@ def replay(
         full = json.loads(body)
         full[1] = kwargs
         body = json.dumps(full).encode()
+    published_at = utcnow()  # (before the publish: the replayed run's own events are all later)
     _publish(letter, headers, body)  # raises ReplayNotPublished (a 503): the caller's transaction rolls back
     _forget_starts(str(letter.task_id), letter.retries)
     return store.mark_replayed(
-        session=session, letter=letter, actor=actor, reason=reason, edited_kwargs=kwargs is not None
+        session=session,
+        letter=letter,
+        actor=actor,
+        reason=reason,
+        edited_kwargs=kwargs is not None,
+        published_at=published_at,
     )
 
 

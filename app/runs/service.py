@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -321,13 +321,22 @@ def mark_dead_lettered(*, session: Session, task_id: str, name: str | None, erro
         run.event_at = max(run.event_at or now, now)
 
 
-def mark_requeued(*, session: Session, task_id: str) -> None:
-    """Record that a task was published again (a dead letter replayed): pending, its last error cleared."""
+def mark_requeued(*, session: Session, task_id: str, at: datetime | None = None) -> None:
+    """Record that a task was published again (a dead letter replayed) at `at`, a time taken before the publish:
+    pending, its last error cleared, unless the history already holds a later event (the replayed run may start,
+    fail and be recorded before the replay's own transaction commits: marking it PENDING then, as of the commit,
+    hid that outcome for good, and its status read PENDING for ever)."""
+    at = at or utcnow()
+    session.flush()
+    session.execute(
+        update(TaskRun)
+        .where(TaskRun.task_id == task_id, (TaskRun.event_at.is_(None)) | (TaskRun.event_at < at))
+        .values(state=TaskState.PENDING, event_at=at, error=None)
+        .execution_options(synchronize_session=False)
+    )
     run = session.get(TaskRun, task_id)
     if run is not None:
-        run.state = TaskState.PENDING
-        run.event_at = utcnow()
-        run.error = None
+        session.refresh(run)
 
 
 def get(*, session: Session, task_id: str) -> TaskRun | None:

@@ -308,3 +308,38 @@ def test_prune_deletes_a_backlog_a_batch_per_call_until_none_is_left():
     assert batches and max(batches) <= 10
     with session_scope() as session:
         assert session.query(TaskRun).filter(TaskRun.task_id.in_(ids)).count() == 0
+
+
+def test_a_replay_recorded_after_its_run_already_ended_leaves_the_run_as_it_ended():
+    """In the soak a replayed run started, failed and was dead-lettered again (recorded by the recorder) before the
+    replay's own transaction committed; that commit marked the run PENDING as of its own time, over the newer
+    outcome, and the task's status read PENDING for ever. The run is marked PENDING as of the publish now, and only
+    when nothing later is recorded."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    task_id = str(uuid.uuid4())
+    published_at = utcnow()
+    # Given the replayed run's second death already recorded, after the replay's publish
+    with session_scope() as session:
+        session.add(
+            TaskRun(
+                task_id=task_id,
+                name="system.ping",
+                state=TaskState.DEAD_LETTERED,
+                attempts=1,
+                event_at=published_at + timedelta(milliseconds=100),
+            )
+        )
+    # When the replay's transaction marks it requeued as of the publish
+    with session_scope() as session:
+        service.mark_requeued(session=session, task_id=task_id, at=published_at)
+    # Then the run keeps its later outcome
+    with session_scope() as session:
+        assert session.get(TaskRun, task_id).state == TaskState.DEAD_LETTERED
+    # And a run whose last event is older than the publish is pending again
+    with session_scope() as session:
+        service.mark_requeued(session=session, task_id=task_id, at=published_at + timedelta(seconds=1))
+    with session_scope() as session:
+        assert session.get(TaskRun, task_id).state == TaskState.PENDING
