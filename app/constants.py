@@ -72,7 +72,10 @@ IDEMPOTENCY_KEY = REDIS_PREFIX + "idem:{owner}:{key}"
 STARTS_KEY = REDIS_PREFIX + "starts:{task_id}:{retries}"
 #: `courier:worker:<hostname>` → JSON heartbeat {queues, concurrency, pid, ts} (TTL: 3 × heartbeat interval).
 WORKER_HEARTBEAT_KEY = REDIS_PREFIX + "worker:{hostname}"
-WORKER_HEARTBEAT_PATTERN = REDIS_PREFIX + "worker:*"
+#: `courier:workers` → set of the hostnames writing a heartbeat (TTL: 3 × heartbeat interval, renewed by each beat).
+#: Read to list the workers: a SCAN for their keys went through every key in Redis (each result, task meta, start
+#: counter and idempotency key of the last RESULT_EXPIRES_S), on every health check, /metrics and console refresh.
+WORKER_REGISTRY_KEY = REDIS_PREFIX + "workers"
 #: Task message header with the HTTP request id that dispatched it (a worker reads it as `request.<header>`).
 REQUEST_ID_HEADER = "courier_request_id"
 #: Task message headers with the publisher's meta (who triggered it, when), journaled with the run's start so

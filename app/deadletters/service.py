@@ -347,15 +347,22 @@ def replayable(*, session: Session, letter_id: int) -> DeadLetter:
 
 
 def mark_replayed(
-    *, session: Session, letter: DeadLetter, actor: Principal | str, reason: str | None, edited_kwargs: bool
+    *,
+    session: Session,
+    letter: DeadLetter,
+    actor: Principal | str,
+    reason: str | None,
+    edited_kwargs: bool,
+    published_at: datetime | None = None,
 ) -> DeadLetter:
-    """Mark a letter replayed once its message was published again (audited); its run is pending again."""
+    """Mark a letter replayed once its message was published again (audited); its run is pending again as of
+    `published_at` (taken before the publish) unless the replayed run already got further."""
     letter.status = Status.replayed
     letter.resolved_at = utcnow()
     letter.resolved_by = actor.name if isinstance(actor, Principal) else actor
     letter.resolution_note = reason
     if letter.task_id:
-        runs_service.mark_requeued(session=session, task_id=letter.task_id)
+        runs_service.mark_requeued(session=session, task_id=letter.task_id, at=published_at)
     audit_service.record(
         session=session,
         actor=actor,

@@ -13,7 +13,7 @@ from celery import Celery, bootsteps, signals
 
 from app import db, redis_store
 from app.config import get_settings
-from app.constants import WORKER_HEARTBEAT_KEY
+from app.constants import WORKER_HEARTBEAT_KEY, WORKER_REGISTRY_KEY
 from app.db import session_scope
 from app.engine import topology
 from app.engine.guarantees import outages
@@ -63,7 +63,8 @@ class TopologyCheck(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Write `courier:worker:<hostname>` every interval with TTL 3 × interval; deleted on clean shutdown."""
+    """Write `courier:worker:<hostname>` every interval with TTL 3 × interval, and the hostname into the registry
+    `courier:workers`; both taken back on clean shutdown."""
 
     label = "Courier heartbeat"
 
@@ -96,7 +97,12 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                     "ts": time.time(),
                 }
                 try:
-                    get_redis().set(key, json.dumps(status), ex=max(1, int(interval * 3)))
+                    ttl = max(1, int(interval * 3))
+                    pipe = get_redis().pipeline(transaction=False)
+                    pipe.set(key, json.dumps(status), ex=ttl)
+                    pipe.sadd(WORKER_REGISTRY_KEY, worker.hostname)
+                    pipe.expire(WORKER_REGISTRY_KEY, ttl)
+                    pipe.execute()
                     # Redis answers: the end of an outage the worker met on its tasks' path is logged here too
                     # (on Celery's own pools, with ENGINE_SPEED_PATCHES=off, nothing else in this process hears).
                     outages.redis_outage.succeeded()
@@ -115,7 +121,10 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     def stop(self, worker: Any) -> None:
         self._stop.set()
         try:
-            get_redis().delete(WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname))
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.delete(WORKER_HEARTBEAT_KEY.format(hostname=worker.hostname))
+            pipe.srem(WORKER_REGISTRY_KEY, worker.hostname)
+            pipe.execute()
         except outages.OUTAGE_ERRORS as exc:  # (it expires on its own)
             logger.warning("Could not clear the heartbeat of %s: Redis is unreachable (%r).", worker.hostname, exc)
         except Exception:

@@ -13,12 +13,20 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.access.schemas import Principal
 from app.audit import service as audit_service
-from app.constants import DEAD_LETTER_QUEUE, REDIS_PREFIX, WORKER_HEARTBEAT_PATTERN, TaskState, Tier
+from app.constants import (
+    DEAD_LETTER_QUEUE,
+    REDIS_PREFIX,
+    WORKER_HEARTBEAT_KEY,
+    WORKER_REGISTRY_KEY,
+    TaskState,
+    Tier,
+)
 from app.db import utcnow
 from app.deadletters import service as deadletters_service
 from app.operations.exceptions import ConfirmationRequired, InvalidConfirmation, UnknownQueue
@@ -152,12 +160,20 @@ def purge(*, session: Session, queue: str, actor: Principal | str, reason: str |
 
 
 def workers() -> list[WorkerRead]:
-    """Workers whose heartbeat is fresh (older ones have expired from Redis)."""
+    """Workers whose heartbeat is fresh (older ones have expired from Redis): the registry's hostnames, then their
+    heartbeats in one MGET; a hostname whose heartbeat expired is taken out of the registry."""
     redis = get_redis()
-    keys = sorted(redis.scan_iter(match=WORKER_HEARTBEAT_PATTERN, count=200))
+    hostnames = sorted(redis.smembers(WORKER_REGISTRY_KEY))
+    raws = redis.mget([WORKER_HEARTBEAT_KEY.format(hostname=name) for name in hostnames]) if hostnames else []
+    gone = [name for name, raw in zip(hostnames, raws, strict=True) if raw is None]
+    if gone:
+        try:
+            redis.srem(WORKER_REGISTRY_KEY, *gone)
+        except RedisError:  # (a Redis that refuses writes: they are left out all the same)
+            logger.debug("Could not drop expired workers %s from the registry.", gone, exc_info=True)
     now = time.time()
     found = []
-    for raw in redis.mget(keys) if keys else []:
+    for raw in raws:
         if raw is None:
             continue
         beat = json.loads(raw)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, any_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -321,13 +321,22 @@ def mark_dead_lettered(*, session: Session, task_id: str, name: str | None, erro
         run.event_at = max(run.event_at or now, now)
 
 
-def mark_requeued(*, session: Session, task_id: str) -> None:
-    """Record that a task was published again (a dead letter replayed): pending, its last error cleared."""
+def mark_requeued(*, session: Session, task_id: str, at: datetime | None = None) -> None:
+    """Record that a task was published again (a dead letter replayed) at `at`, a time taken before the publish:
+    pending, its last error cleared, unless the history already holds a later event (the replayed run may start,
+    fail and be recorded before the replay's own transaction commits: marking it PENDING then, as of the commit,
+    hid that outcome for good, and its status read PENDING for ever)."""
+    at = at or utcnow()
+    session.flush()
+    session.execute(
+        update(TaskRun)
+        .where(TaskRun.task_id == task_id, (TaskRun.event_at.is_(None)) | (TaskRun.event_at < at))
+        .values(state=TaskState.PENDING, event_at=at, error=None)
+        .execution_options(synchronize_session=False)
+    )
     run = session.get(TaskRun, task_id)
     if run is not None:
-        run.state = TaskState.PENDING
-        run.event_at = utcnow()
-        run.error = None
+        session.refresh(run)
 
 
 def get(*, session: Session, task_id: str) -> TaskRun | None:
@@ -381,10 +390,33 @@ def counts_by_state(*, session: Session, since: datetime) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
-def prune(*, session: Session, older_than_days: int) -> int:
-    """Delete finished runs created more than `older_than_days` ago; returns how many."""
+#: Rows one prune transaction deletes at most (of runs, and of attempts). A backlog (the first prune of a busy
+#: history, a shortened HISTORY_RETENTION_DAYS) then goes in many short transactions, each far inside the task's
+#: time limit, instead of one DELETE that the limit rolled back every hour, so the history never shrank.
+PRUNE_BATCH_SIZE = 10_000
+
+
+def prune(*, session: Session, older_than_days: int, batch_size: int = PRUNE_BATCH_SIZE) -> int:
+    """Delete one batch of history older than `older_than_days`: finished runs created before the cutoff with
+    their failed attempts, and failed attempts recorded before it (those of runs pruned before attempts were pruned
+    with them). Returns the rows deleted; call it again, in a new transaction, until it returns 0."""
     cutoff = utcnow() - timedelta(days=older_than_days)
-    result = session.execute(
-        delete(TaskRun).where(TaskRun.created_at < cutoff, TaskRun.state.in_([s.value for s in TERMINAL_STATES]))
+    finished = [s.value for s in TERMINAL_STATES]
+    run_ids = list(
+        session.scalars(
+            select(TaskRun.task_id)
+            .where(TaskRun.created_at < cutoff, TaskRun.state.in_(finished))
+            .order_by(TaskRun.created_at)
+            .limit(batch_size)
+        )
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    deleted = 0
+    if run_ids:
+        attempts = session.execute(delete(TaskAttempt).where(TaskAttempt.task_id.in_(run_ids)))
+        runs = session.execute(delete(TaskRun).where(TaskRun.task_id.in_(run_ids)))
+        deleted += int(attempts.rowcount or 0) + int(runs.rowcount or 0)  # type: ignore[attr-defined]
+    older = list(session.scalars(select(TaskAttempt.id).where(TaskAttempt.at < cutoff).limit(batch_size)))
+    if older:
+        result = session.execute(delete(TaskAttempt).where(TaskAttempt.id.in_(older)))
+        deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return deleted

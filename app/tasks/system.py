@@ -74,8 +74,13 @@ def _sleep(seconds: float, *, ignore_soft_limit: bool) -> None:
 
 @courier_task("runs.prune_history")
 def prune_history(self: CourierTask) -> dict[str, int]:
-    """Delete finished runs older than HISTORY_RETENTION_DAYS."""
-    with session_scope() as session:
-        deleted = runs_service.prune(session=session, older_than_days=get_settings().history_retention_days)
-    logger.info("Pruned %d finished run(s) from the history.", deleted)
+    """Delete finished runs (and their failed attempts) older than HISTORY_RETENTION_DAYS, a batch per transaction."""
+    deleted = 0
+    while True:
+        with session_scope() as session:
+            batch = runs_service.prune(session=session, older_than_days=get_settings().history_retention_days)
+        if not batch:
+            break
+        deleted += batch
+    logger.info("Pruned %d row(s) of run history (finished runs and their attempts).", deleted)
     return {"deleted": deleted}

@@ -241,3 +241,105 @@ def test_a_batch_holding_counts_times_and_meta_no_column_takes_is_recorded_whole
         assert runs[0].state == TaskState.SUCCESS and runs[0].runtime_s is None
         assert runs[1].tier == "t" * 20 and runs[1].triggered_by == "k" * 100
         assert abs(runs[1].created_at.timestamp() - now) < 5 and abs(runs[2].created_at.timestamp() - now) < 5
+
+
+def test_prune_deletes_the_failed_attempts_of_the_runs_it_deletes_and_of_runs_already_gone():
+    """task_attempts grew for ever: prune deleted old runs but never their attempts (one row per retry and per
+    failure), so at a steady rate of failures the table grew without bound whatever HISTORY_RETENTION_DAYS said."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+    from app.runs.models import TaskAttempt
+
+    old, recent, gone = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    long_ago = utcnow() - timedelta(days=40)
+    # Given an old failed run with two attempts, a recent one with one, and an old attempt whose run is gone
+    with session_scope() as session:
+        session.add(
+            TaskRun(task_id=old, name="system.ping", state=TaskState.DEAD_LETTERED, attempts=2, created_at=long_ago)
+        )
+        session.add(TaskRun(task_id=recent, name="system.ping", state=TaskState.DEAD_LETTERED, attempts=1))
+        for task_id, attempt, at in (
+            (old, 1, long_ago),
+            (old, 2, long_ago),
+            (recent, 1, utcnow()),
+            (gone, 1, long_ago),
+        ):
+            session.add(TaskAttempt(task_id=task_id, attempt=attempt, outcome="retry", error="boom", at=at))
+    # When the history is pruned until nothing is left to prune
+    with session_scope() as session:
+        assert service.prune(session=session, older_than_days=30) >= 4
+    # Then the old run and every attempt older than the retention are gone; the recent run keeps its attempt
+    with session_scope() as session:
+        left = {row.task_id for row in session.query(TaskAttempt).filter(TaskAttempt.task_id.in_([old, recent, gone]))}
+        assert session.get(TaskRun, old) is None
+        assert left == {recent}
+
+
+def test_prune_deletes_a_backlog_a_batch_per_call_until_none_is_left():
+    """One DELETE of a whole backlog (a first prune of a busy history, a shortened retention) ran past the task's
+    time limit, which rolled it back, every hour: the history never shrank. Each call now deletes one batch."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    # Given 25 finished runs older than the retention
+    ids = [str(uuid.uuid4()) for _ in range(25)]
+    with session_scope() as session:
+        for task_id in ids:
+            session.add(
+                TaskRun(
+                    task_id=task_id,
+                    name="system.ping",
+                    state=TaskState.SUCCESS,
+                    attempts=1,
+                    created_at=utcnow() - timedelta(days=400),
+                )
+            )
+    # When prune runs with batches of 10, a transaction per call
+    batches = []
+    while True:
+        with session_scope() as session:
+            deleted = service.prune(session=session, older_than_days=30, batch_size=10)
+        if not deleted:
+            break
+        batches.append(deleted)
+    # Then no call deleted more than a batch, and every one of them is gone
+    assert batches and max(batches) <= 10
+    with session_scope() as session:
+        assert session.query(TaskRun).filter(TaskRun.task_id.in_(ids)).count() == 0
+
+
+def test_a_replay_recorded_after_its_run_already_ended_leaves_the_run_as_it_ended():
+    """In the soak a replayed run started, failed and was dead-lettered again (recorded by the recorder) before the
+    replay's own transaction committed; that commit marked the run PENDING as of its own time, over the newer
+    outcome, and the task's status read PENDING for ever. The run is marked PENDING as of the publish now, and only
+    when nothing later is recorded."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    task_id = str(uuid.uuid4())
+    published_at = utcnow()
+    # Given the replayed run's second death already recorded, after the replay's publish
+    with session_scope() as session:
+        session.add(
+            TaskRun(
+                task_id=task_id,
+                name="system.ping",
+                state=TaskState.DEAD_LETTERED,
+                attempts=1,
+                event_at=published_at + timedelta(milliseconds=100),
+            )
+        )
+    # When the replay's transaction marks it requeued as of the publish
+    with session_scope() as session:
+        service.mark_requeued(session=session, task_id=task_id, at=published_at)
+    # Then the run keeps its later outcome
+    with session_scope() as session:
+        assert session.get(TaskRun, task_id).state == TaskState.DEAD_LETTERED
+    # And a run whose last event is older than the publish is pending again
+    with session_scope() as session:
+        service.mark_requeued(session=session, task_id=task_id, at=published_at + timedelta(seconds=1))
+    with session_scope() as session:
+        assert session.get(TaskRun, task_id).state == TaskState.PENDING
