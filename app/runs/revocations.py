@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -32,16 +31,14 @@ def record(
     return row
 
 
-def last_started_attempt(task_id: str) -> int | None:
-    """The highest attempt (Celery's `retries`) that passed a worker's start check, from the start counters in Redis
-    (app/engine/guarantees/starts.py), or None. Current where the run history is not yet: the recorder writes a start
-    to SQL up to a flush interval later. A scan: revokes are rare, and the counters expire with the revocation TTL."""
-    pattern = STARTS_KEY.format(
-        task_id=re.sub(r"([\\*?\[\]])", r"\\\1", task_id), retries="*"
-    )  # (glob characters as text)
-    started = [key.rsplit(":", 1)[-1] for key in get_redis().scan_iter(match=pattern, count=1000)]
-    attempts = [int(retries) for retries in started if retries.isdigit()]
-    return max(attempts, default=None)
+def last_started_attempt(task_id: str, *, upto: int) -> int | None:
+    """The highest attempt (Celery's `retries`, 0 to `upto`) that passed a worker's start check, from the start
+    counters in Redis (app/engine/guarantees/starts.py), or None. Current where the run history is not yet: the
+    recorder writes a start to SQL up to a flush interval later. By name, in one MGET: a SCAN for them would walk
+    every key in Redis (each result and meta of the last RESULT_EXPIRES_S)."""
+    keys = [STARTS_KEY.format(task_id=task_id, retries=n) for n in range(max(upto, 0) + 1)]
+    counters = get_redis().mget(keys)
+    return max((n for n, counter in enumerate(counters) if counter is not None), default=None)
 
 
 def is_revoked(task_id: str) -> bool:

@@ -147,10 +147,12 @@ def _running(run: Any, task_id: str, result_meta: Callable[[str], dict[str, Any]
     attempt, whose next one the revocation will stop)."""
     if run is not None and run.state == TaskState.STARTED:
         return True
-    attempt = revocations.last_started_attempt(task_id)
+    stored = result_meta(task_id)
+    # The attempt after the last one known to have ended in a retry is the latest that can have started.
+    latest = max(int(stored.get("retries") or 0), (run.attempts or 0) if run is not None else 0) + 1
+    attempt = revocations.last_started_attempt(task_id, upto=latest)
     if attempt is None:
         return False
-    stored = result_meta(task_id)
     ended = stored.get("status") in (TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED)
     retrying = stored.get("status") == TaskState.RETRY and int(stored.get("retries") or 0) >= attempt
     return not (ended or retrying)

@@ -58,3 +58,13 @@ def test_a_task_waiting_for_its_retry_or_never_started_is_marked_revoked():
     # Then both are REVOKED at once, in the answer and the history: neither will run again
     assert [(a.state, a.note) for a in answers] == [(TaskState.REVOKED, None), (TaskState.REVOKED, None)]
     assert [_history_state(task_id) for task_id in (waiting, queued)] == [TaskState.REVOKED, TaskState.REVOKED]
+
+
+def test_a_later_attempt_that_started_after_a_retry_runs_on():
+    # Given a task whose first two attempts ended in retries and whose third passed its start check
+    task_id = str(uuid.uuid4())
+    assert starts.check([(task_id, 0), (task_id, 1), (task_id, 2)]) == [(False, 1), (False, 1), (False, 1)]
+    # When it is revoked without terminate, the worker's last stored word being the second attempt's retry
+    answer = _revoke(task_id, {"status": TaskState.RETRY, "retries": 1})
+    # Then the third attempt runs on
+    assert answer.state == TaskState.STARTED and answer.note == status.RUNS_ON
