@@ -128,6 +128,8 @@ def read_stats(
     window_s: Annotated[int, Query(ge=60, le=30 * 86_400)] = 3600,
 ) -> StatsRead:
     """Counts by state over a window, queue depths, worker count and success rate."""
+    # The broker and Redis first: the session's transaction opens at its first query (see operations.overview).
+    queues, workers = inspect.queues(settings), operations.workers()
     counts = runs_service.counts_by_state(session=session, since=utcnow() - timedelta(seconds=window_s))
     finished = (
         counts.get(TaskState.SUCCESS, 0) + counts.get(TaskState.FAILURE, 0) + counts.get(TaskState.DEAD_LETTERED, 0)
@@ -137,8 +139,8 @@ def read_stats(
         counts=counts,
         total=sum(counts.values()),
         success_rate=round(counts.get(TaskState.SUCCESS, 0) / finished, 4) if finished else None,
-        queues={q.name: q.ready + q.unacked for q in inspect.queues(settings)},
-        workers=len(operations.workers()),
+        queues={q.name: q.ready + q.unacked for q in queues},
+        workers=len(workers),
     )
 
 
