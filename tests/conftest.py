@@ -122,8 +122,9 @@ def client_key() -> tuple[str, str]:
 
 @pytest.fixture
 def empty_queues() -> None:
-    """Start from empty work and dead-letter queues (for tests that count messages)."""
-    services.purge_queues(*services.WORK_QUEUES, services.DEAD_LETTER_QUEUE)
+    """Start from empty work, retry and dead-letter queues (for tests that count messages, or need a worker's
+    only pool process free: a retry an earlier test left in a delay queue would take it a moment later)."""
+    services.purge_queues(*services.DELAY_QUEUES, *services.WORK_QUEUES, services.DEAD_LETTER_QUEUE)
 
 
 @pytest.fixture

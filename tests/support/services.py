@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import redis
 
+from app.constants import DELAY_BUCKETS_S, DELAY_QUEUE
 from tests.support.session import ROOT, SESSION, VAR_DIR
 
 AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
@@ -43,6 +44,9 @@ CLAIM_KEY = "courier-test:claim"
 #: The work queues, and the dead-letter queue beside them.
 WORK_QUEUES = ("high", "medium", "low")
 DEAD_LETTER_QUEUE = "dead_letter"
+#: The retry queues (`delay.<tier>.<seconds>`): a task whose pool process an earlier test's worker stop killed is
+#: retried through them, and reaches its tier a bucket later, in the middle of the next test.
+DELAY_QUEUES = tuple(DELAY_QUEUE.format(tier=tier, seconds=s) for tier in WORK_QUEUES for s in DELAY_BUCKETS_S)
 
 #: Replaces a claim only while it still holds the value that was read (two sessions may find it stale at once).
 _STEAL_CLAIM = (
