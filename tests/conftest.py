@@ -77,6 +77,11 @@ def start_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., Worke
         worker.stop()
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             sys.stderr.write(f"\n--- log of {worker.name} ---\n{worker.log()[-4000:]}\n")
+    if made:
+        # Stopping a worker SIGTERMs its pool children: a task still running there was retried through a delay
+        # queue and reached the next test's worker a second later, taking its only pool process (a hanging probe
+        # held it for its hard limit). Whatever the stopped workers left behind goes with them.
+        services.purge_queues(*services.DELAY_QUEUES, *services.WORK_QUEUES)
 
 
 @pytest.fixture(scope="session")
